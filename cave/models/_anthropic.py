@@ -1,0 +1,309 @@
+"""The primary provider: Anthropic's Messages API through the official ``anthropic`` SDK.
+
+The SDK does the HTTP, the retries (429, 5xx, 529; ``max_retries``) and the stream parsing. This
+module adds what the loop needs: text deltas to a sink as they arrive, the final content as plain
+dicts that can be sent back verbatim, ``python`` tool calls checked for shape, usage with a cost,
+and errors translated into ``ModelError``. ``anthropic`` is imported when a model is built, never
+when this module is imported.
+
+Interrupts: the SDK call runs in a worker thread that feeds a queue; ``query`` reads the queue in
+the caller's thread (so ``on_text`` runs there). ``cancel()`` marks the call, wakes ``query`` at
+once (it raises ``TurnInterrupted``) and shuts the stream's socket down so the worker ends too. A
+worker inside an SDK retry back-off or a connect is left to finish it (a daemon thread; it exits
+when that returns). Reading in the caller's thread and closing the stream from the canceller would
+be simpler, but nothing can interrupt a retry back-off sleep, and ``query`` must return promptly.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from typing import Any
+
+from .._errors import MissingAPIKey, ModelResponseError, TurnInterrupted
+from . import _credentials, _pricing
+from ._protocol import PYTHON_TOOL_NAME, ModelReply, ModelRequest, TextSink, ToolCall, Usage
+
+DEFAULT_MODEL = "claude-sonnet-5-5"
+"""Current and not deprecated (see ``anthropic._data.DEPRECATED_MODELS``)."""
+
+PLACEHOLDER_KEY = "cave-no-key"
+"""Sent when a base_url is set but no key: local proxies and our test server accept it."""
+
+
+def tool_calls_from_content(
+    content: list[dict[str, Any]], stop_reason: str | None = None
+) -> tuple[ToolCall, ...]:
+    """One ToolCall per tool_use block; an unusable input gets ``code=None`` and an ``error``.
+
+    Every tool_use block needs a tool_result in the next request, so none is dropped: a block for
+    another tool, or whose input is not ``{"code": "<str>"}``, comes back with the reason, which
+    the loop sends to the model as an error result.
+    """
+    calls: list[ToolCall] = []
+    for block in content:
+        if block.get("type") != "tool_use":
+            continue
+        block_id = str(block.get("id", ""))
+        name, data = block.get("name"), block.get("input")
+        error: str | None = None
+        if name != PYTHON_TOOL_NAME:
+            error = (f"There is no tool named {name!r}. The only tool is {PYTHON_TOOL_NAME!r}, "
+                     'with input {"code": "<python source>"}.')
+        elif not isinstance(data, dict):
+            error = (f"The {PYTHON_TOOL_NAME!r} tool input must be a JSON object like "
+                     f'{{"code": "<python source>"}}, not {_json_type(data)}.')
+        elif "code" not in data:
+            keys = ", ".join(sorted(data)) or "nothing"
+            error = (f"The {PYTHON_TOOL_NAME!r} tool input has no \"code\" field (it has: "
+                     f'{keys}). Send {{"code": "<python source>"}}.')
+        elif not isinstance(data["code"], str):
+            error = ('"code" must be a string of Python source, not '
+                     f"{_json_type(data['code'])}.")
+        if error is None:
+            calls.append(ToolCall(block_id, data["code"]))  # type: ignore[index]
+            continue
+        if stop_reason == "max_tokens":
+            error += (" The reply was cut off at max_tokens, so the input is incomplete: write "
+                      "shorter code, or split it over several calls.")
+        calls.append(ToolCall(block_id, None, error=error))
+    return tuple(calls)
+
+
+def text_from_content(content: list[dict[str, Any]]) -> str:
+    """The answer text: text blocks joined (thinking blocks are not part of the answer)."""
+    return "".join(b.get("text", "") for b in content if b.get("type") == "text")
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+             int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+class _Call:
+    """One in-flight query: the queue from the worker, the cancel flag, the stream to close."""
+
+    def __init__(self) -> None:
+        self.events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self.cancelled = threading.Event()
+        self._stream: Any = None
+        self._lock = threading.Lock()
+
+    def attach(self, stream: Any) -> bool:
+        """Remember the open stream; False if the call was cancelled meanwhile."""
+        with self._lock:
+            self._stream = stream
+            return not self.cancelled.is_set()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled.set()
+            stream = self._stream
+        self.events.put(("cancelled", None))
+        if stream is not None:
+            _wake_reader(stream)
+
+
+def _wake_reader(stream: Any) -> None:
+    """Make a worker blocked reading ``stream`` return now.
+
+    Closing an httpx response from another thread does not interrupt a blocked ``recv`` (measured:
+    the worker slept on until the next chunk came). Shutting the socket down does: the read sees
+    end-of-file, the worker notices the cancel flag and closes the stream in its own thread. The
+    plain-socket ``shutdown`` is used even for TLS, so the SSL object the worker is using stays
+    untouched. Without a reachable socket (another transport), fall back to ``close()``.
+    """
+    import socket
+
+    sock = None
+    try:
+        network = stream.response.extensions.get("network_stream")
+        sock = network.get_extra_info("socket") if network is not None else None
+    except Exception:  # an unusual transport: use the fallback
+        sock = None
+    try:
+        if isinstance(sock, socket.socket):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        else:
+            stream.close()
+    except Exception:  # already closed, or closing mid-read failed: the cancel flag still holds
+        pass
+
+
+class AnthropicModel:
+    """Claude through the Messages API, streaming; implements ``cave.models.Model``."""
+
+    DEFAULT_MODEL = DEFAULT_MODEL
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        max_retries: int = 4,
+        timeout: float = 600.0,
+        max_tokens: int = 8192,
+    ) -> None:
+        """Resolve the key and endpoint now, so a missing key shows in the first ``%%agent`` cell.
+
+        Key: ``api_key``, else the stored key (``_credentials``), else ``ANTHROPIC_API_KEY``, else
+        an ``ANTHROPIC_AUTH_TOKEN`` (stored or in the environment). Endpoint: ``base_url``, else
+        ``ANTHROPIC_BASE_URL``. With an endpoint but no key, a placeholder key is sent.
+        ``max_tokens`` caps each request's own ``max_tokens`` (the smaller one is used).
+        """
+        import anthropic
+
+        base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
+        auth_token: str | None = None
+        if api_key is None:
+            api_key = _credentials.get_key("anthropic") or os.environ.get("ANTHROPIC_API_KEY")
+        if not api_key:
+            auth_token = (_credentials.get_key("anthropic_auth_token")
+                          or os.environ.get("ANTHROPIC_AUTH_TOKEN") or None)
+            api_key = None
+        if api_key is None and auth_token is None:
+            if base_url is None:
+                raise MissingAPIKey()
+            api_key = PLACEHOLDER_KEY
+        self.name = model
+        self.max_tokens = max_tokens
+        # Explicit credentials: the SDK then reads no key, profile or token from the environment.
+        self._client: Any = anthropic.Anthropic(
+            api_key=api_key, auth_token=auth_token, base_url=base_url, max_retries=max_retries,
+            timeout=timeout,
+        )
+        self.base_url = str(self._client.base_url).rstrip("/")
+        self._lock = threading.Lock()
+        self._call: _Call | None = None
+
+    def __repr__(self) -> str:
+        return f"AnthropicModel({self.name!r}, base_url={self.base_url!r})"
+
+    def query(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
+        """Stream one reply; text deltas go to ``on_text`` in this thread as they arrive."""
+        kwargs = self._request_kwargs(request)
+        call = _Call()
+        with self._lock:
+            self._call = call
+        worker = threading.Thread(
+            target=self._stream_into, args=(kwargs, call), name="cave-anthropic-stream",
+            daemon=True,
+        )
+        worker.start()
+        try:
+            while True:
+                kind, value = call.events.get()
+                if call.cancelled.is_set():
+                    raise TurnInterrupted(step=0)
+                if kind == "text":
+                    if on_text is not None:
+                        on_text(value)
+                elif kind == "done":
+                    return self._reply(value)
+                else:
+                    raise self._translate(value) from value
+        finally:
+            with self._lock:
+                if self._call is call:
+                    self._call = None
+            if worker.is_alive():  # interrupted, or on_text raised: stop the worker too
+                call.cancel()
+
+    def cancel(self) -> None:
+        """Abort the in-flight ``query`` (from any thread); it raises ``TurnInterrupted(0)``."""
+        with self._lock:
+            call = self._call
+        if call is not None:
+            call.cancel()
+
+    def _request_kwargs(self, request: ModelRequest) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "model": self.name,
+            "messages": list(request.messages),
+            "max_tokens": min(request.max_tokens, self.max_tokens),
+        }
+        if request.system:
+            kwargs["system"] = list(request.system)
+        if request.tools:
+            kwargs["tools"] = list(request.tools)
+        return kwargs
+
+    def _stream_into(self, kwargs: dict[str, Any], call: _Call) -> None:
+        """Worker thread: run the SDK stream, put ("text", str)... then ("done", Message)."""
+        try:
+            with self._client.messages.stream(**kwargs) as stream:
+                if not call.attach(stream):
+                    return
+                for event in stream:
+                    if call.cancelled.is_set():
+                        return
+                    if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                        call.events.put(("text", event.delta.text))
+                message = stream.get_final_message()
+        except BaseException as exc:  # handed to the caller's thread, which decides
+            call.events.put(("error", exc))
+            return
+        call.events.put(("done", message))
+
+    def _reply(self, message: Any) -> ModelReply:
+        content = [_plain_block(block) for block in message.content]
+        stop_reason = message.stop_reason or "end_turn"
+        u = message.usage
+        cache_read = u.cache_read_input_tokens or 0
+        cache_write = u.cache_creation_input_tokens or 0
+        model = message.model or self.name
+        cost = _pricing.cost(model, u.input_tokens, u.output_tokens, cache_read, cache_write)
+        if cost is None and model != self.name:
+            cost = _pricing.cost(self.name, u.input_tokens, u.output_tokens, cache_read,
+                                 cache_write)
+        return ModelReply(
+            text=text_from_content(content),
+            tool_calls=tool_calls_from_content(content, stop_reason),
+            usage=Usage(u.input_tokens, u.output_tokens, cache_read, cache_write, cost),
+            stop_reason=stop_reason,
+            content=content,
+            model=model,
+        )
+
+    def _translate(self, exc: BaseException) -> BaseException:
+        """SDK and transport errors -> ModelResponseError; anything else is a bug: unchanged."""
+        import anthropic
+
+        if isinstance(exc, anthropic.APIStatusError):
+            error_type, detail = _error_fields(exc.body)
+            # An `error` event inside a stream arrives on an HTTP 200 response.
+            status = exc.status_code if exc.status_code >= 400 else None
+            return ModelResponseError(status, error_type or "api_error", detail or str(exc))
+        if isinstance(exc, anthropic.APITimeoutError):
+            return ModelResponseError(None, "connection_error",
+                                      f"timed out waiting for {self.base_url}")
+        if isinstance(exc, anthropic.APIConnectionError):
+            return ModelResponseError(None, "connection_error", f"could not reach {self.base_url}")
+        if isinstance(exc, ValueError) and "tool parameter JSON" in str(exc):
+            return ModelResponseError(None, "invalid_tool_input",
+                                      f"the reply's tool input was not JSON ({exc})")
+        if type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "httpcore2"):
+            return ModelResponseError(
+                None, "connection_error",
+                f"the connection to {self.base_url} broke during the reply "
+                f"({type(exc).__name__}: {exc})",
+            )
+        return exc
+
+
+def _plain_block(block: Any) -> dict[str, Any]:
+    """An SDK content block as the dict to send back: API field names, no None fields."""
+    data: dict[str, Any] = block.to_dict(mode="json", exclude_none=True)
+    data.pop("parsed_output", None)  # an SDK-side field, not part of the API
+    return data
+
+
+def _error_fields(body: object) -> tuple[str | None, str | None]:
+    """``error.type`` and ``error.message`` from an API error body, when it has them."""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error = body["error"]
+        return error.get("type"), error.get("message")
+    return None, None
