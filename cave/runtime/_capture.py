@@ -1,0 +1,191 @@
+"""Capture what agent code writes: live in the notebook (bounded), head and tail for the model.
+
+One :class:`Capture` per run holds the model's view of the output: the first ``head_chars``
+characters and a ring of the last ``tail_chars``, so printing 10 MB costs 10 MB of *time* but only
+``head_chars + 2 * tail_chars`` of memory. ``sys.stdout`` and ``sys.stderr`` are replaced by two
+:class:`TeeStream` objects that feed it; both share one lock, so writes from threads that agent
+code starts are kept whole and in order.
+
+Not captured: writes to file descriptors 1 and 2 below Python (C extensions, ``os.write(1, ...)``,
+subprocesses that inherit the descriptors) and writes to ``sys.__stdout__``.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from typing import Any, TextIO
+
+__all__ = ["Capture", "TeeStream"]
+
+
+class Capture:
+    """Bounded model-facing record of one run's output, plus the notebook echo budget."""
+
+    def __init__(
+        self,
+        *,
+        echo: bool = True,
+        head_chars: int = 8000,
+        tail_chars: int = 8000,
+        echo_chars: int = 200_000,
+    ) -> None:
+        self.echo = echo
+        self.head_chars = head_chars
+        self.tail_chars = tail_chars
+        self.echo_chars = echo_chars
+        self.lock = threading.Lock()
+        self.total = 0
+        """Characters written so far (including display summaries)."""
+        self._head: list[str] = []
+        self._head_len = 0
+        self._tail: list[str] = []
+        self._tail_len = 0
+        self._echoed = 0
+        self._echo_cut = False
+
+    # Called with self.lock held.
+    def _record(self, s: str) -> None:
+        self.total += len(s)
+        room = self.head_chars - self._head_len
+        if room > 0:
+            part = s[:room]
+            self._head.append(part)
+            self._head_len += len(part)
+            s = s[room:]
+            if not s:
+                return
+        if len(s) >= self.tail_chars:
+            self._tail = [s[-self.tail_chars :]] if self.tail_chars else []
+            self._tail_len = self.tail_chars
+            return
+        self._tail.append(s)
+        self._tail_len += len(s)
+        if self._tail_len > 2 * self.tail_chars or len(self._tail) > 4096:
+            joined = "".join(self._tail)[-self.tail_chars :]
+            self._tail = [joined]
+            self._tail_len = len(joined)
+
+    def write(self, s: str, original: TextIO | None) -> None:
+        """Record ``s`` for the model and echo it to ``original`` while the budget lasts."""
+        with self.lock:
+            self._record(s)
+            if not self.echo or original is None or self._echo_cut:
+                return
+            room = self.echo_chars - self._echoed
+            if len(s) <= room:
+                self._echoed += len(s)
+                _safe_write(original, s)
+                return
+            self._echo_cut = True
+            _safe_write(original, s[:room])
+            self._echoed = self.echo_chars
+            _safe_write(
+                original,
+                f"\n[output truncated in the notebook after {self.echo_chars:,} characters; "
+                "the model still sees the head and the tail]\n",
+            )
+
+    def note(self, s: str) -> None:
+        """Record text for the model only (display summaries); the notebook shows the display."""
+        with self.lock:
+            self._record(s)
+
+    def text(self) -> str:
+        """The model's view: everything, or head + ``[... N characters omitted ...]`` + tail."""
+        with self.lock:
+            head = "".join(self._head)
+            tail = "".join(self._tail)[-self.tail_chars :] if self.tail_chars else ""
+            omitted = self.total - len(head) - len(tail)
+        if omitted <= 0:
+            return head + tail
+        return f"{head}\n[... {omitted:,} characters omitted ...]\n{tail}"
+
+
+def _safe_write(stream: TextIO, s: str) -> None:
+    # The notebook's stream failing (closed pipe, full buffer) must not fail the agent's print.
+    try:
+        stream.write(s)
+    except Exception:
+        pass
+
+
+class TeeStream(io.TextIOBase):
+    """A text stream that feeds a :class:`Capture` and, while echo lasts, the original stream."""
+
+    def __init__(self, capture: Capture, original: TextIO | None, name: str) -> None:
+        super().__init__()
+        self._capture = capture
+        self._original = original
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return "replace"
+
+    @property
+    def buffer(self) -> _BytesTee:
+        """``sys.stdout.buffer.write(b"...")`` decodes and tees like text."""
+        return _BytesTee(self)
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        # Like StringIO: code that wants a descriptor (subprocess, faulthandler) must not get the
+        # kernel's, which would bypass the capture.
+        raise io.UnsupportedOperation("captured stream has no file descriptor")
+
+    def write(self, s: Any) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        if s:
+            self._capture.write(s, self._original)
+        return len(s)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self._capture.echo and self._original is not None:
+            try:
+                self._original.flush()
+            except Exception:
+                pass
+
+    def close(self) -> None:
+        # Agent code closing sys.stdout must not close the kernel's stream or break later prints.
+        pass
+
+
+class _BytesTee:
+    """The ``.buffer`` of a :class:`TeeStream`."""
+
+    def __init__(self, text: TeeStream) -> None:
+        self._text = text
+
+    def write(self, b: Any) -> int:
+        data = bytes(b)
+        self._text.write(data.decode("utf-8", errors="replace"))
+        return len(data)
+
+    def flush(self) -> None:
+        self._text.flush()

@@ -1,0 +1,456 @@
+"""Describe live objects for the prompt, at a cost that does not depend on their size.
+
+The manifest is rebuilt before every model call, so it must be cheap and bounded: a 1 GB DataFrame
+is described with the same handful of O(1) calls as a 10-row one (``shape``, the first columns and
+their dtypes, ``head(3)``), containers by ``len()`` and their first few elements, never by iterating
+or sorting all of them. pandas and numpy are never imported here; they are recognised by the module
+and name of a class in the object's MRO, so users who do not use them pay nothing.
+
+Remaining risk, stated exactly: sizes are bounded everywhere, but *time* is bounded only for types
+we know. For an unknown type we call its ``__repr__`` (through :class:`BoundedRepr`) and cut the
+result; a ``__repr__`` that is slow or builds a huge string costs that time once per manifest. A
+``__repr__`` (or ``shape``, ``__len__``, ...) that raises never breaks the manifest: the section
+says ``<repr failed: ...>`` or ``<... unavailable: ...>`` instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import reprlib
+from collections import Counter, OrderedDict, defaultdict, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import ModuleType
+from typing import Any
+
+__all__ = [
+    "BoundedRepr",
+    "bounded_repr",
+    "build_manifest",
+    "describe",
+    "describe_primitive",
+    "type_name",
+]
+
+_MAX_COLUMNS = 40
+"""Columns listed with their dtype; the rest are counted."""
+_SAMPLE_ROWS = 3
+_SAMPLE_COLUMNS = 12
+_LINE_CHARS = 160
+"""Any single line of a description is cut to this width."""
+_MAX_VARIABLES = 50
+
+
+def type_name(obj: Any) -> str:
+    """``pandas.DataFrame``, ``numpy.ndarray``, ``int``: the class name with its top package."""
+    t = type(obj)
+    mod = getattr(t, "__module__", None)
+    qual = getattr(t, "__qualname__", t.__name__)
+    if not isinstance(mod, str) or mod in ("builtins", "__main__", "__cave_agent__"):
+        return qual
+    return f"{mod.split('.')[0]}.{qual}"
+
+
+def _cut(text: str, limit: int) -> str:
+    """Cut ``text`` to at most ``limit`` characters, saying how much was dropped."""
+    if len(text) <= limit:
+        return text
+    note = f"[... {len(text) - limit:,} chars cut]"
+    return text[: max(0, limit - len(note))] + note
+
+
+def _error_text(exc: BaseException) -> str:
+    try:
+        msg = str(exc)
+    except Exception:
+        msg = "<str() failed>"
+    return f"{type(exc).__name__}: {msg[:120]}"
+
+
+# --------------------------------------------------------------------------- bounded repr
+
+_CONTAINER_REPRS = {
+    dict.__repr__,
+    OrderedDict.__repr__,
+    defaultdict.__repr__,
+    Counter.__repr__,
+    list.__repr__,
+    tuple.__repr__,
+    set.__repr__,
+    frozenset.__repr__,
+    deque.__repr__,
+}
+
+
+class BoundedRepr(reprlib.Repr):
+    """``reprlib.Repr`` that never walks or sorts a whole container.
+
+    The standard one sorts every set and dict key (``_possibly_sorted``) before taking the first
+    few, and sends dict/list subclasses such as ``Counter`` or ``OrderedDict`` to their full
+    ``repr``. Here containers are read in iteration order with ``islice``, subclasses that keep a
+    builtin ``__repr__`` are shortened the same way, and a failing ``__repr__`` is reported.
+    """
+
+    def __init__(self, *, items: int = 6, string: int = 60, other: int = 200, level: int = 3):
+        super().__init__()
+        self.maxlevel = level
+        self.maxtuple = self.maxlist = self.maxset = self.maxfrozenset = self.maxdeque = items
+        self.maxarray = items
+        self.maxdict = max(1, items - 2)
+        self.maxstring = string
+        self.maxother = other
+        self.maxlong = 60
+
+    def repr1(self, x: Any, level: int) -> str:
+        t = type(x)
+        if t in (dict, list, tuple, set, frozenset, deque, str, int, bool, float, type(None)):
+            return super().repr1(x, level)
+        if isinstance(x, tuple) and hasattr(t, "_fields"):
+            return self._repr_namedtuple(x, level)
+        if getattr(t, "__repr__", None) in _CONTAINER_REPRS:
+            handlers: tuple[tuple[type, Callable[[Any, int], str]], ...] = (
+                (dict, self.repr_dict),
+                (list, self.repr_list),
+                (tuple, self.repr_tuple),
+                (set, self.repr_set),
+                (frozenset, self.repr_frozenset),
+                (deque, self.repr_deque),
+            )
+            for base, method in handlers:
+                if isinstance(x, base):
+                    return f"{t.__name__}({method(x, level)})"
+        if isinstance(x, int) and not isinstance(x, bool):
+            return self.repr_int(x, level)
+        if isinstance(x, str):
+            return self.repr_str(x, level)
+        return self.repr_instance(x, level)
+
+    def _repr_namedtuple(self, x: tuple[Any, ...], level: int) -> str:
+        fields = type(x)._fields  # type: ignore[attr-defined]
+        if level <= 0:
+            return f"{type(x).__name__}({self.fillvalue})"
+        parts = [
+            f"{f}={self.repr1(v, level - 1)}"
+            for f, v in itertools.islice(zip(fields, x, strict=False), self.maxtuple)
+        ]
+        if len(fields) > self.maxtuple:
+            parts.append(self.fillvalue)
+        return f"{type(x).__name__}({', '.join(parts)})"
+
+    def _repr_unsorted(self, x: Any, level: int, left: str, right: str, maxiter: int) -> str:
+        """Like reprlib's ``_repr_iterable`` on a set, minus the sort of every element."""
+        if level <= 0:
+            return left + self.fillvalue + right
+        pieces = [self.repr1(e, level - 1) for e in itertools.islice(iter(x), maxiter)]
+        if len(x) > maxiter:
+            pieces.append(self.fillvalue)
+        return left + ", ".join(pieces) + right
+
+    def repr_set(self, x: Any, level: int) -> str:
+        return self._repr_unsorted(x, level, "{", "}", self.maxset) if x else "set()"
+
+    def repr_frozenset(self, x: Any, level: int) -> str:
+        if not x:
+            return "frozenset()"
+        return self._repr_unsorted(x, level, "frozenset({", "})", self.maxfrozenset)
+
+    def repr_dict(self, x: Any, level: int) -> str:
+        n = len(x)
+        if n == 0:
+            return "{}"
+        if level <= 0:
+            return "{" + self.fillvalue + "}"
+        pieces = [
+            f"{self.repr1(k, level - 1)}: {self.repr1(v, level - 1)}"
+            for k, v in itertools.islice(dict.items(x), self.maxdict)
+        ]
+        if n > self.maxdict:
+            pieces.append(self.fillvalue)
+        return "{" + ", ".join(pieces) + "}"
+
+    def repr_int(self, x: Any, level: int) -> str:
+        # repr() of a huge int is quadratic and raises past 4300 digits (sys.int_info).
+        bits = int.bit_length(x)
+        if bits > 4 * self.maxlong:
+            return f"<int with {bits:,} bits>"
+        return super().repr_int(x, level)
+
+    def repr_instance(self, x: Any, level: int) -> str:
+        try:
+            s = repr(x)
+        except Exception as exc:
+            return f"<repr failed: {_error_text(exc)}>"
+        if not isinstance(s, str):  # pragma: no cover - repr() itself enforces str
+            return f"<repr failed: returned {type(s).__name__}>"
+        if len(s) > self.maxother:
+            i = max(0, (self.maxother - 3) // 2)
+            j = max(0, self.maxother - 3 - i)
+            s = s[:i] + self.fillvalue + s[len(s) - j :]
+        return s
+
+
+_SHORT = BoundedRepr()
+
+
+def bounded_repr(obj: Any, limit: int = 2000) -> str:
+    """A repr of at most ``limit`` characters that never walks a whole container.
+
+    Used for the value of a final expression (``Out: ...``). Known multi-line reprs (pandas,
+    numpy) are kept multi-line, since their own repr is already bounded in rows and elements.
+    """
+    r = BoundedRepr(items=30, string=limit, other=limit, level=4)
+    try:
+        return _cut(r.repr(obj), limit)
+    except Exception as exc:  # a __len__ or __iter__ that raises inside a container
+        return f"<repr failed: {_error_text(exc)}>"
+
+
+# --------------------------------------------------------------------------- recognisers
+
+
+def _mro_has(obj: Any, module_prefix: str, name: str) -> type | None:
+    """The class in ``type(obj).__mro__`` named ``name`` from ``module_prefix``, or None."""
+    for cls in type(obj).__mro__:
+        mod = getattr(cls, "__module__", "") or ""
+        if cls.__name__ == name and (mod == module_prefix or mod.startswith(module_prefix + ".")):
+            return cls
+    return None
+
+
+def _first_doc_line(obj: Any) -> str:
+    try:
+        doc = inspect.getdoc(obj)
+    except Exception:
+        return ""
+    if not isinstance(doc, str):
+        return ""
+    for line in doc.strip().splitlines():
+        if line.strip():
+            return _cut(line.strip(), 200)
+    return ""
+
+
+def _signature(obj: Any) -> str:
+    try:
+        return _cut(str(inspect.signature(obj)), 300)
+    except (TypeError, ValueError):
+        return "(...)"
+
+
+def _guard(label: str, fn: Callable[[], list[str]]) -> list[str]:
+    """Run one section; a failure becomes a line, never an exception."""
+    try:
+        return fn()
+    except Exception as exc:
+        return [f"<{label} unavailable: {_error_text(exc)}>"]
+
+
+def _indent(text: str) -> list[str]:
+    return ["  " + _cut(line.rstrip(), _LINE_CHARS) for line in text.splitlines()]
+
+
+def _describe_dataframe(obj: Any) -> list[str]:
+    def shape() -> list[str]:
+        rows, ncols = obj.shape
+        index = obj.index
+        return [
+            f"shape: {rows:,} rows x {ncols:,} columns; index: {type(index).__name__} "
+            f"(dtype {index.dtype})"
+        ]
+
+    def columns() -> list[str]:
+        ncols = obj.shape[1]
+        # dtypes builds a Series over *all* columns: fine for normal frames, not for 100k columns.
+        dtypes = obj.dtypes if ncols <= 2000 else obj.iloc[:, :_MAX_COLUMNS].dtypes
+        cols = [
+            f"{_cut(str(name), 40)} ({dtype})"
+            for name, dtype in itertools.islice(dtypes.items(), _MAX_COLUMNS)
+        ]
+        more = f", +{ncols - _MAX_COLUMNS:,} more" if ncols > _MAX_COLUMNS else ""
+        return [_cut("columns: " + ", ".join(cols) + more, 1000)]
+
+    def sample() -> list[str]:
+        head = obj.iloc[:_SAMPLE_ROWS, :_SAMPLE_COLUMNS]
+        text = head.to_string(max_colwidth=24, show_dimensions=False)
+        more = " (first columns)" if obj.shape[1] > _SAMPLE_COLUMNS else ""
+        return [f"first {_SAMPLE_ROWS} rows{more}:", *_indent(text)]
+
+    return _guard("shape", shape) + _guard("columns", columns) + _guard("sample rows", sample)
+
+
+def _describe_series(obj: Any) -> list[str]:
+    def info() -> list[str]:
+        return [f"length: {obj.shape[0]:,}; dtype: {obj.dtype}; name: {_SHORT.repr(obj.name)}"]
+
+    def sample() -> list[str]:
+        text = obj.iloc[:5].to_string(max_rows=5)
+        return ["first values:", *_indent(text)]
+
+    return _guard("shape", info) + _guard("sample values", sample)
+
+
+def _describe_array(obj: Any, numpy: bool) -> list[str]:
+    def info() -> list[str]:
+        shape = tuple(obj.shape)
+        line = f"shape: {shape}; dtype: {obj.dtype}"
+        if numpy:
+            line += f"; {_human_bytes(int(obj.nbytes))}"
+        return [line]
+
+    def sample() -> list[str]:
+        # flat[:k] reads k elements; ravel() would copy a non-contiguous array.
+        first = obj.flat[:6].tolist()
+        return ["first values: " + BoundedRepr(items=6, string=40).repr(first)]
+
+    return _guard("shape", info) + (_guard("sample values", sample) if numpy else [])
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:,.0f} {unit}" if unit == "bytes" else f"{size:,.1f} {unit}"
+        size /= 1024
+    return f"{n} bytes"  # pragma: no cover
+
+
+def _describe_container(obj: Any) -> list[str]:
+    def info() -> list[str]:
+        n = len(obj)
+        if isinstance(obj, Mapping):
+            keys = list(itertools.islice(iter(obj), 8))
+            vtypes = [type_name(obj[k]) for k in keys[:5]]
+            lines = [f"length: {n:,}"]
+            if keys:
+                lines.append("first keys: " + ", ".join(_SHORT.repr1(k, 1) for k in keys))
+                lines.append("value types: " + ", ".join(vtypes))
+            return lines
+        first = list(itertools.islice(iter(obj), 5))
+        lines = [f"length: {n:,}"]
+        if first:
+            lines.append("first element types: " + ", ".join(type_name(e) for e in first))
+            lines.append("head: " + BoundedRepr(items=5, string=40, other=80).repr(obj))
+        return lines
+
+    return _guard("length", info)
+
+
+def _describe_text(obj: Any) -> list[str]:
+    def info() -> list[str]:
+        n = len(obj)
+        head = obj[:200]
+        if isinstance(head, memoryview):
+            head = head.tobytes()
+        more = " ..." if n > 200 else ""
+        return [f"length: {n:,}", f"head: {head!r}{more}"]
+
+    return _guard("length", info)
+
+
+def _describe_callable(obj: Any) -> list[str]:
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    if not isinstance(name, str):
+        name = type(obj).__name__
+    line = f"{name}{_signature(obj)}"
+    doc = _first_doc_line(obj)
+    return [line + (f": {doc}" if doc else "")]
+
+
+def _summary(obj: Any) -> list[str]:
+    """The body lines for one object, chosen by what it is."""
+    if isinstance(obj, ModuleType):
+        return [f"module {getattr(obj, '__name__', '?')}"]
+    if isinstance(obj, type):
+        doc = _first_doc_line(obj)
+        return [f"class {obj.__qualname__}{_signature(obj)}" + (f": {doc}" if doc else "")]
+    if _mro_has(obj, "pandas", "DataFrame"):
+        return _describe_dataframe(obj)
+    if _mro_has(obj, "pandas", "Series"):
+        return _describe_series(obj)
+    if _mro_has(obj, "numpy", "ndarray"):
+        return _describe_array(obj, numpy=True)
+    if hasattr(type(obj), "shape") and hasattr(type(obj), "dtype"):
+        return _describe_array(obj, numpy=False)  # torch, jax, cupy, dask: metadata only
+    if obj is None or isinstance(obj, (bool, int, float, complex)):
+        return [_SHORT.repr(obj)]
+    if isinstance(obj, (str, bytes, bytearray, memoryview)):
+        return _describe_text(obj)
+    if isinstance(obj, (Mapping, list, tuple, set, frozenset, deque)):
+        return _describe_container(obj)
+    if callable(obj):
+        return _describe_callable(obj)
+    return [_SHORT.repr(obj)]
+
+
+def describe(name: str, obj: Any, description: str | None = None) -> str:
+    """``name: type: description`` and an indented, bounded summary of ``obj``."""
+    header = f"{name}: {type_name(obj)}"
+    if description:
+        header += " - " + _cut(" ".join(description.split()), 300)
+    try:
+        body = _summary(obj)
+    except Exception as exc:  # a recogniser tripped on a hostile object
+        body = [f"<description failed: {_error_text(exc)}>"]
+    return "\n".join([header, *("  " + _cut(line, 1000) for line in body)])
+
+
+def describe_primitive(name: str, obj: Any) -> str:
+    """A primitive: its signature, or for a namespace object its public methods' signatures."""
+    if callable(obj) and not isinstance(obj, type):
+        doc = _first_doc_line(obj)
+        return f"{name}{_signature(obj)}" + (f": {doc}" if doc else "")
+    lines = [f"{name}: {_first_doc_line(obj) or type_name(obj)}"]
+    public = [a for a in dir(type(obj)) if not a.startswith("_")][:20]
+    for attr in public:
+        try:
+            member = getattr(obj, attr)
+        except Exception:
+            continue
+        if callable(member):
+            doc = _first_doc_line(member)
+            lines.append(f"  {name}.{attr}{_signature(member)}" + (f": {doc}" if doc else ""))
+    return "\n".join(lines)
+
+
+def build_manifest(
+    items: Iterable[tuple[str, Any, str | None]],
+    *,
+    variables: Sequence[tuple[str, str]] = (),
+    per_object_chars: int = 1500,
+    total_chars: int = 12000,
+    max_variables: int = _MAX_VARIABLES,
+) -> str:
+    """The text the prompt shows for the runtime: described objects, then the agent's variables.
+
+    ``items`` are ``(name, object, description)``; each description is cut to
+    ``per_object_chars`` and objects stop being described once ``total_chars`` would be passed
+    (the rest are named). ``variables`` are ``(name, type name)`` pairs, at most
+    ``max_variables`` shown. The result is at most about ``total_chars`` plus the variables line.
+    """
+    blocks: list[str] = []
+    used = 0
+    skipped: list[str] = []
+    for name, obj, description in items:
+        if skipped or used >= total_chars:
+            skipped.append(name)
+            continue
+        text = _cut(describe(name, obj, description), per_object_chars)
+        if used + len(text) > total_chars:
+            skipped.append(name)
+            continue
+        blocks.append(text)
+        used += len(text) + 1
+    if not blocks and not skipped:
+        blocks.append("(no objects injected)")
+    if skipped:
+        names = ", ".join(skipped[:30]) + (", ..." if len(skipped) > 30 else "")
+        blocks.append(
+            f"({len(skipped)} more objects not described to keep this short: {names}; "
+            "inspect them with code)"
+        )
+    out = ["Objects in your namespace:", *blocks]
+    if variables:
+        shown = ", ".join(f"{n}: {t}" for n, t in variables[:max_variables])
+        more = f", +{len(variables) - max_variables} more" if len(variables) > max_variables else ""
+        out.append(_cut(f"Variables you created: {shown}{more}", 4000))
+    return "\n".join(out)
