@@ -1,1 +1,24 @@
-"""See DESIGN.md."""
+"""Fakes that run the real loop: shipped so users' tests and ours need no patching.
+
+Everything here is a *fixture*: ``ScriptedModel`` and ``AnthropicServer`` replay replies written in
+advance; they are not models. ``AnthropicServer`` speaks the Anthropic Messages API on 127.0.0.1, so
+the real ``anthropic`` SDK (and the Cave kernel through it) can be tested end to end offline.
+"""
+
+from ._anthropic_server import AnthropicServer, RecordedRequest
+from ._kernel_harness import CellResult, KernelHarness
+from ._script import Failure, Reply, Script, load_script, reply
+from ._scripted_model import ScriptedModel
+
+__all__ = [
+    "AnthropicServer",
+    "CellResult",
+    "Failure",
+    "KernelHarness",
+    "RecordedRequest",
+    "Reply",
+    "Script",
+    "ScriptedModel",
+    "load_script",
+    "reply",
+]

@@ -1,0 +1,208 @@
+"""A Cave session: one agent runtime, one conversation, one model, and their settings.
+
+The kernel holds exactly one session; outside a kernel (scripts, tests, terminal IPython) the first
+call to ``cave.inject`` creates one. Everything a checkpoint must carry hangs off this object.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ._errors import ConfigError
+from .agent._events import EventSink
+from .agent._loop import Agent, AgentSettings, TurnResult
+from .models._protocol import Model
+
+SCRIPT_ENV = "CAVE_SCRIPT"
+"""Path of a JSON script of replies: the session then uses a *scripted* model (a test fixture)."""
+MODEL_ENV = "CAVE_MODEL"
+SESSION_DIR_ENV = "CAVE_SESSION_DIR"
+"""Where the session keeps its files (audit log, approvals, checkpoints); default <workspace>/.cave."""
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which model the session talks to."""
+
+    name: str | None = None
+    """Model id; None means the provider's default (``AnthropicModel.DEFAULT_MODEL``)."""
+    base_url: str | None = None
+    """Another Anthropic-compatible endpoint (proxy, gateway, our loopback test server)."""
+
+    def with_name(self, name: str | None) -> ModelSettings:
+        return replace(self, name=name)
+
+    def with_base_url(self, base_url: str | None) -> ModelSettings:
+        return replace(self, base_url=base_url)
+
+
+def model_from_settings(settings: ModelSettings) -> Model:
+    """Build the model for ``settings``; ``CAVE_SCRIPT`` selects the scripted fixture instead."""
+    script = os.environ.get(SCRIPT_ENV)
+    if script:
+        from .testing._script import load_script
+        from .testing._scripted_model import ScriptedModel
+
+        return ScriptedModel(load_script(script), name="scripted (test fixture)")
+    from .models._anthropic import DEFAULT_MODEL, AnthropicModel
+
+    name = settings.name or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    if name.startswith("scripted"):
+        raise ConfigError(
+            f"Model {name!r} is a test fixture: set {SCRIPT_ENV}=/path/script.json, or pass a "
+            "ScriptedModel to cave.set_model()."
+        )
+    return AnthropicModel(name, base_url=settings.base_url)
+
+
+class Session:
+    """The runtime, the conversation and the model, owned together."""
+
+    def __init__(
+        self,
+        *,
+        workspace: Path | None = None,
+        model: Model | None = None,
+        model_settings: ModelSettings | None = None,
+        agent_settings: AgentSettings | None = None,
+    ) -> None:
+        from .runtime._namespace import AgentRuntime
+
+        self.workspace = Path(workspace or os.getcwd()).resolve()
+        self.runtime = AgentRuntime()
+        self.model_settings = model_settings or ModelSettings()
+        self.agent_settings = agent_settings or AgentSettings()
+        self.history: list[dict[str, Any]] = []
+        self._model = model
+        self._lock = threading.Lock()
+        self._active: Agent | None = None
+        self.primitives_doc = ""
+        self.audit: Any = None
+        self.code_context: Callable[[], Any] | None = None
+
+    @property
+    def directory(self) -> Path:
+        """The session directory, created on first use with mode 0700 (it holds the audit log)."""
+        path = Path(os.environ.get(SESSION_DIR_ENV) or self.workspace / ".cave")
+        if not path.exists():
+            path.mkdir(parents=True, mode=0o700)
+        return path
+
+    # -- model ------------------------------------------------------------------------------
+    @property
+    def model(self) -> Model:
+        """The model, built on first use so a missing key surfaces in the first agent cell."""
+        if self._model is None:
+            self._model = model_from_settings(self.model_settings)
+        return self._model
+
+    def set_model(
+        self, model: Model | None = None, *, settings: ModelSettings | None = None
+    ) -> None:
+        """Use ``model`` (or rebuild from ``settings`` on next use)."""
+        if settings is not None:
+            self.model_settings = settings
+        self._model = model
+
+    def use_endpoint(self, base_url: str | None, *, model: str | None = None) -> None:
+        """Talk to an Anthropic-compatible endpoint (gateway, proxy, the loopback test server)."""
+        settings = self.model_settings.with_base_url(base_url)
+        if model is not None:
+            settings = settings.with_name(model)
+        self.set_model(settings=settings)
+
+    def model_configured(self) -> bool:
+        """Whether a turn could reach a model: a model object, an endpoint, a key or a script."""
+        if self._model is not None or self.model_settings.base_url or os.environ.get(SCRIPT_ENV):
+            return True
+        from .models._credentials import get_key
+
+        return bool(
+            get_key("anthropic")
+            or os.environ.get("ANTHROPIC_API_KEY")
+            or os.environ.get("ANTHROPIC_BASE_URL")
+        )
+
+    # -- turns ------------------------------------------------------------------------------
+    def ask(
+        self,
+        prompt: str,
+        on_event: EventSink | None = None,
+        *,
+        settings: AgentSettings | None = None,
+        echo: bool = True,
+    ) -> TurnResult:
+        """Run one turn in the calling thread. One turn at a time per session."""
+        if not self._lock.acquire(blocking=False):
+            raise ConfigError(
+                "An agent turn is already running in this session; wait or interrupt it."
+            )
+        try:
+            agent = Agent(
+                self.runtime,
+                self.model,
+                settings=settings or self.agent_settings,
+                history=self.history,
+                primitives_doc=self.primitives_doc,
+                audit=self.audit,
+                code_context=self.code_context,
+                echo=echo,
+            )
+            self._active = agent
+            return agent.run(prompt, on_event)
+        finally:
+            self._active = None
+            self._lock.release()
+
+    def cancel(self) -> bool:
+        """Stop the running turn, if any (safe from any thread). True if there was one."""
+        agent = self._active
+        if agent is None:
+            return False
+        agent.cancel()
+        return True
+
+    @property
+    def busy(self) -> bool:
+        return self._active is not None
+
+    def reset_conversation(self) -> None:
+        """Forget the conversation; the runtime (the memory that matters) is untouched."""
+        self.history.clear()
+
+
+_current: Session | None = None
+_factory: Callable[[], Session] = Session
+_current_lock = threading.Lock()
+
+
+def current_session() -> Session:
+    """The process's session, created on first use (so kernel start-up pays nothing for it)."""
+    global _current
+    with _current_lock:
+        if _current is None:
+            _current = _factory()
+        return _current
+
+
+def peek_session() -> Session | None:
+    """The session if one exists, without creating it."""
+    return _current
+
+
+def set_session_factory(factory: Callable[[], Session]) -> None:
+    """How ``current_session`` builds the session (the kernel passes its configuration here)."""
+    global _factory
+    with _current_lock:
+        _factory = factory
+
+
+def set_current_session(session: Session | None) -> None:
+    global _current
+    with _current_lock:
+        _current = session

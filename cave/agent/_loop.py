@@ -1,0 +1,271 @@
+"""The turn loop: run -> step -> query -> execute, until the model answers in text.
+
+It is synchronous on purpose: the kernel runs a whole turn in a worker thread while the cell's
+coroutine awaits it, so the kernel keeps serving widget clicks and interrupts meanwhile, and tests
+can run a turn with no kernel at all. ``cancel()`` is the one method meant for another thread.
+
+The history stays valid for the Messages API whatever happens: every ``tool_use`` gets a
+``tool_result`` (an interrupted step gets one saying so), and a failed first call leaves no
+dangling user message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from .._errors import MaxStepsReached, TurnInterrupted, TurnStopped
+from ..models._protocol import Model, ModelReply, ToolCall, Usage
+from . import _context
+from ._events import (
+    CodeFinished,
+    CodeStarted,
+    EventSink,
+    ModelCalled,
+    TextDelta,
+    ToolInputRejected,
+    TurnFinished,
+)
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Limits of one turn."""
+
+    max_steps: int = 20
+    """Model calls per turn before the turn stops with ``MaxStepsReached``."""
+    code_timeout: float | None = 600.0
+    """Seconds one code step may run before it is stopped (None: no limit)."""
+    max_tokens: int = 8192
+    """Output tokens per model call."""
+
+    def with_limits(self, **changes: Any) -> AgentSettings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    answer: str
+    steps: int
+    usage: Usage
+    duration_s: float
+
+
+class Runtime(Protocol):
+    """What the loop needs from ``cave.runtime.AgentRuntime``."""
+
+    def manifest(self) -> str: ...
+    def agent_variables(self) -> list[tuple[str, str]]: ...
+    def run(
+        self, code: str, *, timeout: float | None = ..., echo: bool = ..., label: str = ...
+    ) -> Any: ...
+    def interrupt(self) -> None: ...
+
+
+class AuditSink(Protocol):
+    def record(self, kind: str, /, **fields: Any) -> None: ...
+
+
+class _NullAudit:
+    def record(self, kind: str, /, **fields: Any) -> None:
+        pass
+
+
+class Agent:
+    """One conversation with one model over one runtime."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        model: Model,
+        *,
+        settings: AgentSettings | None = None,
+        history: list[dict[str, Any]] | None = None,
+        primitives_doc: str = "",
+        audit: AuditSink | None = None,
+        code_context: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+        echo: bool = True,
+    ) -> None:
+        self.runtime = runtime
+        self.model = model
+        self.settings = settings or AgentSettings()
+        self.history: list[dict[str, Any]] = history if history is not None else []
+        self.primitives_doc = primitives_doc
+        self.audit: AuditSink = audit or _NullAudit()
+        self.code_context = code_context or contextlib.nullcontext
+        self.echo = echo
+        self._cancelled = threading.Event()
+        self._sink: EventSink = lambda event: None
+        self._usage = Usage()
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self, prompt: str, on_event: EventSink | None = None) -> TurnResult:
+        self._sink, self._usage = on_event or (lambda e: None), Usage()
+        start, mark, step, stopped = time.perf_counter(), len(self.history), 0, None
+        answer: str | None = None
+        self._append_user(_context.user_prompt(prompt, self.runtime.agent_variables()))
+        try:
+            for step in range(1, self.settings.max_steps + 1):
+                answer = self.step(step)
+                if answer is not None:
+                    return TurnResult(answer, step, self._usage, time.perf_counter() - start)
+            raise MaxStepsReached(self.settings.max_steps)
+        except TurnStopped as stop:
+            stopped = type(stop).__name__
+            self._close_history(f"[This turn was stopped: {stop}]")
+            raise
+        except BaseException:
+            if step <= 1 and len(self.history) == mark + 1:  # nothing happened: forget the prompt
+                del self.history[mark:]
+            stopped = "error"
+            raise
+        finally:
+            self.audit.record(
+                "turn",
+                prompt=prompt[:2000],
+                steps=step,
+                stopped=stopped,
+                **_usage_fields(self._usage),
+            )
+            self._sink(
+                TurnFinished(
+                    answer or "",
+                    step,
+                    self._usage,
+                    time.perf_counter() - start,
+                    self.model.name,
+                    stopped,
+                )
+            )
+
+    def step(self, step: int) -> str | None:
+        """One model call and the code it asks for; the answer text when the turn is over."""
+        reply = self.query(step)
+        self.history.append({"role": "assistant", "content": reply.content})
+        if not reply.tool_calls:
+            return reply.text
+        results = []
+        for call in reply.tool_calls:
+            try:
+                results.append(self.execute(step, call))
+            except TurnInterrupted:
+                done = {r["tool_use_id"] for r in results}
+                results += [
+                    _tool_result(c.id, "Interrupted by the user.", error=True)
+                    for c in reply.tool_calls
+                    if c.id not in done
+                ]
+                self._append_user(results)
+                raise
+        self._append_user(results)
+        return None
+
+    def query(self, step: int) -> ModelReply:
+        self._check_cancelled(step)
+        request = _context.build_request(
+            system=_context.system_blocks(self.primitives_doc, self.runtime.manifest()),
+            history=self.history,
+            max_tokens=self.settings.max_tokens,
+        )
+        t0 = time.perf_counter()
+        try:
+            reply = self.model.query(request, lambda text: self._sink(TextDelta(step, text)))
+        except TurnInterrupted:
+            raise TurnInterrupted(step) from None
+        self._usage += reply.usage
+        self.audit.record(
+            "model_call",
+            step=step,
+            model=reply.model or self.model.name,
+            stop_reason=reply.stop_reason,
+            **_usage_fields(reply.usage),
+        )
+        self._sink(
+            ModelCalled(step, reply.model or self.model.name, reply.usage, time.perf_counter() - t0)
+        )
+        return reply
+
+    def execute(self, step: int, call: ToolCall) -> dict[str, Any]:
+        self._check_cancelled(step)
+        if call.code is None:
+            self._sink(ToolInputRejected(step, call.error or "unusable input"))
+            return _tool_result(call.id, f"Tool input rejected: {call.error}", error=True)
+        self._sink(CodeStarted(step, call.code))
+        with self.code_context():
+            result = self.runtime.run(
+                call.code, timeout=self.settings.code_timeout, echo=self.echo, label=f"step-{step}"
+            )
+        self.audit.record(
+            "code",
+            step=step,
+            code=call.code,
+            error=result.error,
+            timed_out=result.timed_out,
+            interrupted=result.interrupted,
+            duration_s=round(result.duration_s, 6),
+        )
+        self._sink(CodeFinished(step, call.code, result))
+        if result.interrupted or self._cancelled.is_set():
+            raise TurnInterrupted(step)
+        return _tool_result(call.id, result.for_model(), error=result.error is not None)
+
+    # -- control from other threads ----------------------------------------------------------
+    def cancel(self) -> None:
+        """Stop the running turn as soon as possible (the kernel's stop button)."""
+        self._cancelled.set()
+        self.model.cancel()
+        self.runtime.interrupt()
+
+    @property
+    def cancelled(self) -> threading.Event:
+        return self._cancelled
+
+    # -- history bookkeeping -----------------------------------------------------------------
+    def _check_cancelled(self, step: int) -> None:
+        if self._cancelled.is_set():
+            raise TurnInterrupted(step)
+
+    def _append_user(self, blocks: list[dict[str, Any]]) -> None:
+        """Add user content, merging into a trailing user message (the API wants alternation)."""
+        if self.history and self.history[-1]["role"] == "user":
+            self.history[-1] = {"role": "user", "content": [*self.history[-1]["content"], *blocks]}
+        else:
+            self.history.append({"role": "user", "content": list(blocks)})
+
+    def _close_history(self, note: str) -> None:
+        """Leave a stopped turn so the next one can continue it."""
+        last = self.history[-1] if self.history else None
+        if last and last["role"] == "assistant":
+            pending = [b["id"] for b in last["content"] if b.get("type") == "tool_use"]
+            self._append_user(
+                [_tool_result(i, "Not run: the turn was stopped.", error=True) for i in pending]
+            )
+        self._append_user([{"type": "text", "text": note}])
+
+    def iter_messages(self) -> Iterator[dict[str, Any]]:
+        return iter(self.history)
+
+
+def _tool_result(tool_use_id: str, text: str, *, error: bool = False) -> dict[str, Any]:
+    block: dict[str, Any] = {
+        "type": "tool_result",
+        "tool_use_id": tool_use_id,
+        "content": [{"type": "text", "text": text}],
+    }
+    if error:
+        block["is_error"] = True
+    return block
+
+
+def _usage_fields(usage: Usage) -> dict[str, Any]:
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "cost_usd": usage.cost_usd,
+    }

@@ -1,0 +1,127 @@
+"""The ``cave`` command: install the kernel, open JupyterLab, run a prompt or a notebook.
+
+Each subcommand parses its arguments here (the edge) and calls into the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ._errors import CaveError
+
+
+def _install(args: argparse.Namespace) -> int:
+    from .kernel._install import install
+
+    path = install(user=args.user, prefix=args.prefix, sys_prefix=args.sys_prefix, name=args.name)
+    print(f"Installed the Cave kernelspec in {path}")
+    return 0
+
+
+def _lab(args: argparse.Namespace) -> int:
+    """JupyterLab with the Cave kernel available (installed into this environment if missing)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec("cave")
+    except NoSuchKernel:
+        from .kernel._install import install
+
+        install(sys_prefix=True)
+    argv = [sys.executable, "-m", "jupyterlab", *args.lab_args]
+    return subprocess.call(argv)
+
+
+def _run(args: argparse.Namespace) -> int:
+    target = args.target
+    if target.endswith(".ipynb") and Path(target).exists():
+        return _run_notebook(Path(target), args)
+    return _run_prompt(" ".join([target, *args.rest]), args)
+
+
+def _run_prompt(prompt: str, args: argparse.Namespace) -> int:
+    """One agent turn in this terminal; text streams to stdout."""
+    from ._session import current_session
+    from .agent._events import CodeFinished, CodeStarted, TextDelta, TurnFinished
+    from .kernel._render import footer_text
+
+    session = current_session()
+
+    def show(event: object) -> None:
+        if isinstance(event, TextDelta):
+            print(event.text, end="", flush=True)
+        elif isinstance(event, CodeStarted):
+            print(f"\n--- agent code (step {event.step}) ---\n{event.code}\n---", flush=True)
+        elif isinstance(event, CodeFinished) and event.result.error:
+            print(event.result.error, file=sys.stderr)
+        elif isinstance(event, TurnFinished):
+            print(f"\n[{footer_text(event)}]")
+
+    settings = session.agent_settings.with_limits(max_steps=args.max_steps)
+    session.ask(prompt, show, settings=settings)
+    return 0
+
+
+def _run_notebook(path: Path, args: argparse.Namespace) -> int:
+    """Execute a notebook on the Cave kernel and write the outputs back (like nbconvert)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb,
+        kernel_name="cave",
+        timeout=args.timeout,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    client.execute()
+    out = Path(args.output) if args.output else path
+    nbformat.write(nb, out)
+    print(f"Executed {path} -> {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cave", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("install", help="install the Cave kernelspec")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="into the user's Jupyter data dir")
+    where.add_argument("--sys-prefix", action="store_true", help="into this Python environment")
+    where.add_argument("--prefix", help="into PREFIX/share/jupyter/kernels")
+    p.add_argument("--name", default="cave")
+    p.set_defaults(func=_install)
+
+    p = sub.add_parser("lab", help="open JupyterLab (extra arguments go to jupyter lab)")
+    p.add_argument("lab_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_lab)
+
+    p = sub.add_parser("run", help="run one agent turn in this terminal, or execute a notebook")
+    p.add_argument("target", help="a request (quoted) or a .ipynb file")
+    p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--timeout", type=int, default=600, help="per-cell timeout for notebooks")
+    p.add_argument("--output", "-o", help="where to write an executed notebook")
+    p.set_defaults(func=_run)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CaveError as err:
+        print(f"cave: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
