@@ -1,0 +1,490 @@
+"""The approval queue: every request the agent made, persisted in SQLite (WAL) in the session dir.
+
+Why a database and not memory: a request must outlive the kernel that asked (so a restart can say
+it *expired* rather than silently forget it), and a terminal (``cave approvals approve ID``) must be
+able to decide for a kernel it shares nothing with but the session directory.
+
+States: ``pending -> approved | denied | expired | cancelled``. A transition happens once, under
+``BEGIN IMMEDIATE`` with ``WHERE state = 'pending'``, so when two channels answer (a widget click
+and the CLI, say) exactly one wins and the other gets :class:`AlreadyDecided`. Order is FIFO: the
+``seq`` column is the order of submission within the database (one database per session).
+
+What this module guarantees, exactly:
+
+* A decision is durable once :meth:`ApprovalQueue.decide` returns (WAL, ``synchronous=NORMAL``:
+  durable across a process crash; an OS crash may lose the last transactions).
+* A request left ``pending`` by a kernel that is no longer running is turned into ``expired`` by
+  :meth:`ApprovalQueue.expire_orphans` (called when a kernel, ``%approvals`` or the CLI opens the
+  queue). Liveness is judged on the same host only (pid + process start time, so a reused pid does
+  not look alive); a request owned by a kernel on another host is left alone.
+* The database file is created mode 0600. Anyone who can write it can decide requests: the
+  session directory's permissions (0700) are the access control, nothing here authenticates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .._errors import ApprovalError
+
+__all__ = [
+    "DB_NAME",
+    "STATES",
+    "AlreadyDecided",
+    "ApprovalQueue",
+    "ApprovalRecord",
+    "Owner",
+    "RequestLike",
+    "UnknownRequest",
+    "format_table",
+]
+
+DB_NAME = "approvals.db"
+PENDING, APPROVED, DENIED, EXPIRED, CANCELLED = (
+    "pending",
+    "approved",
+    "denied",
+    "expired",
+    "cancelled",
+)
+STATES = (PENDING, APPROVED, DENIED, EXPIRED, CANCELLED)
+OUTCOMES: dict[str, tuple[str, str | None]] = {
+    "approve_once": (APPROVED, "once"),
+    "approve_session": (APPROVED, "session"),
+    "deny": (DENIED, None),
+    "expire": (EXPIRED, None),
+    "cancel": (CANCELLED, None),
+}
+"""What a caller may ask for -> (new state, grant scope)."""
+
+_MAX_DETAIL_CHARS = 4000
+"""A single detail value longer than this is cut when stored (previews are for people)."""
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS requests (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    capability TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    details TEXT NOT NULL,
+    code_line TEXT,
+    created_at REAL NOT NULL,
+    deadline REAL,
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN {STATES!r}),
+    scope TEXT CHECK (scope IS NULL OR scope IN ('once', 'session')),
+    decided_by TEXT,
+    channel TEXT,
+    decided_at REAL,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS requests_by_state ON requests (state, seq);
+"""
+
+
+class RequestLike(Protocol):
+    """What :meth:`ApprovalQueue.submit` reads from an ``ApprovalRequest`` (structural)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def capability(self) -> str: ...
+    @property
+    def summary(self) -> str: ...
+    @property
+    def details(self) -> Mapping[str, Any]: ...
+    @property
+    def code_line(self) -> str | None: ...
+    @property
+    def created_at(self) -> float: ...
+
+
+class UnknownRequest(ApprovalError, KeyError):
+    """No request has this id (or prefix)."""
+
+    def __init__(self, request_id: str, candidates: list[str] | None = None) -> None:
+        self.request_id = request_id
+        self.candidates = candidates or []
+        if self.candidates:
+            problem = f"{request_id!r} matches several requests: {', '.join(self.candidates)}"
+            fix = "Give more characters of the id."
+        else:
+            problem = f"No approval request with id {request_id!r}"
+            fix = "List them with `cave approvals list` or `%approvals`."
+        super().__init__(f"{problem}. {fix}")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class AlreadyDecided(ApprovalError):
+    """The request left ``pending`` before this decision arrived; nothing was changed."""
+
+    def __init__(self, record: ApprovalRecord) -> None:
+        self.record = record
+        self.request_id = record.id
+        self.state = record.state
+        super().__init__(
+            f"Request {record.id} is already {record.outcome_text()}; nothing changed. "
+            "Only pending requests can be decided (see `cave approvals list`)."
+        )
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process waiting for a request: enough to tell later whether it is still running."""
+
+    host: str
+    pid: int
+    started: str
+    """Process start time as the kernel counts it (``/proc/PID/stat`` field 22), or ''."""
+
+    @classmethod
+    def this_process(cls) -> Owner:
+        return cls(socket.gethostname(), os.getpid(), _start_time(os.getpid()))
+
+    @classmethod
+    def parse(cls, text: str) -> Owner:
+        host, _, rest = text.rpartition("@")
+        pid, _, started = rest.partition(":")
+        return cls(host, int(pid) if pid.isdigit() else -1, started)
+
+    def __str__(self) -> str:
+        return f"{self.host}@{self.pid}:{self.started}"
+
+    def alive(self) -> bool | None:
+        """True/False on this host; None when the owner is on another host (cannot tell)."""
+        if self.host != socket.gethostname():
+            return None
+        if self.pid <= 0:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # exists, owned by someone else
+        if not self.started:
+            return True
+        return _start_time(self.pid) == self.started
+
+
+def _start_time(pid: int) -> str:
+    """Start time of ``pid`` (Linux), '' where unknown. A zombie counts as not started."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+    except OSError:
+        return ""
+    fields = stat[stat.rfind(")") + 2 :].split()
+    if not fields or fields[0] in ("Z", "X"):
+        return "dead"
+    return fields[19] if len(fields) > 19 else ""
+
+
+@dataclass(frozen=True)
+class ApprovalRecord:
+    """One row of the queue, as stored."""
+
+    seq: int
+    """Position in the queue (FIFO order of submission)."""
+    id: str
+    capability: str
+    summary: str
+    details: Mapping[str, Any]
+    code_line: str | None
+    created_at: float
+    deadline: float | None
+    """When a pending request times out (policy ``ask`` with ``timeout``), or None."""
+    owner: str
+    """``host@pid:start`` of the kernel that waits for the decision."""
+    state: str
+    scope: str | None
+    """``once`` or ``session`` for an approval, else None."""
+    decided_by: str | None
+    channel: str | None
+    """Where the decision came from: widget, stdin, control, cli, timeout, interrupt, restart."""
+    decided_at: float | None
+    reason: str | None
+
+    @property
+    def pending(self) -> bool:
+        return self.state == PENDING
+
+    def outcome_text(self) -> str:
+        """'approved for this session by alice via widget at 12:03:04', 'pending', ..."""
+        if self.state == PENDING:
+            return PENDING
+        what = self.state
+        if self.state == APPROVED:
+            what = "approved once" if self.scope == "once" else "approved for this session"
+        parts = [what]
+        if self.decided_by:
+            parts.append(f"by {self.decided_by}")
+        if self.channel:
+            parts.append(f"via {self.channel}")
+        if self.decided_at is not None:
+            parts.append(f"at {_clock(self.decided_at)}")
+        text = " ".join(parts)
+        return f"{text} ({self.reason})" if self.reason else text
+
+
+def _clock(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+_COLUMNS = (
+    "seq, id, capability, summary, details, code_line, created_at, deadline, owner, state, scope, "
+    "decided_by, channel, decided_at, reason"
+)
+
+
+def _record(row: tuple[Any, ...]) -> ApprovalRecord:
+    values = list(row)
+    values[4] = json.loads(values[4])
+    return ApprovalRecord(*values)
+
+
+def _bounded(value: Any, depth: int = 0) -> Any:
+    """JSON-safe copy of ``value`` with long strings cut (details are shown, never executed)."""
+    if isinstance(value, str):
+        if len(value) > _MAX_DETAIL_CHARS:
+            return value[:_MAX_DETAIL_CHARS] + f"... [{len(value) - _MAX_DETAIL_CHARS:,} more]"
+        return value
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if depth < 4 and isinstance(value, Mapping):
+        return {str(k): _bounded(v, depth + 1) for k, v in list(value.items())[:100]}
+    if depth < 4 and isinstance(value, (list, tuple)):
+        return [_bounded(v, depth + 1) for v in value[:100]]
+    if isinstance(value, bytes):
+        return _bounded(value.decode("utf-8", "replace"), depth)
+    return _bounded(repr(value), depth)
+
+
+class ApprovalQueue:
+    """The persisted FIFO of approval requests of one session. Safe to share between threads."""
+
+    def __init__(self, path: str | os.PathLike[str], *, owner: Owner | None = None) -> None:
+        self.path = Path(path)
+        self.owner = owner or Owner.this_process()
+        if not self.path.exists():
+            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        # One connection, shared under a lock: it is opened here, outside agent code, so deciding
+        # later opens no file (the in-process guard sees no new `open`).
+        self._db = sqlite3.connect(
+            str(self.path), timeout=10.0, isolation_level=None, check_same_thread=False
+        )
+        self._lock = threading.RLock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+
+    @classmethod
+    def in_directory(
+        cls, session_dir: str | os.PathLike[str], *, owner: Owner | None = None
+    ) -> ApprovalQueue:
+        """The queue of the session stored in ``session_dir`` (``approvals.db`` there)."""
+        return cls(Path(session_dir) / DB_NAME, owner=owner)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> ApprovalQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- writing ----------------------------------------------------------------------------
+    def submit(self, request: RequestLike, *, timeout: float | None = None) -> ApprovalRecord:
+        """Persist ``request`` as pending (at the end of the FIFO) and return its row."""
+        deadline = request.created_at + timeout if timeout is not None else None
+        details = json.dumps(_bounded(dict(request.details)), ensure_ascii=False)
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO requests (id, capability, summary, details, code_line, created_at, "
+                "deadline, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    request.id,
+                    request.capability,
+                    request.summary,
+                    details,
+                    request.code_line,
+                    request.created_at,
+                    deadline,
+                    str(self.owner),
+                ),
+            )
+        return self.get(request.id)
+
+    def decide(
+        self,
+        request_id: str,
+        outcome: str,
+        *,
+        who: str,
+        channel: str,
+        reason: str | None = None,
+        now: float | None = None,
+    ) -> ApprovalRecord:
+        """Move a pending request to ``outcome`` (a key of ``OUTCOMES``); first caller wins.
+
+        ``request_id`` may be a unique prefix. Raises :class:`UnknownRequest` or
+        :class:`AlreadyDecided`; on success returns the updated row.
+        """
+        if outcome not in OUTCOMES:
+            raise ApprovalError(
+                f"Unknown outcome {outcome!r}; use one of {', '.join(OUTCOMES)}."
+            )
+        state, scope = OUTCOMES[outcome]
+        with self._write() as db:
+            full_id = self._resolve(request_id)
+            changed = db.execute(
+                "UPDATE requests SET state = ?, scope = ?, decided_by = ?, channel = ?, "
+                "decided_at = ?, reason = ? WHERE id = ? AND state = 'pending'",
+                (state, scope, who, channel, time.time() if now is None else now, reason, full_id),
+            ).rowcount
+        record = self.get(full_id)
+        if not changed:
+            raise AlreadyDecided(record)
+        return record
+
+    def expire_orphans(self) -> list[ApprovalRecord]:
+        """Expire pending requests whose kernel is gone (same host only); return them."""
+        expired: list[ApprovalRecord] = []
+        for record in self.pending():
+            owner = Owner.parse(record.owner)
+            if owner == self.owner or owner.alive() is not False:
+                continue
+            reason = (
+                f"the kernel that asked (pid {owner.pid}) stopped before anyone decided; "
+                "nothing was run. Ask the agent again if still wanted"
+            )
+            try:
+                expired.append(
+                    self.decide(record.id, "expire", who="cave", channel="restart", reason=reason)
+                )
+            except AlreadyDecided:
+                pass
+        return expired
+
+    def expire_overdue(self, now: float | None = None) -> list[ApprovalRecord]:
+        """Expire pending requests past their deadline (policy timeout); return them."""
+        now = time.time() if now is None else now
+        expired: list[ApprovalRecord] = []
+        for record in self.pending():
+            if record.deadline is None or record.deadline > now:
+                continue
+            waited = record.deadline - record.created_at
+            reason = f"no decision within {waited:g} s; the policy says deny on timeout"
+            try:
+                expired.append(
+                    self.decide(
+                        record.id, "expire", who="cave", channel="timeout", reason=reason, now=now
+                    )
+                )
+            except AlreadyDecided:
+                pass
+        return expired
+
+    # -- reading ----------------------------------------------------------------------------
+    def _resolve(self, request_id: str) -> str:
+        rows = self._db.execute(
+            "SELECT id FROM requests WHERE id = ? UNION SELECT id FROM requests "
+            "WHERE substr(id, 1, ?) = ? LIMIT 6",
+            (request_id, len(request_id), request_id),
+        ).fetchall()
+        ids = sorted({r[0] for r in rows})
+        if request_id in ids:
+            return request_id
+        if len(ids) == 1 and request_id:
+            return str(ids[0])
+        raise UnknownRequest(request_id, ids if request_id else [])
+
+    def get(self, request_id: str) -> ApprovalRecord:
+        """The row for ``request_id`` (or a unique prefix of it)."""
+        with self._lock:
+            full_id = self._resolve(request_id)
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM requests WHERE id = ?", (full_id,)
+            ).fetchone()
+        return _record(row)
+
+    def state(self, request_id: str) -> str:
+        """Just the state (the cheap read a waiting channel polls)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT state FROM requests WHERE id = ?", (request_id,)
+            ).fetchone()
+        if row is None:
+            raise UnknownRequest(request_id)
+        return str(row[0])
+
+    def pending(self) -> list[ApprovalRecord]:
+        """Pending requests, oldest first (the FIFO)."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM requests WHERE state = 'pending' ORDER BY seq"
+            ).fetchall()
+        return [_record(r) for r in rows]
+
+    def recent(self, limit: int = 20) -> list[ApprovalRecord]:
+        """The last ``limit`` requests in any state, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM requests ORDER BY seq DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [_record(r) for r in reversed(rows)]
+
+    def listing(self, limit: int = 20) -> list[ApprovalRecord]:
+        """Every pending request plus the last ``limit`` decided ones, in FIFO order."""
+        by_seq = {r.seq: r for r in self.recent(limit)}
+        by_seq.update({r.seq: r for r in self.pending()})
+        return [by_seq[k] for k in sorted(by_seq)]
+
+
+def format_table(records: list[ApprovalRecord]) -> str:
+    """A plain-text table for ``%approvals`` and ``cave approvals list``."""
+    if not records:
+        return "No approval requests in this session."
+    lines = []
+    for r in records:
+        head = f"{r.id}  {_clock(r.created_at)}  {r.state:<9}  {r.capability}"
+        lines.append(head)
+        lines.append(f"    {r.summary}")
+        if r.code_line:
+            lines.append(f"    asked by: {r.code_line.strip()[:160]}")
+        if r.state != PENDING:
+            lines.append(f"    {r.outcome_text()}")
+    pending = sum(1 for r in records if r.pending)
+    if pending:
+        lines.append(
+            f"{pending} pending: decide in the notebook, or `cave approvals approve ID` / "
+            "`cave approvals deny ID`."
+        )
+    return "\n".join(lines)
