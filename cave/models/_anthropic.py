@@ -219,6 +219,10 @@ class AnthropicModel:
         if call is not None:
             call.cancel()
 
+    def close(self) -> None:
+        """Release the SDK client's connections (the model is unusable afterwards)."""
+        self._client.close()
+
     def _request_kwargs(self, request: ModelRequest) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "model": self.name,
@@ -296,7 +300,7 @@ class AnthropicModel:
 
 def _plain_block(block: Any) -> dict[str, Any]:
     """An SDK content block as the dict to send back: API field names, no None fields."""
-    data: dict[str, Any] = block.to_dict(mode="json", exclude_none=True)
+    data: dict[str, Any] = block.to_dict(mode="json", exclude_none=True, warnings=False)
     data.pop("parsed_output", None)  # an SDK-side field, not part of the API
     return data
 
