@@ -232,8 +232,13 @@ def _first_doc_line(obj: Any) -> str:
 
 def _signature(obj: Any) -> str:
     try:
+        # eval_str turns `from __future__ import annotations` strings back into names.
+        return _cut(str(inspect.signature(obj, eval_str=True)), 300)
+    except Exception:
+        pass
+    try:
         return _cut(str(inspect.signature(obj)), 300)
-    except (TypeError, ValueError):
+    except Exception:
         return "(...)"
 
 
@@ -249,7 +254,7 @@ def _indent(text: str) -> list[str]:
     return ["  " + _cut(line.rstrip(), _LINE_CHARS) for line in text.splitlines()]
 
 
-def _describe_dataframe(obj: Any) -> list[str]:
+def _describe_dataframe(obj: Any, base: type) -> list[str]:
     def shape() -> list[str]:
         rows, ncols = obj.shape
         index = obj.index
@@ -271,6 +276,8 @@ def _describe_dataframe(obj: Any) -> list[str]:
 
     def sample() -> list[str]:
         head = obj.iloc[:_SAMPLE_ROWS, :_SAMPLE_COLUMNS]
+        if type(head) is not base:  # a subclass may override iteration or repr: render as pandas
+            head = base(head)
         text = head.to_string(max_colwidth=24, show_dimensions=False)
         more = " (first columns)" if obj.shape[1] > _SAMPLE_COLUMNS else ""
         return [f"first {_SAMPLE_ROWS} rows{more}:", *_indent(text)]
@@ -278,12 +285,15 @@ def _describe_dataframe(obj: Any) -> list[str]:
     return _guard("shape", shape) + _guard("columns", columns) + _guard("sample rows", sample)
 
 
-def _describe_series(obj: Any) -> list[str]:
+def _describe_series(obj: Any, base: type) -> list[str]:
     def info() -> list[str]:
         return [f"length: {obj.shape[0]:,}; dtype: {obj.dtype}; name: {_SHORT.repr(obj.name)}"]
 
     def sample() -> list[str]:
-        text = obj.iloc[:5].to_string(max_rows=5)
+        head = obj.iloc[:5]
+        if type(head) is not base:
+            head = base(head)
+        text = head.to_string(max_rows=5)
         return ["first values:", *_indent(text)]
 
     return _guard("shape", info) + _guard("sample values", sample)
@@ -363,10 +373,12 @@ def _summary(obj: Any) -> list[str]:
     if isinstance(obj, type):
         doc = _first_doc_line(obj)
         return [f"class {obj.__qualname__}{_signature(obj)}" + (f": {doc}" if doc else "")]
-    if _mro_has(obj, "pandas", "DataFrame"):
-        return _describe_dataframe(obj)
-    if _mro_has(obj, "pandas", "Series"):
-        return _describe_series(obj)
+    frame_class = _mro_has(obj, "pandas", "DataFrame")
+    if frame_class is not None:
+        return _describe_dataframe(obj, frame_class)
+    series_class = _mro_has(obj, "pandas", "Series")
+    if series_class is not None:
+        return _describe_series(obj, series_class)
     if _mro_has(obj, "numpy", "ndarray"):
         return _describe_array(obj, numpy=True)
     if hasattr(type(obj), "shape") and hasattr(type(obj), "dtype"):
