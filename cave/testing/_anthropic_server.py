@@ -390,6 +390,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _HTTPServer
     timeout = 60  # an idle keep-alive connection is dropped after this long
+    # Events are many small writes; with Nagle on, each waits for the client's delayed ACK
+    # (measured: ~44 ms per request instead of ~2 ms).
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # tests read `.requests`; stderr stays quiet
