@@ -1,0 +1,40 @@
+"""Checkpoint and resume whole sessions: incremental, crash-safe, signed, portable.
+
+See docs/checkpoints.md. The kernel uses `SessionStore` through the `CheckpointStore` protocol;
+users extend it with `register()` for objects that pickling cannot carry.
+"""
+
+from ._errors import CheckpointIncomplete, InvalidCheckpointName
+from ._protocol import (
+    Changes,
+    CheckpointDiff,
+    CheckpointInfo,
+    CheckpointStore,
+    GcReport,
+    Problem,
+    ProgressCallback,
+    Restored,
+    VerifyReport,
+)
+from ._reducers import register, unregister
+from ._signing import config_dir, load_or_create_secret
+from ._store import SessionStore
+
+__all__ = [
+    "Changes",
+    "CheckpointDiff",
+    "CheckpointIncomplete",
+    "CheckpointInfo",
+    "CheckpointStore",
+    "GcReport",
+    "InvalidCheckpointName",
+    "Problem",
+    "ProgressCallback",
+    "Restored",
+    "SessionStore",
+    "VerifyReport",
+    "config_dir",
+    "load_or_create_secret",
+    "register",
+    "unregister",
+]

@@ -1,0 +1,198 @@
+"""The local store: SQLite (WAL) for manifests, one file per content-addressed blob.
+
+    <dir>/                       mode 0700
+      checkpoints.sqlite         tables `meta` (session id) and `checkpoints` (signed manifests)
+      blobs/<2 hex>/<sha256>     header with HMAC tag, then the payload; mode 0600
+      blobs/tmp/                 files being written; a crash leaves them for gc
+      lock                       flock: saves share it, gc takes it alone
+
+A save writes each new blob to tmp/, fsyncs it, renames it into place and fsyncs the directory;
+only then does one SQLite transaction (synchronous=FULL) insert the signed manifest. A crash at any
+instant therefore leaves either the old set of manifests or the new one, and every blob that a
+committed manifest names is complete on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from . import _blobio
+from ._signing import Signer
+
+DB_NAME = "checkpoints.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    manifest BLOB NOT NULL,
+    sig BLOB
+);
+"""
+
+
+class LocalBackend:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.url = str(self.root)
+        self.blob_dir = self.root / "blobs"
+        self.tmp_dir = self.blob_dir / "tmp"
+        self.tmp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('session', ?)", (os.urandom(16),))
+            self._session: bytes = db.execute(
+                "SELECT value FROM meta WHERE key = 'session'"
+            ).fetchone()[0]
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        # A connection per operation: the store may be used from any thread.
+        db = sqlite3.connect(self.root / DB_NAME, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            yield db
+        finally:
+            db.close()
+
+    def session_id(self) -> bytes:
+        return self._session
+
+    # --- manifests ------------------------------------------------------------------------------
+
+    def manifests(self) -> list[tuple[str, bytes, bytes | None]]:
+        with self._db() as db:
+            rows = db.execute("SELECT name, manifest, sig FROM checkpoints ORDER BY seq").fetchall()
+        return [(name, bytes(m), bytes(s) if s is not None else None) for name, m, s in rows]
+
+    def manifest(self, name: str) -> tuple[bytes, bytes | None] | None:
+        with self._db() as db:
+            row = db.execute(
+                "SELECT manifest, sig FROM checkpoints WHERE name = ?", (name,)
+            ).fetchone()
+        if row is None:
+            return None
+        return bytes(row[0]), bytes(row[1]) if row[1] is not None else None
+
+    def commit(self, build: Callable[[int], tuple[str, bytes, bytes]]) -> None:
+        """Insert the manifest ``build(seq)`` returns (replacing its namesake), atomically."""
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM checkpoints").fetchone()[0]
+                name, manifest, sig = build(seq)
+                db.execute("DELETE FROM checkpoints WHERE name = ?", (name,))
+                db.execute(
+                    "INSERT INTO checkpoints VALUES (?, ?, ?, ?)", (seq, name, manifest, sig)
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def delete(self, name: str) -> bool:
+        with self._db() as db:
+            return db.execute("DELETE FROM checkpoints WHERE name = ?", (name,)).rowcount > 0
+
+    # --- blobs ----------------------------------------------------------------------------------
+
+    def _path(self, digest: str) -> Path:
+        return self.blob_dir / digest[:2] / digest
+
+    def has_blob(self, digest: str) -> bool:
+        return self._path(digest).exists()
+
+    def write_blob(
+        self, parts: list[bytes | memoryview], signer: Signer, on_bytes: Callable[[int], None]
+    ) -> tuple[str, bool]:
+        """Store a payload; return (sha256 hex, whether a file was written). Durable on return."""
+        length = _blobio.size_of(parts)
+        tmp = self.tmp_dir / f"{os.getpid()}-{os.urandom(8).hex()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.pwrite(fd, _blobio.header(bytes(32), length), 0)
+            os.lseek(fd, _blobio.HEADER, os.SEEK_SET)
+
+            def write(chunk: memoryview) -> None:
+                while chunk.nbytes:
+                    chunk = chunk[os.write(fd, chunk) :]
+
+            digest = _blobio.write_hashed(write, parts, on_bytes, lambda: os.fdatasync(fd))
+            os.pwrite(fd, _blobio.header(signer.blob_tag(digest, length), length), 0)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        hexdigest = digest.hex()
+        final = self._path(hexdigest)
+        if final.exists():
+            tmp.unlink()
+            return hexdigest, False
+        if not final.parent.exists():
+            final.parent.mkdir(mode=0o700, exist_ok=True)
+            _fsync_dir(self.blob_dir)
+        os.rename(tmp, final)
+        _fsync_dir(final.parent)
+        return hexdigest, True
+
+    def read_blob(
+        self, digest: str, on_bytes: Callable[[int], None]
+    ) -> tuple[bytes, memoryview, bytes]:
+        """(tag, payload, sha256 of the payload as read). FileNotFoundError if absent."""
+        with open(self._path(digest), "rb", buffering=0) as f:
+            tag, length = _blobio.parse_header(f.read(_blobio.HEADER))
+            actual = os.fstat(f.fileno()).st_size - _blobio.HEADER
+            if actual != length:
+                raise ValueError(f"blob holds {actual} payload bytes, its header says {length}")
+            buf = _blobio.allocate(length)
+            sha = _blobio.read_hashed(f.readinto, buf, on_bytes)
+        return tag, buf, sha
+
+    def blobs(self) -> Iterator[tuple[str, int, float]]:
+        """(digest, file size, mtime) of every stored blob."""
+        for sub in self.blob_dir.iterdir():
+            if sub.name == "tmp" or not sub.is_dir():
+                continue
+            for f in sub.iterdir():
+                st = f.stat()
+                yield f.name, st.st_size, st.st_mtime
+
+    def remove_blob(self, digest: str) -> None:
+        self._path(digest).unlink(missing_ok=True)
+
+    def remove_temp(self) -> int:
+        n = 0
+        for f in self.tmp_dir.iterdir():
+            f.unlink(missing_ok=True)
+            n += 1
+        return n
+
+    # --- locking --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, exclusive: bool) -> Iterator[None]:
+        """Saves share the lock; gc holds it alone, so it never deletes a blob a save just wrote."""
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
