@@ -204,6 +204,21 @@ def test_unreachable_endpoint_is_a_connection_error():
     assert err.value.detail == f"could not reach http://127.0.0.1:{port}"
 
 
+def test_server_dying_mid_stream_is_a_connection_error():
+    server = AnthropicServer([reply("x" * 100)], latency=0.2, chunk_size=2).start()
+    model = make(server)
+    chunks: list[str] = []
+    timer = threading.Timer(0.5, server.stop)
+    timer.start()
+    with pytest.raises(ModelResponseError) as err:
+        model.query(REQUEST, chunks.append)
+    timer.join()
+    model.close()
+    assert chunks  # it had started answering
+    assert (err.value.status, err.value.error_type) == (None, "connection_error")
+    assert "broke during the reply" in err.value.detail
+
+
 def test_missing_key_and_endpoint_raises_at_construction():
     with pytest.raises(MissingAPIKey) as err:
         AnthropicModel()
