@@ -1,1 +1,58 @@
-"""See DESIGN.md."""
+"""Human approval of the agent's actions: a persisted queue, the kernel's channel, the widget.
+
+See docs/approvals.md. Names load on first use, so ``install`` at kernel start costs no sqlite3 or
+ipywidgets import.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._channel import KernelApprovalChannel
+    from ._cli import decide, list_requests
+    from ._kernel_glue import install, make_channel, session_channel
+    from ._queue import AlreadyDecided, ApprovalQueue, ApprovalRecord, UnknownRequest
+    from ._widget import ApprovalView
+
+_WHERE = {
+    "AlreadyDecided": "._queue",
+    "ApprovalQueue": "._queue",
+    "ApprovalRecord": "._queue",
+    "ApprovalView": "._widget",
+    "KernelApprovalChannel": "._channel",
+    "UnknownRequest": "._queue",
+    "decide": "._cli",
+    "install": "._kernel_glue",
+    "list_requests": "._cli",
+    "make_channel": "._kernel_glue",
+    "session_channel": "._kernel_glue",
+}
+
+__all__ = [
+    "AlreadyDecided",
+    "ApprovalQueue",
+    "ApprovalRecord",
+    "ApprovalView",
+    "KernelApprovalChannel",
+    "UnknownRequest",
+    "decide",
+    "install",
+    "list_requests",
+    "make_channel",
+    "session_channel",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cave.approvals' has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,359 @@
+"""The kernel's approval channel: persist, show, and take the first answer from any channel.
+
+How waiting works (see docs/approvals.md for the alternatives we rejected): a primitive calls
+:meth:`KernelApprovalChannel.decide` from the agent's worker thread, which blocks *that thread
+only*. The cell's coroutine is awaiting the turn, so the kernel's event loop keeps dispatching
+shell messages, and a widget click (a ``comm_msg``) runs its callback on the main thread. Every
+channel writes its decision into the queue (SQLite, first writer wins) and then wakes the waiter:
+
+* **widget**: the button callback, on the kernel's main thread;
+* **control**: a ``cave_approval_decision`` message on the control channel (see ``_kernel_glue``);
+* **stdin**: an ``input_request`` sent by the waiting thread itself, polled without blocking, for
+  frontends that cannot render widgets (consoles);
+* **CLI**: another process writing the same database; seen by polling (``poll_interval``).
+
+Cancellation: the waiter checks the turn's ``cancelled`` event every ``poll_interval``; the stop
+button also raises ``KeyboardInterrupt`` in the waiting thread (the executor's interrupt). Either
+way the request becomes ``cancelled`` and the exception (or ``Decision.CANCELLED``) propagates.
+
+Not enforced here: *who* may click. Anyone connected to the kernel (or able to write the session
+directory) can approve; the decision records the Jupyter username the frontend claims.
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._queue import (
+    APPROVED,
+    CANCELLED,
+    EXPIRED,
+    PENDING,
+    AlreadyDecided,
+    ApprovalQueue,
+    ApprovalRecord,
+)
+
+if TYPE_CHECKING:
+    from ._protocol import ApprovalRequest, Decision
+    from ._widget import ApprovalView
+
+__all__ = ["KernelApprovalChannel", "UI_MODES", "parse_answer", "wake"]
+
+UI_MODES = ("auto", "widget", "stdin")
+"""auto: widget, plus a stdin prompt when the frontend allows stdin and is not a notebook."""
+
+_ANSWERS = {
+    "o": "approve_once",
+    "once": "approve_once",
+    "y": "approve_once",
+    "yes": "approve_once",
+    "s": "approve_session",
+    "session": "approve_session",
+    "d": "deny",
+    "deny": "deny",
+    "n": "deny",
+    "no": "deny",
+}
+_PROMPT = "Approve {id}? [o]nce / [s]ession / [d]eny: "
+
+_WAITERS: dict[str, threading.Event] = {}
+_WAITERS_LOCK = threading.Lock()
+
+
+def wake(request_id: str) -> bool:
+    """Wake the thread of this process that waits for ``request_id`` (False if none does)."""
+    with _WAITERS_LOCK:
+        event = _WAITERS.get(request_id)
+    if event is None:
+        return False
+    event.set()
+    return True
+
+
+def parse_answer(text: str) -> str | None:
+    """A stdin answer -> an outcome (``approve_once`` / ``approve_session`` / ``deny``) or None."""
+    return _ANSWERS.get(text.strip().lower())
+
+
+class AuditSink(Protocol):
+    def record(self, kind: str, /, **fields: Any) -> None: ...
+
+
+def decision_for(record: ApprovalRecord) -> Decision:
+    """The protocol's ``Decision`` for a decided row."""
+    from ._protocol import Decision
+
+    if record.state == APPROVED:
+        return Decision.APPROVE_SESSION if record.scope == "session" else Decision.APPROVE_ONCE
+    if record.state == EXPIRED:
+        return getattr(Decision, "EXPIRED", Decision.DENY)
+    if record.state == CANCELLED:
+        return getattr(Decision, "CANCELLED", Decision.DENY)
+    return Decision.DENY
+
+
+class KernelApprovalChannel:
+    """``ApprovalChannel`` for the Cave kernel; without a kernel, only CLI and control answer."""
+
+    def __init__(
+        self,
+        queue: ApprovalQueue,
+        *,
+        kernel: Any = None,
+        audit: AuditSink | None = None,
+        ui: str = "auto",
+        poll_interval: float = 0.05,
+    ) -> None:
+        self.queue = queue
+        self.kernel = kernel
+        self.audit = audit
+        self.ui = ui
+        self.poll_interval = poll_interval
+        self._swept = False
+        self._views: dict[str, ApprovalView] = {}
+
+    # -- the protocol ----------------------------------------------------------------------
+    def decide(self, request: ApprovalRequest, cancelled: threading.Event) -> Decision:
+        """Persist ``request``, show it, block until a channel answers; see the module doc."""
+        self.sweep()
+        record = self.queue.submit(request, timeout=_timeout_of(request))
+        waiter = threading.Event()
+        with _WAITERS_LOCK:
+            _WAITERS[record.id] = waiter
+        self._audit("approval_requested", record)
+        prompt: _StdinPrompt | None = None
+        try:
+            self._show(record)
+            prompt = self._stdin_prompt(record)
+            record = self._wait(record, waiter, cancelled, prompt)
+        except BaseException as exc:  # noqa: B036 - the stop button arrives as KeyboardInterrupt
+            record = self._cancel(record, f"the turn was stopped ({type(exc).__name__})")
+            raise
+        finally:
+            with _WAITERS_LOCK:
+                _WAITERS.pop(record.id, None)
+            self._settle(record)
+            if record.state != PENDING:
+                self._audit("approval_decided", record)
+        return decision_for(record)
+
+    def deliver(self, request_id: str, outcome: str, *, who: str, channel: str) -> ApprovalRecord:
+        """Record a decision that arrived in this process (widget, control) and wake the waiter."""
+        record = self.queue.decide(request_id, outcome, who=who, channel=channel)
+        wake(record.id)
+        return record
+
+    def sweep(self, *, force: bool = False) -> list[ApprovalRecord]:
+        """Expire requests left pending by dead kernels (once per channel unless ``force``)."""
+        if self._swept and not force:
+            return []
+        self._swept = True
+        expired = self.queue.expire_orphans() + self.queue.expire_overdue()
+        for record in expired:
+            self._audit("approval_decided", record)
+        return expired
+
+    # -- waiting ---------------------------------------------------------------------------
+    def _wait(
+        self,
+        record: ApprovalRecord,
+        waiter: threading.Event,
+        cancelled: threading.Event,
+        prompt: _StdinPrompt | None,
+    ) -> ApprovalRecord:
+        while True:
+            if self.queue.state(record.id) != PENDING:
+                return self.queue.get(record.id)
+            if cancelled.is_set():
+                return self._cancel(record, "the turn was stopped")
+            if record.deadline is not None and time.time() >= record.deadline:
+                expired = self.queue.expire_overdue()
+                for item in expired:
+                    if item.id != record.id:
+                        self._audit("approval_decided", item)
+                continue
+            if prompt is not None:
+                answer = prompt.poll(self.poll_interval)
+                if answer is not None:
+                    self._stdin_answer(record, prompt, *answer)
+            else:
+                waiter.wait(self.poll_interval)
+            waiter.clear()
+
+    def _cancel(self, record: ApprovalRecord, reason: str) -> ApprovalRecord:
+        for _ in range(3):  # a re-fired interrupt may land in here; the write must still happen
+            try:
+                return self.queue.decide(
+                    record.id, "cancel", who="cave", channel="interrupt", reason=reason
+                )
+            except AlreadyDecided as done:
+                return done.record
+            except (KeyboardInterrupt, Exception):
+                continue
+        return record
+
+    def _stdin_answer(
+        self, record: ApprovalRecord, prompt: _StdinPrompt, text: str, who: str
+    ) -> None:
+        if text == "\x04":  # EOF at the console
+            outcome: str | None = "deny"
+        else:
+            outcome = parse_answer(text)
+        if outcome is None:
+            prompt.ask(f"Please answer o, s or d. {_PROMPT.format(id=record.id)}")
+            return
+        try:
+            self.queue.decide(record.id, outcome, who=who, channel="stdin")
+        except AlreadyDecided:
+            pass
+
+    # -- showing ---------------------------------------------------------------------------
+    def _show(self, record: ApprovalRecord) -> None:
+        if self.kernel is None or getattr(self.kernel, "shell", None) is None:
+            return
+        from ._widget import ApprovalView
+
+        view = ApprovalView(record, lambda outcome: self._clicked(record.id, outcome))
+        self._views[record.id] = view
+        self._publish(view.bundle(), record.id, update=False)
+
+    def _settle(self, record: ApprovalRecord) -> None:
+        view = self._views.pop(record.id, None)
+        if view is None:
+            return
+        try:
+            view.settle(record)
+            self._publish(view.bundle(), record.id, update=True)
+        except Exception:  # a display failure must not turn a decision into an error
+            pass
+
+    def _clicked(self, request_id: str, outcome: str) -> None:
+        """Button callback (kernel main thread, inside the comm_msg's context)."""
+        try:
+            self.deliver(request_id, outcome, who=self._frontend_user(), channel="widget")
+        except AlreadyDecided:
+            pass
+
+    def _publish(self, data: dict[str, Any], request_id: str, *, update: bool) -> None:
+        """Publish past the executor's display tap: the model should not read our widget."""
+        pub = self.kernel.shell.display_pub
+        type(pub).publish(
+            pub, data, {}, transient={"display_id": f"cave-approval-{request_id}"}, update=update
+        )
+
+    def _frontend_user(self) -> str:
+        parent: dict[str, Any] = {}
+        if self.kernel is not None:
+            try:
+                parent = self.kernel.get_parent("shell") or {}
+            except Exception:
+                parent = {}
+        user = parent.get("header", {}).get("username")
+        return str(user) if user else _local_user()
+
+    # -- stdin -----------------------------------------------------------------------------
+    def _stdin_prompt(self, record: ApprovalRecord) -> _StdinPrompt | None:
+        if self.kernel is None or self.ui == "widget":
+            return None
+        parent = self.kernel.get_parent("shell") or {}
+        if not parent.get("content", {}).get("allow_stdin"):
+            return None
+        # Notebook frontends (JupyterLab, Notebook 7) tag each execute_request with its cellId and
+        # render the widget; consoles do not, and get a prompt too.
+        if self.ui == "auto" and "cellId" in (parent.get("metadata") or {}):
+            return None
+        prompt = _StdinPrompt(self.kernel, parent)
+        prompt.ask(_PROMPT.format(id=record.id))
+        return prompt
+
+    # -- audit -----------------------------------------------------------------------------
+    def _audit(self, kind: str, record: ApprovalRecord) -> None:
+        if self.audit is None:
+            return
+        fields: dict[str, Any] = {
+            "id": record.id,
+            "capability": record.capability,
+            "summary": record.summary,
+            "state": record.state,
+        }
+        if record.state != PENDING:
+            fields.update(
+                scope=record.scope,
+                decided_by=record.decided_by,
+                channel=record.channel,
+                reason=record.reason,
+                waited_s=round((record.decided_at or record.created_at) - record.created_at, 3),
+            )
+        try:
+            self.audit.record(kind, **fields)
+        except Exception:
+            pass
+
+
+def _timeout_of(request: Any) -> float | None:
+    timeout = getattr(request, "timeout", None)
+    return float(timeout) if timeout is not None else None
+
+
+def _local_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+class _StdinPrompt:
+    """One ``input_request`` on the kernel's stdin socket, polled so that it can be abandoned.
+
+    ``Kernel.raw_input`` would block until the console answers, even after a widget or the CLI
+    decided. This sends the same message but polls for the reply in short slices. It needs the
+    routing identity of the requesting frontend, which ipykernel keeps in ``_parent_ident``
+    (private; present in ipykernel 6 and 7, pinned <8 and exercised by the stdin test).
+    """
+
+    def __init__(self, kernel: Any, parent: dict[str, Any]) -> None:
+        self.kernel = kernel
+        self.parent = parent
+        self.ident = kernel._parent_ident["shell"]
+
+    def ask(self, text: str) -> None:
+        import zmq
+
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        socket = self.kernel.stdin_socket
+        while True:  # drop replies to an abandoned earlier prompt
+            try:
+                socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        self.kernel.session.send(
+            socket,
+            "input_request",
+            {"prompt": text, "password": False},
+            self.parent,
+            ident=self.ident,
+        )
+
+    def poll(self, timeout: float) -> tuple[str, str] | None:
+        """(answer, username) if the frontend replied within ``timeout`` seconds."""
+        import zmq
+
+        socket = self.kernel.stdin_socket
+        readable, _, failed = zmq.select([socket], [], [socket], timeout)
+        if not (readable or failed):
+            return None
+        _ident, reply = self.kernel.session.recv(socket)
+        if reply is None:
+            return None
+        value = str(reply.get("content", {}).get("value", ""))
+        user = reply.get("header", {}).get("username") or _local_user()
+        return value, f"{user}"

@@ -1,0 +1,150 @@
+"""What the kernel needs from approvals: the ``%approvals`` magic and a control-channel handler.
+
+``install(kernel)`` is called from ``CaveKernel.__init__``. It imports nothing heavy and opens no
+file: the queue is opened when the session first needs it.
+
+The control message (any client can send it on the control channel, like ``interrupt_request``)::
+
+    msg_type: "cave_approval_decision"
+    content:  {"id": "<request id or unique prefix>",
+               "decision": "approve_once" | "approve_session" | "deny",
+               "who": "<optional name; default: the message header's username>"}
+    reply:    "cave_approval_decision_reply" with {"status": "ok", "id", "state", "scope"}
+              or {"status": "error", "ename", "evalue"}
+"""
+
+from __future__ import annotations
+
+import shlex
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._channel import KernelApprovalChannel
+
+__all__ = [
+    "CONTROL_MSG_TYPE",
+    "APPROVALS_USAGE",
+    "install",
+    "make_channel",
+    "session_channel",
+]
+
+CONTROL_MSG_TYPE = "cave_approval_decision"
+OUTCOME_ALIASES = {
+    "approve_once": "approve_once",
+    "once": "approve_once",
+    "approve": "approve_once",
+    "approve_session": "approve_session",
+    "session": "approve_session",
+    "deny": "deny",
+}
+
+APPROVALS_USAGE = """\
+%approvals                  pending requests and the last 20 decided ones (oldest first)
+%approvals -n N             ... the last N
+%approvals ui [auto|widget|stdin]   how requests are shown: auto = widget, plus a stdin prompt
+                            for frontends that are not notebooks (consoles)
+From a terminal: cave approvals list | approve ID [--session] | deny ID
+"""
+
+
+class _SessionAudit:
+    """Forwards to ``session.audit`` as it is *when recording* (it may be set after us)."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+
+    def record(self, kind: str, /, **fields: Any) -> None:
+        audit = getattr(self.session, "audit", None)
+        if audit is not None:
+            audit.record(kind, **fields)
+
+
+def make_channel(session: Any, kernel: Any = None) -> KernelApprovalChannel:
+    """The channel for ``session``: its queue in ``session.directory``, its audit log."""
+    from ._channel import KernelApprovalChannel
+    from ._queue import ApprovalQueue
+
+    return KernelApprovalChannel(
+        ApprovalQueue.in_directory(session.directory),
+        kernel=kernel,
+        audit=_SessionAudit(session),
+    )
+
+
+def session_channel(kernel: Any = None) -> KernelApprovalChannel:
+    """The current session's channel (``session.approvals``), created there if not yet wired."""
+    from .._session import current_session
+    from ._channel import KernelApprovalChannel
+
+    session = current_session()
+    channel = getattr(session, "approvals", None)
+    if not isinstance(channel, KernelApprovalChannel):
+        channel = make_channel(session, kernel)
+        session.approvals = channel  # type: ignore[attr-defined]
+    elif channel.kernel is None and kernel is not None:
+        channel.kernel = kernel
+    return channel
+
+
+def install(kernel: Any) -> None:
+    """Register the control handler and the ``%approvals`` magic on ``kernel``."""
+    kernel.control_handlers[CONTROL_MSG_TYPE] = partial(_control_decision, kernel)
+    shell = getattr(kernel, "shell", None)
+    if shell is not None:
+        shell.register_magic_function(partial(approvals_magic, kernel), "line", "approvals")
+
+
+def approvals_magic(kernel: Any, line: str) -> None:
+    """``%approvals``: list pending and recent requests, or set how they are shown."""
+    from .._errors import ConfigError
+    from ._queue import format_table
+
+    args = shlex.split(line)
+    channel = session_channel(kernel)
+    if args and args[0] in ("help", "-h", "--help"):
+        print(APPROVALS_USAGE)
+        return
+    if args and args[0] == "ui":
+        from ._channel import UI_MODES
+
+        if len(args) > 1:
+            if args[1] not in UI_MODES:
+                raise ConfigError(f"%approvals ui takes one of {', '.join(UI_MODES)}.")
+            channel.ui = args[1]
+        print(f"approval requests are shown as: {channel.ui}")
+        return
+    limit = 20
+    if args[:1] == ["-n"] and len(args) == 2 and args[1].isdigit():
+        limit = int(args[1])
+    elif args:
+        raise ConfigError(f"Unknown %approvals arguments {line!r}.\n{APPROVALS_USAGE}")
+    channel.sweep(force=True)
+    print(format_table(channel.queue.listing(limit)))
+
+
+def _control_decision(kernel: Any, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+    """Control-channel handler: decide a request, reply with its new state (or the error)."""
+    content = parent.get("content", {})
+    reply: dict[str, Any]
+    try:
+        from .._errors import ApprovalError
+
+        decision = str(content.get("decision", ""))
+        outcome = OUTCOME_ALIASES.get(decision)
+        if outcome is None or not content.get("id"):
+            raise ApprovalError(
+                f"{CONTROL_MSG_TYPE} needs 'id' and 'decision' (one of "
+                f"{', '.join(OUTCOME_ALIASES)}); got {dict(content)!r}."
+            )
+        from ._channel import _local_user
+
+        who = content.get("who") or parent.get("header", {}).get("username") or _local_user()
+        record = session_channel(kernel).deliver(
+            str(content["id"]), outcome, who=str(who), channel="control"
+        )
+        reply = {"status": "ok", "id": record.id, "state": record.state, "scope": record.scope}
+    except Exception as err:
+        reply = {"status": "error", "ename": type(err).__name__, "evalue": str(err)}
+    kernel.session.send(stream, f"{CONTROL_MSG_TYPE}_reply", reply, parent, ident)
