@@ -36,6 +36,8 @@ _MAX_COLUMNS = 40
 """Columns listed with their dtype; the rest are counted."""
 _SAMPLE_ROWS = 3
 _SAMPLE_COLUMNS = 12
+_CELL_CHARS = 24
+"""Widest a sample cell (or column label) may be."""
 _LINE_CHARS = 160
 """Any single line of a description is cut to this width."""
 _MAX_VARIABLES = 50
@@ -275,11 +277,15 @@ def _describe_dataframe(obj: Any, base: type) -> list[str]:
         return [_cut("columns: " + ", ".join(cols) + more, 1000)]
 
     def sample() -> list[str]:
-        head = obj.iloc[:_SAMPLE_ROWS, :_SAMPLE_COLUMNS]
-        if type(head) is not base:  # a subclass may override iteration or repr: render as pandas
+        ncols = obj.shape[1]
+        head = obj.iloc[:_SAMPLE_ROWS] if ncols <= _SAMPLE_COLUMNS else obj.iloc[
+            :_SAMPLE_ROWS, :_SAMPLE_COLUMNS
+        ]
+        if type(head) is not base:  # a subclass may override iteration or repr: use plain pandas
             head = base(head)
-        text = head.to_string(max_colwidth=24, show_dimensions=False)
-        more = " (first columns)" if obj.shape[1] > _SAMPLE_COLUMNS else ""
+        rows = head.to_numpy(dtype=object).tolist()  # at most 3 x 12 cells
+        text = _table(list(head.columns), list(head.index), rows)
+        more = " (first columns)" if ncols > _SAMPLE_COLUMNS else ""
         return [f"first {_SAMPLE_ROWS} rows{more}:", *_indent(text)]
 
     return _guard("shape", shape) + _guard("columns", columns) + _guard("sample rows", sample)
@@ -293,10 +299,50 @@ def _describe_series(obj: Any, base: type) -> list[str]:
         head = obj.iloc[:5]
         if type(head) is not base:
             head = base(head)
-        text = head.to_string(max_rows=5)
+        values = head.to_numpy(dtype=object).tolist()
+        name = "" if obj.name is None else obj.name
+        text = _table([name], list(head.index), [[v] for v in values])
         return ["first values:", *_indent(text)]
 
     return _guard("shape", info) + _guard("sample values", sample)
+
+
+_SCALAR_STR_MODULES = {"pandas", "numpy", "datetime", "decimal", "fractions", "uuid"}
+_CELL = BoundedRepr(items=3, string=_CELL_CHARS, other=_CELL_CHARS, level=1)
+
+
+def _cell(value: Any) -> str:
+    """One table cell, at most ``_CELL_CHARS`` wide; never a full repr of a big object."""
+    if isinstance(value, float):
+        text = "NaN" if value != value else f"{value:.6g}"
+        if text.lstrip("-").isdigit():
+            text += ".0"  # keep a float looking like one, as pandas does
+    elif isinstance(value, str):
+        text = value
+    elif type(value).__module__.split(".")[0] in _SCALAR_STR_MODULES:
+        text = _CELL.repr1(str(value), 1)[1:-1]  # Timestamp, Decimal, np.datetime64: str is short
+    else:
+        text = _CELL.repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= _CELL_CHARS else text[: _CELL_CHARS - 3] + "..."
+
+
+def _table(columns: list[Any], index: list[Any], rows: list[list[Any]]) -> str:
+    """Sample rows as a right-aligned text table, like pandas' ``to_string`` but ~10x cheaper.
+
+    ``to_string`` costs 0.4-0.9 ms per frame (it formats column by column with padding logic);
+    the manifest formats a few dozen cells itself so that many frames stay within its budget.
+    """
+    heads = [_cell(c) for c in columns]
+    labels = [_cell(i) for i in index]
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[j]) for r in cells]) for j, h in enumerate(heads)]
+    iw = max([len(x) for x in labels] + [0])
+    lines = [" " * iw + "  " + "  ".join(h.rjust(w) for h, w in zip(heads, widths, strict=True))]
+    for label, row in zip(labels, cells, strict=True):
+        body = "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True))
+        lines.append(label.ljust(iw) + "  " + body)
+    return "\n".join(lines)
 
 
 def _describe_array(obj: Any, numpy: bool) -> list[str]:
