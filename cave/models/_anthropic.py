@@ -111,9 +111,10 @@ def _wake_reader(stream: Any) -> None:
 
     Closing an httpx response from another thread does not interrupt a blocked ``recv`` (measured:
     the worker slept on until the next chunk came). Shutting the socket down does: the read sees
-    end-of-file, the worker notices the cancel flag and closes the stream in its own thread. The
-    plain-socket ``shutdown`` is used even for TLS, so the SSL object the worker is using stays
-    untouched. Without a reachable socket (another transport), fall back to ``close()``.
+    end-of-file, the worker notices the cancel flag and closes the stream in its own thread. For TLS
+    the plain-socket ``shutdown`` is called so the SSL object the worker is using stays untouched
+    (only tested over plain HTTP: the tests have no TLS endpoint). Without a reachable socket
+    (another transport), fall back to ``close()``.
     """
     import socket
 
@@ -133,7 +134,10 @@ def _wake_reader(stream: Any) -> None:
 
 
 class AnthropicModel:
-    """Claude through the Messages API, streaming; implements ``cave.models.Model``."""
+    """Claude through the Messages API, streaming; implements ``cave.models.Model``.
+
+    One ``query`` at a time per instance (``cancel`` aborts the latest one).
+    """
 
     DEFAULT_MODEL = DEFAULT_MODEL
 

@@ -426,7 +426,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(400, "invalid_request_error", problem)
         if path.endswith("count_tokens"):
             return self._json(200, {"input_tokens": estimate_tokens(len(json.dumps(body)))})
-        item = app._player.next(body)
+        try:
+            item = app._player.next(body)
+        except Exception as exc:  # a broken script function: say so instead of hanging up
+            return self._error(500, "api_error", f"The script raised {type(exc).__name__}: {exc}",
+                               retry=False)
         if item is None:
             return self._error(500, "api_error", app._player.exhausted_message("AnthropicServer"),
                                retry=False)

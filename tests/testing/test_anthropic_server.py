@@ -284,6 +284,16 @@ def test_callable_script_sees_the_request_body():
     assert message.content[0].text == "you said ping"
 
 
+def test_a_script_function_that_raises_is_reported_not_retried():
+    def script(body):
+        raise KeyError("no such turn")
+
+    with AnthropicServer(script) as server, client(server, max_retries=3) as c:
+        with pytest.raises(anthropic.InternalServerError, match="The script raised KeyError"):
+            c.messages.create(model=MODEL, max_tokens=5, messages=HI)
+        assert len(server.requests) == 1
+
+
 def test_thinking_block_is_streamed_with_its_signature():
     script = [Reply(thinking="Let me think.", text="42")]
     with AnthropicServer(script) as server, client(server) as c:
