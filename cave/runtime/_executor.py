@@ -22,7 +22,11 @@ Stopping a run, stated exactly:
 
 ``sys.stdout``/``sys.stderr`` are process-wide, so runs are serialised process-wide by a re-entrant
 lock: two runtimes used from two threads take turns. Output that *other* threads write during a run
-is captured too (this is how threads started by agent code are captured).
+is captured too (this is how threads started by agent code are captured); output a thread writes
+after the run ends goes to the notebook, not to the model.
+
+Each step's source stays in ``linecache`` for the life of the process (as IPython keeps its cells),
+so a function defined in step 3 still shows its source in a traceback at step 40.
 """
 
 from __future__ import annotations
@@ -326,6 +330,13 @@ def format_error(exc: BaseException, max_frames: int = 7) -> str:
     return "\n".join(out)
 
 
+def _format_error_safely(exc: BaseException) -> str:
+    try:
+        return format_error(exc)
+    except Exception as failure:  # never let a hostile exception object break the result
+        return f"{type(exc).__name__}: <traceback could not be formatted: {failure!r}>"
+
+
 # --------------------------------------------------------------------------- displays
 
 
@@ -433,10 +444,10 @@ class Executor:
     ) -> ExecutionResult:
         """Run ``code``; never raises for anything the code does.
 
-        ``echo``: show output live in the notebook (bounded), pass rich displays through, display
-        the final value with IPython (so a DataFrame renders as HTML), and print the short
-        traceback to the notebook's stderr. With ``echo=False`` the run is silent and only the
-        result carries what happened.
+        ``echo``: show output live in the notebook (bounded), pass rich displays through, and
+        display the final value with IPython (so a DataFrame renders as HTML). With
+        ``echo=False`` the run is silent. The error is never printed here: the caller shows
+        ``result.error`` as it likes (the kernel's renderer prints it to stderr).
         """
         safe_label = re.sub(r"[^A-Za-z0-9_.-]", "_", label)[:40] or "step"
         filename = f"{_FILENAME_PREFIX}{safe_label}-{next(_step_ids)}>"
@@ -488,12 +499,7 @@ class Executor:
         if watchdog is not None:
             watchdog.join()
         duration = time.perf_counter() - start
-        error_text = format_error(error) if error is not None else None
-        if error_text is not None and echo:
-            try:
-                old_err.write(error_text + "\n")
-            except Exception:
-                pass
+        error_text = _format_error_safely(error) if error is not None else None
         interrupted = state.interrupted or isinstance(error, KeyboardInterrupt)
         return ExecutionResult(
             output=capture.text(),
