@@ -196,3 +196,23 @@ def test_describe_primitives() -> None:
     assert "fs: File access under the policy." in text
     assert "fs.read(path: str) -> bytes: Read a file." in text
     assert "ask(question: str) -> str: Ask the human." in text
+
+
+def test_runtime_never_imports_pandas_numpy_or_ipython() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from cave.runtime._namespace import AgentRuntime\n"
+        "rt = AgentRuntime()\n"
+        "rt.inject('xs', [1, 2])\n"
+        "rt.manifest()\n"
+        "r = rt.run('print(sum(xs))\\nxs', timeout=5)\n"
+        "assert r.output == '3\\n' and r.value_repr == '[1, 2]', r\n"
+        "print(sorted(m for m in ('pandas', 'numpy', 'IPython') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.splitlines()[-1] == "[]"
