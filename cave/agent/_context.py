@@ -18,7 +18,7 @@ You operate a live, persistent Python runtime inside the user's Jupyter notebook
 How to work:
 - Act by calling the `python` tool with code. Variables, imports and functions you define persist \
 between calls and between turns: build on them instead of recomputing.
-- The objects listed under "Injected objects" are live Python objects already bound in your \
+- The objects listed under "Objects in your namespace" are live Python objects bound in your \
 namespace under those names. Use them directly; never ask for their data to be pasted.
 - You see only what your code prints (and the value of a final bare expression). Print what you \
 need, in summary form: long outputs are cut to their head and tail.
@@ -44,8 +44,7 @@ def system_blocks(primitives_doc: str, manifest: str) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = [
         {"type": "text", "text": RULES.format(primitives=primitives), "cache_control": CACHE}
     ]
-    body = manifest.strip() or "(none yet: the user can add some with cave.inject(name, obj))"
-    blocks.append({"type": "text", "text": "Injected objects:\n" + body, "cache_control": CACHE})
+    blocks.append({"type": "text", "text": manifest.strip(), "cache_control": CACHE})
     return blocks
 
 

@@ -58,7 +58,7 @@ class TurnResult:
 class Runtime(Protocol):
     """What the loop needs from ``cave.runtime.AgentRuntime``."""
 
-    def manifest(self) -> str: ...
+    def manifest(self, *, variables: bool = ...) -> str: ...
     def agent_variables(self) -> list[tuple[str, str]]: ...
     def run(
         self, code: str, *, timeout: float | None = ..., echo: bool = ..., label: str = ...
@@ -166,8 +166,9 @@ class Agent:
 
     def query(self, step: int) -> ModelReply:
         self._check_cancelled(step)
+        manifest = self.runtime.manifest(variables=False)
         request = _context.build_request(
-            system=_context.system_blocks(self.primitives_doc, self.runtime.manifest()),
+            system=_context.system_blocks(self.primitives_doc, manifest),
             history=self.history,
             max_tokens=self.settings.max_tokens,
         )

@@ -204,15 +204,19 @@ class AgentRuntime:
 
     # ----------------------------------------------------------------- prompt and execution
 
-    def manifest(self) -> str:
-        """Bounded description of injected objects and the agent's variables, for the prompt."""
+    def manifest(self, *, variables: bool = True) -> str:
+        """Bounded description of injected objects (and the agent's variables), for the prompt.
+
+        The agent loop passes ``variables=False``: the variables change every step and would spoil
+        the prompt cache for the manifest, so each turn's prompt lists them instead.
+        """
         missing = object()
         items = [
             (name, value, info.description)
             for name, info in self.injected.items()
             if (value := self.namespace.get(name, missing)) is not missing
         ]
-        return build_manifest(items, variables=self.agent_variables())
+        return build_manifest(items, variables=self.agent_variables() if variables else ())
 
     def describe_primitives(self) -> str:
         """One line per primitive (or per method of a primitive namespace), with signatures."""
