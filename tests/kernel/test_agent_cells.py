@@ -227,3 +227,23 @@ def test_bad_agent_options_give_usage(cave: Scripted) -> None:
     cell = cave.kernel.execute("%%agent --max-steps lots\nhi")
     assert cell.status == "error"
     assert "usage: %%agent" in cell.all_text
+
+
+def test_interrupt_while_the_model_streams_stops_the_turn() -> None:
+    slow = AnthropicServer([reply("word " * 400)], latency=0.05)  # ~25 chunks per second
+    with slow, KernelHarness(env={"ANTHROPIC_BASE_URL": slow.base_url,
+                                  "ANTHROPIC_API_KEY": "sk-ant-test"}) as kernel:
+        sent: list[float] = []
+
+        def interrupt_on_first_text(msg: dict[str, Any], k: KernelHarness) -> None:
+            if not sent and "word" in msg["content"].get("data", {}).get("text/plain", ""):
+                sent.append(time.monotonic())
+                k.interrupt()
+
+        cell = kernel.execute("%agent talk", timeout=60, on_message=interrupt_on_first_text)
+        assert sent, "no streamed text arrived"
+        assert time.monotonic() - sent[0] < 5  # latency measured in benchmarks, not here
+        assert cell.error is not None and cell.error["ename"] == "TurnInterrupted"
+        shown = max((t for t in cell.texts() if "word" in t), key=len)
+        assert shown.count("word") < 400  # the stream really was cut short
+        assert kernel.execute("print('next')").stdout.strip() == "next"
