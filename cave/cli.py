@@ -6,6 +6,7 @@ Each subcommand parses its arguments here (the edge) and calls into the package.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -85,6 +86,35 @@ def _run_notebook(path: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+AUDIT_FILE = "audit.jsonl"
+
+
+def _session_dir(args: argparse.Namespace) -> Path:
+    from ._session import SESSION_DIR_ENV
+
+    return Path(args.session_dir or os.environ.get(SESSION_DIR_ENV) or Path.cwd() / ".cave")
+
+
+def _audit(args: argparse.Namespace) -> int:
+    """Show the audit log, or verify its hash chain (exit 1 if it does not verify)."""
+    from .security import format_records, verify
+
+    path = _session_dir(args) / AUDIT_FILE
+    if not path.exists():
+        print(
+            f"cave: no audit log at {path}; pass --session-dir (a kernel's <cwd>/.cave)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.audit_command == "verify":
+        report = verify(path)
+        print(report)
+        return 0 if report.ok else 1
+    for line in format_records(path, tail=args.n):
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cave", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="where to write an executed notebook")
     p.set_defaults(func=_run)
 
+    p = sub.add_parser("audit", help="show the audit log, or verify its hash chain")
+    p.add_argument("audit_command", nargs="?", choices=["show", "verify"], default="show")
+    p.add_argument("--session-dir", help="session directory (default $CAVE_SESSION_DIR or ./.cave)")
+    p.add_argument("-n", type=int, default=None, help="show only the last N records")
+    p.set_defaults(func=_audit)
+
+    from .approvals._cli import add_parser as add_approvals
+
+    add_approvals(sub)
     return parser
 
 
