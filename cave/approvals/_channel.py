@@ -28,6 +28,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._kernel_glue import cell_context_for_thread
 from ._queue import (
     APPROVED,
     CANCELLED,
@@ -63,7 +64,6 @@ _PROMPT = "Approve {id}? [o]nce / [s]ession / [d]eny: "
 
 _WAITERS: dict[str, threading.Event] = {}
 _WAITERS_LOCK = threading.Lock()
-
 
 def wake(request_id: str) -> bool:
     """Wake the thread of this process that waits for ``request_id`` (False if none does)."""
@@ -120,12 +120,18 @@ class KernelApprovalChannel:
     # -- the protocol ----------------------------------------------------------------------
     def decide(self, request: ApprovalRequest, cancelled: threading.Event) -> Decision:
         """Persist ``request``, show it, block until a channel answers; see the module doc."""
+        context = cell_context_for_thread() if self.kernel is not None else None
+        if context is not None:
+            return context.run(self._decide, request, cancelled)
+        return self._decide(request, cancelled)
+
+    def _decide(self, request: ApprovalRequest, cancelled: threading.Event) -> Decision:
         self.sweep()
         record = self.queue.submit(request, timeout=_timeout_of(request))
         waiter = threading.Event()
         with _WAITERS_LOCK:
             _WAITERS[record.id] = waiter
-        self._audit("approval_requested", record)
+        self._audit("approval.requested", record)
         prompt: _StdinPrompt | None = None
         try:
             self._show(record)
@@ -139,7 +145,7 @@ class KernelApprovalChannel:
                 _WAITERS.pop(record.id, None)
             self._settle(record)
             if record.state != PENDING:
-                self._audit("approval_decided", record)
+                self._audit("approval.decided", record)
         return decision_for(record)
 
     def deliver(self, request_id: str, outcome: str, *, who: str, channel: str) -> ApprovalRecord:
@@ -155,7 +161,7 @@ class KernelApprovalChannel:
         self._swept = True
         expired = self.queue.expire_orphans() + self.queue.expire_overdue()
         for record in expired:
-            self._audit("approval_decided", record)
+            self._audit("approval.decided", record)
         return expired
 
     # -- waiting ---------------------------------------------------------------------------
@@ -175,7 +181,7 @@ class KernelApprovalChannel:
                 expired = self.queue.expire_overdue()
                 for item in expired:
                     if item.id != record.id:
-                        self._audit("approval_decided", item)
+                        self._audit("approval.decided", item)
                 continue
             if prompt is not None:
                 answer = prompt.poll(self.poll_interval)
@@ -296,7 +302,10 @@ class KernelApprovalChannel:
 
 
 def _timeout_of(request: Any) -> float | None:
+    """The policy's ``ask`` timeout: ``request.timeout`` or ``details["timeout_s"]``, else None."""
     timeout = getattr(request, "timeout", None)
+    if timeout is None:
+        timeout = request.details.get("timeout_s")
     return float(timeout) if timeout is not None else None
 
 

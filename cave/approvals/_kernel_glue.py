@@ -15,6 +15,7 @@ The control message (any client can send it on the control channel, like ``inter
 
 from __future__ import annotations
 
+import contextvars
 import shlex
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONTROL_MSG_TYPE",
     "APPROVALS_USAGE",
+    "cell_context_for_thread",
     "install",
     "make_channel",
     "session_channel",
@@ -47,6 +49,30 @@ APPROVALS_USAGE = """\
                             for frontends that are not notebooks (consoles)
 From a terminal: cave approvals list | approve ID [--session] | deny ID
 """
+
+
+_IN_CELL: contextvars.ContextVar[bool] = contextvars.ContextVar("cave_approval_cell", default=False)
+_cell_context: contextvars.Context | None = None
+
+
+def remember_cell_context(*_info: Any) -> None:
+    """``pre_run_cell`` hook: keep the running cell's context for threads started without it.
+
+    ipykernel routes output (and stdin) by the parent message held in context variables. A thread
+    started with plain ``threading.Thread`` has an empty context, and ipykernel then falls back to
+    the *last* message it handled, which may be a widget click's ``comm_msg``: the widget would be
+    sent to no cell. ``decide`` called from such a thread runs in a copy of this context instead.
+    """
+    global _cell_context
+    _IN_CELL.set(True)
+    _cell_context = contextvars.copy_context()
+
+
+def cell_context_for_thread() -> contextvars.Context | None:
+    """A copy of the running cell's context if the calling thread lacks one, else None."""
+    if _IN_CELL.get() or _cell_context is None:
+        return None
+    return _cell_context.copy()
 
 
 class _SessionAudit:
@@ -94,6 +120,7 @@ def install(kernel: Any) -> None:
     shell = getattr(kernel, "shell", None)
     if shell is not None:
         shell.register_magic_function(partial(approvals_magic, kernel), "line", "approvals")
+        shell.events.register("pre_run_cell", remember_cell_context)
 
 
 def approvals_magic(kernel: Any, line: str) -> None:

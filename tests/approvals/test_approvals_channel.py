@@ -111,7 +111,7 @@ def test_cli_in_another_process_answers_the_waiting_thread(
     )
     assert waiting.request.id in listing.stdout and "approved" in listing.stdout
     audit = channel.audit.records  # type: ignore[union-attr]
-    assert [k for k, _ in audit] == ["approval_requested", "approval_decided"]
+    assert [k for k, _ in audit] == ["approval.requested", "approval.decided"]
     assert audit[1][1]["decided_by"] == "carol" and audit[1][1]["channel"] == "cli"
 
 
@@ -173,7 +173,7 @@ def test_first_request_expires_what_a_dead_kernel_left_pending(tmp_path: Path) -
     channel = KernelApprovalChannel(ApprovalQueue.in_directory(tmp_path), audit=audit)
     waiting = Waiting(channel, Req())
     assert channel.queue.get("leftover").state == "expired"
-    assert ("approval_decided", "leftover") in [(k, f["id"]) for k, f in audit.records]
+    assert ("approval.decided", "leftover") in [(k, f["id"]) for k, f in audit.records]
     channel.deliver(waiting.request.id, "deny", who="x", channel="control")
     waiting.join()
 

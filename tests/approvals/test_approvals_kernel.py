@@ -1,0 +1,408 @@
+"""Approvals through a real Cave kernel, driven over ZMQ as JupyterLab would drive it.
+
+The agent's code (replayed by the loopback Anthropic server through the real SDK) writes outside
+the workspace; the policy says ``ask``; the widget arrives as ``comm_open`` messages on IOPub, and
+the test answers with the same ``comm_msg`` a button click sends, or from the CLI, the control
+channel, or stdin. Each test checks what the model was shown afterwards, and that nothing ran
+twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cave.testing import AnthropicServer, KernelHarness, reply
+from cave.testing._script import Failure
+
+pytestmark = pytest.mark.slow
+
+# Until the kernel wires approvals and the primitives into the session by itself, this cell does
+# it with the real pieces (SessionAuthority, AuditLog, KernelApprovalChannel) and a minimal
+# fs.write primitive that asks the authority like the real one does.
+WIRING = r"""
+import hashlib, os, cave
+from pathlib import Path
+_ip = get_ipython()
+_session = cave.session()
+if "approvals" not in _ip.magics_manager.magics["line"]:
+    from cave.approvals import install
+    install(_ip.kernel)
+if "fs" not in _session.runtime.primitives:
+    from cave.approvals import session_channel
+    from cave.security import AuditLog, Policy
+    from cave.security._capabilities import Capability
+    from cave.security._engine import SessionAuthority
+    if _session.audit is None:
+        _session.audit = AuditLog(_session.directory / "audit.jsonl")
+    _authority = SessionAuthority(
+        workspace=_session.workspace, policy=Policy.default(_session.workspace),
+        channel=session_channel(_ip.kernel), audit=_session.audit, protected=[_session.directory])
+
+    class _FS:
+        def write(self, path, text):
+            real = os.path.realpath(path)
+            data = text.encode()
+            permit = _authority.authorize(
+                Capability("fs.write", real), origin="fs.write",
+                summary=f"write {len(data):,} bytes to {real}",
+                details={"path": real, "bytes": len(data),
+                         "sha256": hashlib.sha256(data).hexdigest(), "preview": text[:500]},
+                code_line=f"fs.write({path!r}, ...)")
+            ok = False
+            try:
+                Path(real).write_bytes(data)
+                ok = True
+            finally:
+                _authority.settle(permit, ok=ok)
+            return len(data)
+
+    _session.runtime.add_primitive("fs", _FS())
+"""
+
+CLICK = {"method": "custom", "content": {"event": "click"}}
+
+
+class Rig:
+    """One loopback model server and one Cave kernel sharing a session directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.session_dir = root / "session"
+        self.outside = root / "outside"
+        self.workspace = root / "workspace"
+        for d in (self.outside, self.workspace):
+            d.mkdir(parents=True, exist_ok=True)
+        self.replies: list[Any] = []
+        self._seen = 0
+        self.server = AnthropicServer(self._next)
+        self.server.start()
+        self.kernel = KernelHarness(
+            env={
+                "ANTHROPIC_BASE_URL": self.server.base_url,
+                "ANTHROPIC_API_KEY": "sk-ant-test",
+                "CAVE_SESSION_DIR": str(self.session_dir),
+            },
+            cwd=self.workspace,
+        )
+        self.kernel.start()
+        self.wire()
+
+    def wire(self) -> None:
+        setup = self.kernel.execute(WIRING)
+        assert setup.status == "ok", setup.all_text
+
+    def _next(self, request: dict[str, Any]) -> Any:
+        if not self.replies:
+            return Failure(500, "api_error", "the test script has no reply left")
+        return self.replies.pop(0)
+
+    def script(self, *replies: Any) -> None:
+        self.replies = list(replies)
+        self._seen = len(self.server.requests)
+
+    @property
+    def requests(self) -> list[Any]:
+        return self.server.requests[self._seen :]
+
+    def tool_results(self) -> str:
+        """What the model was sent back after running code, in the last request."""
+        return json.dumps(self.requests[-1].body["messages"][-1])
+
+    def approvals(self) -> str:
+        cell = self.kernel.execute("%approvals")
+        assert cell.status == "ok", cell.all_text
+        return cell.stdout
+
+    def close(self) -> None:
+        self.kernel.stop()
+        self.server.stop()
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    r = Rig(tmp_path_factory.mktemp("approvals-kernel"))
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def _write_step(path: Path, text: str = "hello") -> str:
+    return (
+        "runs = globals().get('runs', 0) + 1\n"
+        f"n = fs.write({str(path)!r}, {text!r})\n"
+        "print('wrote', n, 'bytes; runs =', runs)"
+    )
+
+
+def request_ids(messages: list[dict[str, Any]]) -> list[str]:
+    """Request ids in the order their widgets were displayed."""
+    ids = []
+    for m in messages:
+        if m["msg_type"] == "display_data":
+            text = m["content"]["data"].get("text/plain", "")
+            found = re.match(r"\[cave\] approval (\w+):", text)
+            if found:
+                ids.append(found.group(1))
+    return ids
+
+
+class Widgets:
+    """Tracks widget comms from IOPub: the buttons of each displayed approval, by label."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, dict[str, Any]] = {}
+        self.shown: list[tuple[str, str]] = []
+        """(request id, widget-view model id) in display order."""
+
+    def see(self, msg: dict[str, Any]) -> None:
+        if msg["msg_type"] == "comm_open":
+            self.states[msg["content"]["comm_id"]] = msg["content"]["data"].get("state", {})
+        elif msg["msg_type"] == "display_data":
+            data = msg["content"]["data"]
+            view = data.get("application/vnd.jupyter.widget-view+json")
+            ids = request_ids([msg])
+            if view and ids:
+                self.shown.append((ids[0], view["model_id"]))
+
+    def button(self, model_id: str, label: str) -> str:
+        """The comm id of the button labelled ``label`` inside the box ``model_id``."""
+        todo = [model_id]
+        while todo:
+            comm_id = todo.pop()
+            state = self.states.get(comm_id, {})
+            if state.get("description") == label:
+                return comm_id
+            todo += [c.removeprefix("IPY_MODEL_") for c in state.get("children", [])]
+        raise AssertionError(f"no {label!r} button under {model_id}")
+
+
+def clicker(widgets: Widgets, *labels: str) -> Callable[[dict[str, Any], KernelHarness], None]:
+    """An on_message hook that clicks ``labels[i]`` on the i-th approval widget displayed."""
+    clicked: set[str] = set()
+
+    def on_message(msg: dict[str, Any], kernel: KernelHarness) -> None:
+        widgets.see(msg)
+        for i, (rid, model_id) in enumerate(widgets.shown):
+            if rid not in clicked and i < len(labels):
+                clicked.add(rid)
+                kernel.comm_msg(widgets.button(model_id, labels[i]), CLICK)
+
+    return on_message
+
+
+def test_approve_once_click_writes_once_and_the_agent_continues(rig: Rig) -> None:
+    target = rig.outside / "approved.txt"
+    rig.script(reply("Writing it.", _write_step(target)), reply("Done: the file is written."))
+    widgets = Widgets()
+    cell = rig.kernel.execute(
+        "%%agent\nwrite hello outside", on_message=clicker(widgets, "Approve once"), timeout=90
+    )
+    assert cell.status == "ok", cell.all_text
+    assert target.read_text() == "hello"
+    assert len(rig.requests) == 2  # one model call per step: nothing asked twice
+    assert "wrote 5 bytes; runs = 1" in rig.tool_results()
+    runs = rig.kernel.execute("print(cave.retrieve('runs'))")
+    assert runs.stdout.strip() == "1", runs.all_text  # the code block ran exactly once
+
+    # The widget showed what was asked, then who decided, and stopped being clickable.
+    (rid, _model), = widgets.shown
+    texts = "\n".join(cell.texts())
+    assert f"[cave] approval {rid}: fs.write:{target}" in texts
+    assert "bytes: 5" in texts and "sha256: 2cf24dba5fb0a30e" in texts and "| hello" in texts
+    buttons = [c for c, s in widgets.states.items() if s.get("_model_name") == "ButtonModel"]
+    updates = [
+        m["content"]
+        for m in cell.of_type("comm_msg")
+        if m["content"]["comm_id"] in buttons
+        and m["content"]["data"].get("state", {}).get("disabled")
+    ]
+    assert len(updates) == 3
+    assert re.search(r"approved once by \S+ via widget at", texts)
+    assert "Done: the file is written." in "\n".join(cell.texts("text/markdown"))
+    listing = rig.approvals()
+    assert rid in listing and "approved once" in listing
+
+
+def test_deny_raises_permission_error_in_the_agents_code(rig: Rig) -> None:
+    target = rig.outside / "denied.txt"
+    rig.script(reply("", _write_step(target)), reply("I was not allowed to write it."))
+    cell = rig.kernel.execute(
+        "%%agent\nwrite it", on_message=clicker(Widgets(), "Deny"), timeout=90
+    )
+    assert cell.status == "ok", cell.all_text
+    assert not target.exists()
+    seen = rig.tool_results()
+    assert "PermissionError" in seen and "a person denied it" in seen
+    assert len(rig.requests) == 2
+
+
+def test_approve_for_session_does_not_ask_again(rig: Rig) -> None:
+    target = rig.outside / "session.txt"
+    rig.script(
+        reply("", _write_step(target, "one")),
+        reply("", _write_step(target, "two")),
+        reply("Wrote twice."),
+    )
+    widgets = Widgets()
+    cell = rig.kernel.execute(
+        "%%agent\nwrite twice",
+        on_message=clicker(widgets, "Approve for this session"),
+        timeout=90,
+    )
+    assert cell.status == "ok", cell.all_text
+    assert len(widgets.shown) == 1  # the second write did not ask
+    assert target.read_text() == "two"
+
+
+def test_several_requests_in_one_step_are_shown_in_order(rig: Rig) -> None:
+    first, second = rig.outside / "first.txt", rig.outside / "second.txt"
+    code = (
+        f"fs.write({str(first)!r}, 'a')\n"
+        f"fs.write({str(second)!r}, 'b')\n"
+    )
+    rig.script(reply("", code), reply("One of two."))
+    widgets = Widgets()
+    cell = rig.kernel.execute(
+        "%%agent\nwrite both", on_message=clicker(widgets, "Approve once", "Deny"), timeout=90
+    )
+    assert cell.status == "ok", cell.all_text
+    assert first.read_text() == "a" and not second.exists()
+    assert [t for t in cell.texts() if "[cave] approval" in t][0].find(str(first)) > 0
+    listing = rig.approvals()
+    ids = [rid for rid, _ in widgets.shown]
+    assert listing.index(ids[0]) < listing.index(ids[1])  # FIFO
+
+
+def _cli(session_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cave.approvals._cli", "--session-dir", str(session_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_cli_approves_while_the_cell_waits(rig: Rig) -> None:
+    target = rig.outside / "cli.txt"
+    rig.script(reply("", _write_step(target)), reply("Approved from the terminal."))
+    answered: list[subprocess.CompletedProcess[str]] = []
+
+    def from_terminal(msg: dict[str, Any], kernel: KernelHarness) -> None:
+        ids = request_ids([msg])
+        if ids and not answered:
+            listed = _cli(rig.session_dir, "list")
+            assert ids[0] in listed.stdout and "pending" in listed.stdout, listed
+            answered.append(_cli(rig.session_dir, "approve", ids[0], "--who", "ops"))
+
+    cell = rig.kernel.execute("%%agent\nwrite", on_message=from_terminal, timeout=90)
+    assert cell.status == "ok", cell.all_text
+    assert answered[0].returncode == 0, answered[0].stderr
+    assert target.read_text() == "hello"
+    assert "approved once by ops via cli" in "\n".join(cell.texts())
+
+
+def test_control_channel_message_decides(rig: Rig) -> None:
+    target = rig.outside / "control.txt"
+    rig.script(reply("", _write_step(target)), reply("ok"))
+    replies: list[dict[str, Any]] = []
+
+    def over_control(msg: dict[str, Any], kernel: KernelHarness) -> None:
+        ids = request_ids([msg])
+        if ids and not replies:
+            kc = kernel.kc
+            request = kc.session.msg(
+                "cave_approval_decision", {"id": ids[0], "decision": "approve_once"}
+            )
+            kc.control_channel.send(request)
+            while True:
+                answer = kc.get_control_msg(timeout=10)
+                if answer["parent_header"].get("msg_id") == request["header"]["msg_id"]:
+                    replies.append(answer)
+                    return
+
+    cell = rig.kernel.execute("%%agent\nwrite", on_message=over_control, timeout=90)
+    assert cell.status == "ok", cell.all_text
+    assert replies[0]["msg_type"] == "cave_approval_decision_reply"
+    assert replies[0]["content"]["status"] == "ok" and replies[0]["content"]["state"] == "approved"
+    assert target.exists()
+
+
+def test_stdin_prompt_for_frontends_without_widgets(rig: Rig) -> None:
+    target = rig.outside / "stdin.txt"
+    rig.script(reply("", _write_step(target)), reply("ok"))
+    prompts: list[str] = []
+
+    def console(content: dict[str, Any]) -> str:
+        prompts.append(content["prompt"])
+        return "maybe" if len(prompts) == 1 else "o"
+
+    cell = rig.kernel.execute("%%agent\nwrite", stdin=console, timeout=90)
+    assert cell.status == "ok", cell.all_text
+    assert prompts[0].startswith("Approve ") and "[o]nce / [s]ession / [d]eny" in prompts[0]
+    assert prompts[1].startswith("Please answer o, s or d.")
+    assert target.read_text() == "hello"
+    assert "via stdin" in rig.approvals()
+
+
+def test_interrupt_while_waiting_cancels_the_request(rig: Rig) -> None:
+    target = rig.outside / "interrupted.txt"
+    rig.script(reply("", _write_step(target)), reply("never sent"))
+    shown: list[str] = []
+
+    def press_stop(msg: dict[str, Any], kernel: KernelHarness) -> None:
+        ids = request_ids([msg])
+        if ids and not shown:
+            shown.append(ids[0])
+            kernel.interrupt()
+
+    cell = rig.kernel.execute("%%agent\nwrite", on_message=press_stop, timeout=60)
+    assert cell.status == "error"
+    assert cell.error is not None and cell.error["ename"] == "TurnInterrupted"
+    assert not target.exists()
+    assert len(rig.requests) == 1  # the model was not called again
+    assert re.search(rf"{shown[0]}.*cancelled", rig.approvals())
+    assert rig.kernel.execute("print(6 * 7)").stdout.strip() == "42"
+
+
+def test_kernel_killed_while_pending_shows_expired_after_restart(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    try:
+        rig.script(reply("", _write_step(rig.outside / "never.txt")), reply("never sent"))
+        kc = rig.kernel.kc
+        msg_id = kc.execute("%%agent\nwrite")
+        rid = None
+        deadline = time.monotonic() + 60
+        while rid is None and time.monotonic() < deadline:
+            msg = kc.get_iopub_msg(timeout=30)
+            if msg["parent_header"].get("msg_id") == msg_id:
+                ids = request_ids([msg])
+                rid = ids[0] if ids else None
+        assert rid is not None
+        rig.kernel.restart()  # SIGKILL, as JupyterLab's restart after a crash
+        rig.wire()
+        listing = rig.approvals()
+        assert re.search(rf"{rid}.*expired", listing), listing
+        assert "the kernel that asked" in listing and "stopped before anyone decided" in listing
+        assert not (rig.outside / "never.txt").exists()
+        records = [
+            json.loads(line) for line in (rig.session_dir / "audit.jsonl").read_text().splitlines()
+        ]
+        expired = [r for r in records if r["kind"] == "approval.decided" and r["id"] == rid]
+        assert expired and expired[0]["state"] == "expired"
+    finally:
+        rig.close()
+
+
+def test_session_directory_is_private(rig: Rig) -> None:
+    assert os.stat(rig.session_dir / "approvals.db").st_mode & 0o077 == 0
