@@ -1,24 +1,27 @@
 """The local store: SQLite (WAL) for manifests, one file per content-addressed blob.
 
     <dir>/                       mode 0700
-      checkpoints.sqlite         tables `meta` (session id) and `checkpoints` (signed manifests)
-      blobs/<2 hex>/<sha256>     header with HMAC tag, then the payload; mode 0600
+      checkpoints.sqlite         tables `meta` (session id), `checkpoints` (signed manifests) and
+                                 `blobs` (payloads up to 256 KiB, with their HMAC tags)
+      blobs/<2 hex>/<sha256>     larger payloads: header with HMAC tag, then the payload; 0600
       blobs/tmp/                 files being written; a crash leaves them for gc
       lock                       flock: saves share it, gc takes it alone
 
 A save writes each new blob to tmp/, fsyncs it, renames it into place and fsyncs the directory;
-only then does one SQLite transaction (synchronous=FULL) insert the signed manifest. A crash at any
-instant therefore leaves either the old set of manifests or the new one, and every blob that a
-committed manifest names is complete on disk.
+only then does one SQLite transaction (synchronous=FULL) insert the small blobs and the signed
+manifest. A crash at any instant therefore leaves either the old set of manifests or the new one,
+and every blob that a committed manifest names is complete on disk. Small payloads live in SQLite
+because a file each costs an fsync each: 100 small objects took ~0.15 s of fsyncs as files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 from . import _blobio
@@ -34,7 +37,12 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     manifest BLOB NOT NULL,
     sig BLOB
 );
+CREATE TABLE IF NOT EXISTS blobs (
+    digest TEXT PRIMARY KEY, tag BLOB NOT NULL, payload BLOB NOT NULL
+);
 """
+INLINE_MAX = 256 << 10
+"""Payloads up to this size are stored in the SQLite database, committed with the manifest."""
 
 
 class LocalBackend:
@@ -44,6 +52,7 @@ class LocalBackend:
         self.blob_dir = self.root / "blobs"
         self.tmp_dir = self.blob_dir / "tmp"
         self.tmp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._pending: dict[str, tuple[bytes, bytes]] = {}
         os.chmod(self.root, 0o700)
         with self._db() as db:
             db.executescript(_SCHEMA)
@@ -89,6 +98,10 @@ class LocalBackend:
             try:
                 seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM checkpoints").fetchone()[0]
                 name, manifest, sig = build(seq)
+                db.executemany(
+                    "INSERT OR IGNORE INTO blobs VALUES (?, ?, ?)",
+                    [(d, tag, payload) for d, (tag, payload) in self._pending.items()],
+                )
                 db.execute("DELETE FROM checkpoints WHERE name = ?", (name,))
                 db.execute(
                     "INSERT INTO checkpoints VALUES (?, ?, ?, ?)", (seq, name, manifest, sig)
@@ -97,6 +110,8 @@ class LocalBackend:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            finally:
+                self._pending.clear()
 
     def delete(self, name: str) -> bool:
         with self._db() as db:
@@ -107,14 +122,42 @@ class LocalBackend:
     def _path(self, digest: str) -> Path:
         return self.blob_dir / digest[:2] / digest
 
+    def missing_blobs(self, digests: Collection[str]) -> set[str]:
+        """Those of ``digests`` the store does not hold (one query, not one per blob)."""
+        with self._db() as db:
+            inline = {row[0] for row in db.execute("SELECT digest FROM blobs")}
+        return {
+            d
+            for d in digests
+            if d not in inline and d not in self._pending and not self._path(d).exists()
+        }
+
     def has_blob(self, digest: str) -> bool:
-        return self._path(digest).exists()
+        if digest in self._pending or self._path(digest).exists():
+            return True
+        with self._db() as db:
+            return (
+                db.execute("SELECT 1 FROM blobs WHERE digest = ?", (digest,)).fetchone() is not None
+            )
 
     def write_blob(
         self, parts: list[bytes | memoryview], signer: Signer, on_bytes: Callable[[int], None]
     ) -> tuple[str, bool]:
-        """Store a payload; return (sha256 hex, whether a file was written). Durable on return."""
+        """Store a payload; return (sha256 hex, whether it is new).
+
+        A large payload is durable on return; a small one is held until `commit` stores it in
+        the same transaction as the manifest that needs it.
+        """
         length = _blobio.size_of(parts)
+        if length <= INLINE_MAX:
+            data = b"".join(parts)
+            digest = hashlib.sha256(data).digest()
+            hexdigest = digest.hex()
+            new = not self.has_blob(hexdigest)
+            if new:
+                self._pending[hexdigest] = (signer.blob_tag(digest, length), data)
+            on_bytes(length)
+            return hexdigest, new
         tmp = self.tmp_dir / f"{os.getpid()}-{os.urandom(8).hex()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -149,6 +192,14 @@ class LocalBackend:
         self, digest: str, on_bytes: Callable[[int], None]
     ) -> tuple[bytes, memoryview, bytes]:
         """(tag, payload, sha256 of the payload as read). FileNotFoundError if absent."""
+        with self._db() as db:
+            row = db.execute(
+                "SELECT tag, payload FROM blobs WHERE digest = ?", (digest,)
+            ).fetchone()
+        if row is not None:
+            payload = memoryview(bytearray(row[1]))
+            on_bytes(payload.nbytes)
+            return bytes(row[0]), payload, hashlib.sha256(payload).digest()
         with open(self._path(digest), "rb", buffering=0) as f:
             tag, length = _blobio.parse_header(f.read(_blobio.HEADER))
             actual = os.fstat(f.fileno()).st_size - _blobio.HEADER
@@ -159,7 +210,11 @@ class LocalBackend:
         return tag, buf, sha
 
     def blobs(self) -> Iterator[tuple[str, int, float]]:
-        """(digest, file size, mtime) of every stored blob."""
+        """(digest, size, mtime) of every stored blob (mtime 0 for those in SQLite)."""
+        with self._db() as db:
+            rows = db.execute("SELECT digest, length(payload) FROM blobs").fetchall()
+        for digest, size in rows:
+            yield digest, size, 0.0
         for sub in self.blob_dir.iterdir():
             if sub.name == "tmp" or not sub.is_dir():
                 continue
@@ -168,6 +223,8 @@ class LocalBackend:
                 yield f.name, st.st_size, st.st_mtime
 
     def remove_blob(self, digest: str) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM blobs WHERE digest = ?", (digest,))
         self._path(digest).unlink(missing_ok=True)
 
     def remove_temp(self) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -109,6 +109,9 @@ class FsspecBackend:
 
     def _path(self, digest: str) -> str:
         return self._p("blobs", digest[:2], digest)
+
+    def missing_blobs(self, digests: Collection[str]) -> set[str]:
+        return {d for d in digests if not self.has_blob(d)}
 
     def has_blob(self, digest: str) -> bool:
         return bool(self.fs.exists(self._path(digest)))

@@ -168,12 +168,13 @@ class SessionStore:
             to_write = [p.size for fp, p in todo if fp not in known]
             written = blobs_written = 0
             located: dict[str, tuple[str, int]] = {}
+            gone = self._backend.missing_blobs({known[fp][0] for fp, _p in todo if fp in known})
             with Progress(progress, sum(to_write), "checkpoint save") as bar:
                 for fp, pickled in todo:
                     if fp in located:
                         continue
                     hit = known.get(fp)
-                    if hit is not None and self._backend.has_blob(hit[0]):
+                    if hit is not None and hit[0] not in gone:
                         located[fp] = hit
                         continue
                     digest, new = self._backend.write_blob(pickled.parts(), self._signer, bar)

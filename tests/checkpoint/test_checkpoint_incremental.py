@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import tracemalloc
 
 import numpy as np
@@ -14,7 +15,11 @@ MB = 1 << 20
 
 
 def blob_count(root) -> int:
-    return sum(1 for _ in (root / "blobs").glob("??/*"))
+    """Blob files plus the small blobs kept in SQLite."""
+    with sqlite3.connect(root / "checkpoints.sqlite") as db:
+        inline = db.execute("SELECT count(*) FROM blobs").fetchone()[0]
+    db.close()
+    return inline + sum(1 for _ in (root / "blobs").glob("??/*"))
 
 
 def ten_large() -> dict:

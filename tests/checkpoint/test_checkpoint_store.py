@@ -24,6 +24,14 @@ from cave.checkpoint import (
 SECRET = b"s" * 32
 
 
+def stored_blobs(root) -> int:
+    """Blob files plus the small blobs kept in SQLite."""
+    with sqlite3.connect(root / "checkpoints.sqlite") as db:
+        inline = db.execute("SELECT count(*) FROM blobs").fetchone()[0]
+    db.close()
+    return inline + sum(1 for _ in (root / "blobs").glob("??/*"))
+
+
 def agent_namespace() -> dict:
     ns: dict = {}
     exec(
@@ -222,7 +230,7 @@ def test_list_diff_remove_gc(tmp_path):
     assert d.changes == second.changes and d.unchanged == ("c",)
     assert d.state_keys_changed == ("messages",)
 
-    blobs_before = sum(1 for _ in (tmp_path / "s" / "blobs").rglob("*") if _.is_file())
+    blobs_before = stored_blobs(tmp_path / "s")
     store.remove("v1")
     with pytest.raises(CheckpointNotFound):
         store.load("v1")
@@ -232,7 +240,7 @@ def test_list_diff_remove_gc(tmp_path):
     report = store.gc()
     assert report.removed_blobs == 3  # v1's `a`, `b` and state; the shared `c` stays
     assert report.removed_temp == 1
-    blobs_after = sum(1 for _ in (tmp_path / "s" / "blobs").rglob("*") if _.is_file())
+    blobs_after = stored_blobs(tmp_path / "s")
     assert blobs_after == blobs_before - 3
     assert store.verify().ok
     assert store.load("auto-2").namespace["d"] == {"new": True}

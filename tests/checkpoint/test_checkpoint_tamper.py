@@ -86,6 +86,18 @@ def test_truncated_blob(saved):
     refused(store, "payload bytes")
 
 
+def test_edit_a_small_blob_kept_in_sqlite(saved):
+    store, root = saved
+    with _db(root) as db:
+        rows = db.execute("SELECT digest, payload FROM blobs").fetchall()
+        assert len(rows) >= 3  # the witnesses and the state are small enough to live there
+        for digest, payload in rows:
+            edited = bytearray(payload)
+            edited[-1] ^= 0x01
+            db.execute("UPDATE blobs SET payload = ? WHERE digest = ?", (bytes(edited), digest))
+    refused(store, "does not match its SHA-256")
+
+
 def test_missing_blob(saved):
     store, root = saved
     biggest_blob(root).unlink()
