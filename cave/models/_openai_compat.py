@@ -246,7 +246,8 @@ class _ProseStream:
 
     Lines are judged as in ``parse_fenced_code``: a line that may open or close a fence is held
     until it is complete; other text goes out as it arrives. A run block's lines are held until
-    its closing fence (then dropped) or the end of the reply (then shown: it will not run).
+    its closing fence (then dropped) or the end of the reply (then shown: it will not run). Blank
+    lines wait for the next prose, so removed blocks leave no runs of empty lines behind.
     """
 
     def __init__(self, sink: TextSink) -> None:
@@ -256,13 +257,14 @@ class _ProseStream:
         self._close: re.Pattern[str] | None = None
         self._run = False
         self._held: list[str] = []
+        self._blank = ""
 
     def feed(self, text: str) -> None:
         while text:
             nl = text.find("\n")
             piece, text = (text, "") if nl < 0 else (text[: nl + 1], text[nl + 1 :])
             if self._passing:
-                self._sink(piece)
+                self._emit(piece)
             else:
                 self._line += piece
                 if self._line.endswith("\n"):
@@ -270,7 +272,7 @@ class _ProseStream:
                     self._whole_line(line)
                 elif self._close is None and not _may_be_fence(self._line):
                     self._passing = True
-                    self._sink(self._line)
+                    self._emit(self._line)
                     self._line = ""
             if piece.endswith("\n"):
                 self._passing = False
@@ -280,18 +282,28 @@ class _ProseStream:
             line, self._line = self._line, ""
             self._whole_line(line)
         if self._held:
-            self._sink("".join(self._held))
+            self._emit("".join(self._held))
             self._held = []
+
+    def _emit(self, text: str) -> None:
+        if self._blank:
+            text, self._blank = self._blank + text, ""
+        self._sink(text)
 
     def _whole_line(self, line: str) -> None:
         if self._close is None:
             m = _OPEN.match(line)
             if m is None or (m["fence"][0] == "`" and "`" in m["info"]):
-                return self._sink(line)
+                if line.strip():
+                    return self._emit(line)
+                self._blank += line
+                return None
             fence = m["fence"]
             self._close = re.compile(rf"^[ \t]*{re.escape(fence[0])}{{{len(fence)},}}[ \t]*\r?\n?$")
             words = m["info"].split()
             self._run = (words[0].lower() if words else "") in RUN_LANGUAGES
+            if self._run:
+                self._blank = ""
         elif self._close.match(line):
             self._close = None
             if self._run:
@@ -300,7 +312,7 @@ class _ProseStream:
         if self._run:
             self._held.append(line)
         else:
-            self._sink(line)
+            self._emit(line)
         return None
 
 
