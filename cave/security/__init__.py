@@ -8,9 +8,11 @@ It is a guard against a mistaken or prompt-injected agent, not a sandbox.
 
 from ._audit import AuditLog, AuditSink, VerifyReport, format_records, verify
 from ._capabilities import Capability
+from ._facade import Security
 from ._grants import Grant
 from ._policy import Effect, Policy, Rule, Verdict, parse_rule
 from ._policy_file import format_policy, load_policy
+from ._primitives import Response
 
 __all__ = [
     "AuditLog",
@@ -19,7 +21,9 @@ __all__ = [
     "Effect",
     "Grant",
     "Policy",
+    "Response",
     "Rule",
+    "Security",
     "Verdict",
     "VerifyReport",
     "format_policy",

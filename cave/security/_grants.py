@@ -102,6 +102,10 @@ class GrantBook:
             return False
         return self._grants.pop(grant.id, None) is not None
 
+    def put_back(self, grant: Grant) -> None:
+        """Return a once grant that was taken for an operation that then failed."""
+        self._grants[grant.id] = grant
+
     def revoke(self, grant_id: str) -> bool:
         return self._grants.pop(grant_id, None) is not None
 

@@ -141,6 +141,10 @@ class Policy:
     def with_fallback(self, effect: Effect | str) -> Policy:
         return replace(self, fallback=Effect(effect))
 
+    def with_paths(self, path_dirs: frozenset[str]) -> Policy:
+        """A copy whose ``shell:NAME`` rules trust programs in ``path_dirs``."""
+        return replace(self, path_dirs=frozenset(path_dirs))
+
     # -- deciding --------------------------------------------------------------------------
     def decide(self, capability: Capability) -> Verdict:
         """The policy's verdict for one concrete capability (no grants, no asking)."""
@@ -205,6 +209,7 @@ def python_dirs() -> list[str]:
     for scheme_key in ("stdlib", "platstdlib", "purelib", "platlib"):
         candidates.append(sysconfig.get_paths().get(scheme_key, ""))
     candidates += [p for p in sys.path if p]
+    candidates.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # cave itself
     for path in candidates:
         if not path or not os.path.isabs(path) or not os.path.isdir(path):
             continue

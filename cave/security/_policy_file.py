@@ -120,7 +120,7 @@ def _effect(path: Path, line: int | None, key: str, value: Any) -> Effect:
         return Effect(str(value).lower()) if isinstance(value, str) else Effect(value)
     except ValueError:
         raise PolicyFileError(
-            str(path), line, f"{key} = {value!r}: the value must be \"allow\", \"ask\" or \"deny\""
+            str(path), line, f'{key} = {value!r}: the value must be "allow", "ask" or "deny"'
         ) from None
 
 

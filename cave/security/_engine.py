@@ -1,0 +1,329 @@
+"""The decision engine of one session: protected paths, policy, grants, asking, auditing.
+
+``authorize`` answers one capability request with a ``Permit`` or raises ``PermissionError``:
+
+1. a protected path (the session directory, the audit log): **deny**, whatever the policy says;
+2. a ``deny`` rule: **deny**;
+3. a grant that covers the capability: allow (a once grant is *taken*; ``settle(ok=False)``
+   puts it back, so it is consumed only when the operation succeeds);
+4. the policy's verdict: ``allow``, ``deny``, or ``ask``, which goes to the approval channel.
+
+The channel is called on a helper thread (``run_aside``) while the caller waits, so a channel may
+do its own file and socket I/O without that I/O being checked against the agent's policy, and
+the wait stays interruptible (a ``KeyboardInterrupt`` in the waiting thread cancels the request).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..approvals._protocol import ApprovalRequest, Decision
+from ._audit import AuditSink
+from ._capabilities import FS_KINDS, Capability
+from ._grants import ONCE, SESSION, Grant, GrantBook
+from ._policy import Effect, Policy, Verdict
+
+__all__ = ["Permit", "SessionAuthority", "StartThread"]
+
+T = TypeVar("T")
+StartThread = Callable[[Callable[[], None]], Any]
+"""Starts ``fn`` on a new thread that is *not* agent code (the guard hands over the original)."""
+
+
+@dataclass(frozen=True)
+class Permit:
+    """Permission for one operation, returned by ``authorize``; hand it back to ``settle``."""
+
+    capability: Capability
+    via: str
+    """``policy``, ``grant`` or ``approval``."""
+    reason: str
+    grant: Grant | None = None
+    """A once grant taken for this operation (put back if it fails)."""
+
+
+class SessionAuthority:
+    """Decides for one session. Thread-safe; a decision never holds the lock while asking."""
+
+    def __init__(
+        self,
+        *,
+        workspace: Path,
+        policy: Policy,
+        channel: Any,
+        audit: AuditSink,
+        protected: Sequence[Path | str] = (),
+        start_thread: StartThread | None = None,
+    ) -> None:
+        self.workspace = Path(os.path.realpath(workspace))
+        self._policy = policy
+        self.channel = channel
+        self.audit = audit
+        self.protected = tuple(os.path.realpath(p) for p in protected)
+        self._start_thread = start_thread or _plain_thread
+        self._lock = threading.Lock()
+        self._grants = GrantBook()
+        self._pending: dict[str, threading.Event] = {}
+
+    # -- policy ----------------------------------------------------------------------------
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    def set_policy(self, policy: Policy, *, by: str = "session") -> None:
+        old = self._policy
+        self._policy = policy
+        before = {(r.capability, r.effect) for r in old.rules}
+        after = {(r.capability, r.effect) for r in policy.rules}
+        self._record(
+            "policy.change",
+            by=by,
+            added=sorted(f"{e.value} {c}" for c, e in after - before),
+            removed=sorted(f"{e.value} {c}" for c, e in before - after),
+            fallback=policy.fallback.value,
+            rules=len(policy.rules),
+        )
+
+    # -- deciding --------------------------------------------------------------------------
+    def authorize(
+        self,
+        capability: Capability,
+        *,
+        origin: str,
+        summary: str,
+        details: Mapping[str, Any] | None = None,
+        code_line: str | None = None,
+        grant_as: str | None = None,
+    ) -> Permit:
+        """A permit, or ``PermissionError`` saying why not.
+
+        ``origin``: what asked (``fs.write`` for a primitive, ``guard:open`` for a raw event).
+        ``grant_as``: the capability an approval grants, if broader than the request (a
+        recursive delete grants ``fs.delete:DIR/**``).
+        """
+        protected = self._protected(capability)
+        if protected is not None:
+            self._record_denial(capability, origin, summary, f"protected path {protected}")
+            raise PermissionError(
+                f"{origin}: {capability} is denied: {protected} belongs to Cave's session "
+                "(audit log, approvals, checkpoints) and agent code may never touch it"
+            )
+        verdict = self._policy.decide(capability)
+        if verdict.effect is Effect.DENY:
+            self._record_denial(capability, origin, summary, verdict.reason)
+            raise PermissionError(
+                f"{origin}: {capability} is denied by the policy ({verdict.reason}). Do not "
+                "retry; tell the user what you needed and why, they can change the policy."
+            )
+        with self._lock:
+            grant = self._grants.find(capability)
+            if grant is not None and grant.scope == ONCE:
+                self._grants.consume(grant)  # taken; settle(ok=False) puts it back
+        if grant is not None:
+            return Permit(
+                capability,
+                "grant",
+                f"{grant.scope} grant {grant.id}",
+                grant if grant.scope == ONCE else None,
+            )
+        if verdict.effect is Effect.ALLOW:
+            return Permit(capability, "policy", verdict.reason)
+        return self._ask(capability, verdict, origin, summary, details or {}, code_line, grant_as)
+
+    def settle(self, permit: Permit, *, ok: bool) -> None:
+        """After the operation: a once grant is consumed if ``ok``, put back if not."""
+        if permit.grant is None:
+            return
+        if ok:
+            self._record(
+                "grant.used", capability=permit.grant.capability, grant=permit.grant.id, scope=ONCE
+            )
+            return
+        with self._lock:
+            self._grants.put_back(permit.grant)
+
+    def ask_human(self, question: str, *, origin: str = "human.ask") -> str:
+        """Put a free-text question to the person; PermissionError if nobody answers."""
+        request = self._request(Capability("human", "ask"), question, {"question": question}, None)
+        answer = self._aside(lambda cancelled: _answer(self.channel, request, cancelled), request)
+        self._record("human.ask", id=request.id, question=question, answered=answer is not None)
+        if answer is None:
+            raise PermissionError(
+                f"{origin}: nobody answered the question (the channel gave no answer). Continue "
+                "without it, or end the turn and ask in your reply."
+            )
+        return answer
+
+    def cancel_pending(self) -> int:
+        """Cancel every request waiting for a person (the stop button); returns how many."""
+        with self._lock:
+            events = list(self._pending.values())
+        for event in events:
+            event.set()
+        return len(events)
+
+    # -- grants (checkpoints) --------------------------------------------------------------
+    def grants(self) -> tuple[Grant, ...]:
+        with self._lock:
+            return self._grants.all()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"policy": self._policy.to_dict(), "grants": self._grants.snapshot()}
+
+    def restore(self, snapshot: Mapping[str, Any]) -> None:
+        policy = Policy.from_dict(snapshot["policy"]) if "policy" in snapshot else self._policy
+        grants: Iterable[Mapping[str, Any]] = snapshot.get("grants", ())
+        with self._lock:
+            self._grants.restore(grants)
+        if policy != self._policy:
+            self.set_policy(policy, by="restore")
+        self._record("grants.restore", grants=len(self._grants.all()))
+
+    def is_denied(self, capability: Capability) -> bool:
+        """Denied by a protected path or a deny rule (grants and approvals cannot change it)."""
+        if self._protected(capability) is not None:
+            return True
+        return self._policy.decide(capability).effect is Effect.DENY
+
+    # -- internals -------------------------------------------------------------------------
+    def _protected(self, capability: Capability) -> str | None:
+        if capability.kind not in FS_KINDS:
+            return None
+        path = capability.resource
+        for root in self.protected:
+            if path == root or path.startswith(root.rstrip("/") + "/"):
+                return root
+        return None
+
+    def _ask(
+        self,
+        capability: Capability,
+        verdict: Verdict,
+        origin: str,
+        summary: str,
+        details: Mapping[str, Any],
+        code_line: str | None,
+        grant_as: str | None,
+    ) -> Permit:
+        request = self._request(capability, summary, details, code_line)
+        started = time.monotonic()
+        decision = self._aside(lambda cancelled: self.channel.decide(request, cancelled), request)
+        if not isinstance(decision, Decision):
+            decision = Decision.DENY
+        self._record(
+            "approval",
+            id=request.id,
+            capability=request.capability,
+            summary=summary,
+            origin=origin,
+            decision=decision.value,
+            waited_s=round(time.monotonic() - started, 3),
+            asked_because=verdict.reason,
+        )
+        if not decision.approved:
+            why = {
+                Decision.DENY: "a person denied it",
+                Decision.EXPIRED: "nobody answered in time",
+                Decision.CANCELLED: "the request was cancelled (the turn was stopped)",
+            }.get(decision, "it was not approved")
+            raise PermissionError(
+                f"{origin}: {capability} was not allowed: {why} (request {request.id}). Do not "
+                "retry the same thing; continue without it or explain what you needed."
+            )
+        scope = SESSION if decision is Decision.APPROVE_SESSION else ONCE
+        granted = grant_as or str(capability)
+        with self._lock:
+            grant = self._grants.add(granted, scope, request.id)
+            if scope == ONCE:
+                self._grants.consume(grant)  # taken by this very operation
+        self._record("grant", capability=granted, scope=scope, grant=grant.id, request=request.id)
+        return Permit(
+            capability,
+            "approval",
+            f"approved {scope} ({request.id})",
+            grant if scope == ONCE else None,
+        )
+
+    def _request(
+        self,
+        capability: Capability,
+        summary: str,
+        details: Mapping[str, Any],
+        code_line: str | None,
+    ) -> ApprovalRequest:
+        return ApprovalRequest(
+            id=uuid.uuid4().hex[:8],
+            capability=str(capability),
+            summary=summary,
+            details=dict(details),
+            code_line=code_line,
+            created_at=time.time(),
+        )
+
+    def _aside(self, ask: Callable[[threading.Event], T], request: ApprovalRequest) -> T | None:
+        """Run ``ask`` on a helper thread and wait; an interrupt here cancels the request."""
+        cancelled = threading.Event()
+        done = threading.Event()
+        box: list[Any] = []
+
+        def run() -> None:
+            try:
+                box.append(("ok", ask(cancelled)))
+            except BaseException as exc:  # noqa: B036 - reported to the waiting thread
+                box.append(("error", f"{type(exc).__name__}: {exc}"))
+            finally:
+                done.set()
+
+        with self._lock:
+            self._pending[request.id] = cancelled
+        try:
+            self._start_thread(run)
+            try:
+                while not done.wait(0.05):
+                    pass
+            except BaseException:
+                cancelled.set()  # the stop button: let the channel settle, then re-raise
+                done.wait(5.0)
+                raise
+        finally:
+            with self._lock:
+                self._pending.pop(request.id, None)
+        if not box or box[0][0] == "error":
+            error = box[0][1] if box else "the channel did not answer"
+            self._record("approval.error", id=request.id, error=str(error))
+            return None
+        result: T = box[0][1]
+        return result
+
+    def _record_denial(self, capability: Capability, origin: str, summary: str, why: str) -> None:
+        self._record(
+            "denied", capability=str(capability), origin=origin, summary=summary, reason=why
+        )
+
+    def _record(self, kind: str, **fields: Any) -> None:
+        self.audit.record(kind, **fields)
+
+
+def _plain_thread(fn: Callable[[], None]) -> None:
+    threading.Thread(target=fn, name="cave-approval", daemon=True).start()
+
+
+def _answer(channel: Any, request: ApprovalRequest, cancelled: threading.Event) -> str | None:
+    answer = getattr(channel, "answer", None)
+    if callable(answer):
+        result = answer(request, cancelled)
+        return None if result is None else str(result)
+    decision = channel.decide(request, cancelled)
+    if decision in (Decision.APPROVE_ONCE, Decision.APPROVE_SESSION):
+        return "yes"
+    if decision is Decision.DENY:
+        return "no"
+    return None
