@@ -20,54 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from approvals_wiring import WIRING
 
 from cave.testing import AnthropicServer, KernelHarness, reply
 from cave.testing._script import Failure
 
 pytestmark = pytest.mark.slow
-
-# Until the kernel wires approvals and the primitives into the session by itself, this cell does
-# it with the real pieces (SessionAuthority, AuditLog, KernelApprovalChannel) and a minimal
-# fs.write primitive that asks the authority like the real one does.
-WIRING = r"""
-import hashlib, os, cave
-from pathlib import Path
-_ip = get_ipython()
-_session = cave.session()
-if "approvals" not in _ip.magics_manager.magics["line"]:
-    from cave.approvals import install
-    install(_ip.kernel)
-if "fs" not in _session.runtime.primitives:
-    from cave.approvals import session_channel
-    from cave.security import AuditLog, Policy
-    from cave.security._capabilities import Capability
-    from cave.security._engine import SessionAuthority
-    if _session.audit is None:
-        _session.audit = AuditLog(_session.directory / "audit.jsonl")
-    _authority = SessionAuthority(
-        workspace=_session.workspace, policy=Policy.default(_session.workspace),
-        channel=session_channel(_ip.kernel), audit=_session.audit, protected=[_session.directory])
-
-    class _FS:
-        def write(self, path, text):
-            real = os.path.realpath(path)
-            data = text.encode()
-            permit = _authority.authorize(
-                Capability("fs.write", real), origin="fs.write",
-                summary=f"write {len(data):,} bytes to {real}",
-                details={"path": real, "bytes": len(data),
-                         "sha256": hashlib.sha256(data).hexdigest(), "preview": text[:500]},
-                code_line=f"fs.write({path!r}, ...)")
-            ok = False
-            try:
-                Path(real).write_bytes(data)
-                ok = True
-            finally:
-                _authority.settle(permit, ok=ok)
-            return len(data)
-
-    _session.runtime.add_primitive("fs", _FS())
-"""
 
 CLICK = {"method": "custom", "content": {"event": "click"}}
 
@@ -285,8 +243,9 @@ def test_several_requests_in_one_step_are_shown_in_order(rig: Rig) -> None:
 
 
 def _cli(session_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``cave approvals --session-dir DIR ARGS``, as a user types it in another terminal."""
     return subprocess.run(
-        [sys.executable, "-m", "cave.approvals._cli", "--session-dir", str(session_dir), *args],
+        [sys.executable, "-m", "cave.cli", "approvals", "--session-dir", str(session_dir), *args],
         capture_output=True,
         text=True,
         timeout=60,
