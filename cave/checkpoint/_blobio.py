@@ -1,10 +1,13 @@
-"""Blob files: a 64-byte header carrying the HMAC tag, then the payload; hashing overlaps I/O.
+"""Blob files, and the blob digest computed on two cores while the data moves.
 
     b"CAVEBLOB" | u32 version | u32 0 | tag (32) | u64 payload length | 8 x 0 | payload
 
-The file's name is the SHA-256 of the payload. SHA-256 runs at about disk speed, so it is computed
-in the caller's thread while a helper thread writes (or reads) the previous chunk; ``hashlib`` and
-file I/O both release the GIL.
+The file's name is the payload's digest: SHA-256 over the SHA-256s of its consecutive 8 MiB
+blocks (the construction Dropbox uses for its content hash). It is as collision resistant as
+SHA-256, and unlike a plain SHA-256 of one stream its blocks can be hashed in parallel: one SHA-256
+stream runs at about disk speed, which would make saving and restoring CPU-bound. Blocks are
+hashed on a two-thread pool while a helper thread writes (or reads) the data; ``hashlib`` and file
+I/O both release the GIL.
 """
 
 from __future__ import annotations
@@ -14,15 +17,17 @@ import queue
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 MAGIC = b"CAVEBLOB"
 VERSION = 1
 HEADER = 64
-CHUNK = 16 << 20
+BLOCK = 8 << 20
 SYNC_EVERY = 128 << 20
-_SMALL = 1 << 20
 _LAYOUT = struct.Struct("<8sII32sQ8x")
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
 
 
 def header(tag: bytes, length: int) -> bytes:
@@ -43,18 +48,55 @@ def size_of(parts: Iterable[bytes | memoryview]) -> int:
     return sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
 
 
-def _chunks(parts: Iterable[bytes | memoryview]) -> Iterator[memoryview]:
+def _hash_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(2, thread_name_prefix="cave-checkpoint-hash")
+        return _pool
+
+
+def _sha(view: Any) -> bytes:
+    return hashlib.sha256(view).digest()
+
+
+def _blocks(parts: Iterable[bytes | memoryview]) -> Iterator[memoryview]:
+    """The payload cut into consecutive BLOCK-sized views; only blocks that straddle two parts
+    are copied (once per boundary, at most BLOCK bytes)."""
+    pending: list[memoryview] = []
+    have = 0
     for part in parts:
         view = memoryview(part).cast("B") if isinstance(part, memoryview) else memoryview(part)
-        for start in range(0, view.nbytes, CHUNK):
-            yield view[start : start + CHUNK]
+        pos = 0
+        if pending:
+            take = min(BLOCK - have, view.nbytes)
+            pending.append(view[:take])
+            have += take
+            pos = take
+            if have < BLOCK:
+                continue
+            yield memoryview(b"".join(pending))
+            pending, have = [], 0
+        while view.nbytes - pos >= BLOCK:
+            yield view[pos : pos + BLOCK]
+            pos += BLOCK
+        if pos < view.nbytes:
+            pending.append(view[pos:])
+            have = view.nbytes - pos
+    if pending:
+        yield memoryview(b"".join(pending))
 
 
-def sha256_of(parts: Iterable[bytes | memoryview]) -> bytes:
-    h = hashlib.sha256()
-    for chunk in _chunks(parts):
-        h.update(chunk)
-    return h.digest()
+def _combine(block_digests: Iterable[bytes]) -> bytes:
+    return hashlib.sha256(b"".join(block_digests)).digest()
+
+
+def digest_of(parts: Iterable[bytes | memoryview]) -> bytes:
+    """The blob digest of a payload given as parts (see the module docstring)."""
+    blocks = list(_blocks(parts))
+    if len(blocks) <= 1:
+        return _combine(_sha(b) for b in blocks)
+    return _combine(_hash_pool().map(_sha, blocks))
 
 
 def write_hashed(
@@ -63,41 +105,41 @@ def write_hashed(
     on_bytes: Callable[[int], None],
     sync: Callable[[], Any] | None = None,
 ) -> bytes:
-    """Write ``parts`` through ``write`` and return their SHA-256; I/O overlaps the hashing.
+    """Write ``parts`` through ``write``; return their digest, hashed while the writer writes.
 
     ``sync`` (an fdatasync) is called by the writer every `SYNC_EVERY` bytes, so that writeback
-    to disk also overlaps the hashing instead of all happening in the final fsync.
+    to disk overlaps the hashing instead of all happening in the final fsync.
     """
-    h = hashlib.sha256()
-    if size_of(parts) <= _SMALL:
-        for chunk in _chunks(parts):
-            h.update(chunk)
-            write(chunk)
-            on_bytes(chunk.nbytes)
-        return h.digest()
-    pending: queue.Queue[memoryview | None] = queue.Queue(maxsize=SYNC_EVERY // CHUNK)
+    if size_of(parts) <= BLOCK:
+        for block in _blocks(parts):
+            write(block)
+            on_bytes(block.nbytes)
+        return digest_of(parts)
+    pool = _hash_pool()
+    pending: queue.Queue[memoryview | None] = queue.Queue(maxsize=SYNC_EVERY // BLOCK)
     errors: list[BaseException] = []
 
     def writer() -> None:
         unsynced = 0
-        while (chunk := pending.get()) is not None:
+        while (block := pending.get()) is not None:
             if not errors:
                 try:
-                    write(chunk)
-                    unsynced += chunk.nbytes
+                    write(block)
+                    unsynced += block.nbytes
                     if sync is not None and unsynced >= SYNC_EVERY:
                         sync()
                         unsynced = 0
                 except BaseException as exc:
                     errors.append(exc)
 
+    futures: list[Future[bytes]] = []
     thread = threading.Thread(target=writer, name="cave-checkpoint-writer", daemon=True)
     thread.start()
     try:
-        for chunk in _chunks(parts):
-            h.update(chunk)
-            pending.put(chunk)
-            on_bytes(chunk.nbytes)
+        for block in _blocks(parts):
+            futures.append(pool.submit(_sha, block))
+            pending.put(block)
+            on_bytes(block.nbytes)
             if errors:
                 break
     finally:
@@ -105,15 +147,11 @@ def write_hashed(
         thread.join()
     if errors:
         raise errors[0]
-    return h.digest()
+    return _combine(f.result() for f in futures)
 
 
 def allocate(length: int) -> memoryview:
-    """A writable buffer for a payload.
-
-    A bytearray: reading into it measured 10x faster than into an anonymous ``mmap`` (1 GiB:
-    0.11 s against 1.2 s, page-fault cost). Its data is 16-byte aligned, enough for NumPy.
-    """
+    """A writable buffer for a payload (restored arrays become views of it)."""
     return memoryview(bytearray(length))
 
 
@@ -122,8 +160,10 @@ def read_hashed(
     buf: memoryview,
     on_bytes: Callable[[int], None],
 ) -> bytes:
-    """Fill ``buf`` from ``readinto``; return its SHA-256. EOFError if the data ends early."""
-    h = hashlib.sha256()
+    """Fill ``buf`` from ``readinto``; return its digest, hashing blocks as they arrive.
+
+    Raises EOFError if the data ends early.
+    """
     total = buf.nbytes
 
     def fill(view: memoryview) -> None:
@@ -134,23 +174,24 @@ def read_hashed(
                 raise EOFError(f"blob ends after {got} of {view.nbytes} bytes")
             got += n
 
-    if total <= _SMALL:
+    if total <= BLOCK:
         fill(buf)
-        h.update(buf)
         on_bytes(total)
-        return h.digest()
+        return digest_of([buf])
+    pool = _hash_pool()
     ready: queue.Queue[tuple[int, int] | BaseException | None] = queue.Queue()
 
     def reader() -> None:
         try:
-            for start in range(0, total, CHUNK):
-                end = min(start + CHUNK, total)
+            for start in range(0, total, BLOCK):
+                end = min(start + BLOCK, total)
                 fill(buf[start:end])
                 ready.put((start, end))
             ready.put(None)
         except BaseException as exc:
             ready.put(exc)
 
+    futures: list[Future[bytes]] = []
     thread = threading.Thread(target=reader, name="cave-checkpoint-reader", daemon=True)
     thread.start()
     try:
@@ -158,8 +199,8 @@ def read_hashed(
             if isinstance(item, BaseException):
                 raise item
             start, end = item
-            h.update(buf[start:end])
+            futures.append(pool.submit(_sha, buf[start:end]))
             on_bytes(end - start)
     finally:
         thread.join()
-    return h.digest()
+    return _combine(f.result() for f in futures)

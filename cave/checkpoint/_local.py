@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import sqlite3
 from collections.abc import Callable, Collection, Iterator
@@ -151,7 +150,7 @@ class LocalBackend:
         length = _blobio.size_of(parts)
         if length <= INLINE_MAX:
             data = b"".join(parts)
-            digest = hashlib.sha256(data).digest()
+            digest = _blobio.digest_of([data])
             hexdigest = digest.hex()
             new = not self.has_blob(hexdigest)
             if new:
@@ -199,7 +198,7 @@ class LocalBackend:
         if row is not None:
             payload = memoryview(bytearray(row[1]))
             on_bytes(payload.nbytes)
-            return bytes(row[0]), payload, hashlib.sha256(payload).digest()
+            return bytes(row[0]), payload, _blobio.digest_of([payload])
         with open(self._path(digest), "rb", buffering=0) as f:
             tag, length = _blobio.parse_header(f.read(_blobio.HEADER))
             actual = os.fstat(f.fileno()).st_size - _blobio.HEADER

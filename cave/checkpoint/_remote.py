@@ -121,7 +121,7 @@ class FsspecBackend:
     ) -> tuple[str, bool]:
         # The object's name is its hash and an upload cannot be renamed cheaply: hash first.
         length = _blobio.size_of(parts)
-        digest = _blobio.sha256_of(parts)
+        digest = _blobio.digest_of(parts)
         hexdigest = digest.hex()
         path = self._path(hexdigest)
         if self.fs.exists(path):
@@ -131,8 +131,8 @@ class FsspecBackend:
             f.write(_blobio.header(signer.blob_tag(digest, length), length))
             for part in parts:
                 view = memoryview(part).cast("B")
-                for start in range(0, view.nbytes, _blobio.CHUNK):
-                    chunk = view[start : start + _blobio.CHUNK]
+                for start in range(0, view.nbytes, _blobio.BLOCK):
+                    chunk = view[start : start + _blobio.BLOCK]
                     f.write(chunk)
                     on_bytes(chunk.nbytes)
         return hexdigest, True

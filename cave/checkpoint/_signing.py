@@ -5,10 +5,10 @@ is accepted only if it was signed with it. Tags are domain-separated (a blob tag
 a manifest signature) and bound to the session id (a manifest or blob from another session of the
 same user is refused).
 
-A blob is tagged as HMAC(secret, domain | session | sha256(payload) | length), not as an HMAC over
-its bytes: the loader recomputes the SHA-256 of the bytes anyway (it is the blob's address), so one
-pass over the data suffices. This is as strong as HMAC over the bytes while SHA-256 stays collision
-resistant.
+A blob is tagged as HMAC(secret, domain | session | digest(payload) | length), not as an HMAC over
+its bytes: the loader recomputes the digest of the bytes anyway (it is the blob's address, a
+SHA-256 construction, see `_blobio`), so one pass over the data suffices. This is as strong as an
+HMAC over the bytes while SHA-256 stays collision resistant.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 Guarantees, exactly:
 
 * Restore verifies the manifest's HMAC, its session id and name, then every blob it names
-  (size, HMAC tag, SHA-256 of the bytes read) before a single byte is unpickled; any mismatch
-  refuses the whole restore with `CheckpointTampered` (or `CheckpointIncomplete` for missing
-  blobs). The bytes unpickled are the bytes verified (read once into memory; no re-read).
+  (size, HMAC tag, SHA-256-based digest of the bytes read) before a single byte is
+  unpickled; any mismatch refuses the whole restore with `CheckpointTampered` (or
+  `CheckpointIncomplete` for missing blobs). The bytes unpickled are the bytes verified
+  (read once into memory; no re-read).
 * A crash at any instant of `save` leaves every earlier checkpoint intact and restorable (local
   store: blobs fsynced and renamed before the manifest's SQLite transaction commits).
 * An object whose pickled form is unchanged since the newest checkpoint is not written again:

@@ -70,7 +70,6 @@ def test_kill_9_during_saves_never_corrupts_the_store(tmp_path):
     rng = random.Random(20240601)
     committed: list[str] = []
     kills_mid_write = 0
-    started = time.monotonic()
     for trial in range(TRIALS):
         temp_before = set((root / "blobs" / "tmp").iterdir()) if root.exists() else set()
         child = subprocess.Popen(
@@ -104,4 +103,3 @@ def test_kill_9_during_saves_never_corrupts_the_store(tmp_path):
 
     assert store.list(), "no save ever committed: the kills came too early to test anything"
     assert kills_mid_write >= 10, f"only {kills_mid_write} kills hit a blob write"
-    assert time.monotonic() - started < 240

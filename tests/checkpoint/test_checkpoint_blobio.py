@@ -1,0 +1,41 @@
+"""The blob digest is the same however the payload is split into parts, and matches its spec."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+
+from cave.checkpoint import _blobio
+
+
+def test_digest_is_independent_of_part_boundaries_and_matches_the_definition():
+    block = _blobio.BLOCK
+    data = os.urandom(3 * block + 12345)
+    spec = hashlib.sha256(
+        b"".join(hashlib.sha256(data[i : i + block]).digest() for i in range(0, len(data), block))
+    ).digest()
+    rng = random.Random(7)
+    for _ in range(5):
+        cuts = sorted(rng.sample(range(1, len(data)), 6)) + [block, 2 * block - 1]
+        cuts = sorted(set(cuts))
+        parts = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+        assert _blobio.digest_of([memoryview(p) for p in parts]) == spec
+    written = bytearray()
+    got = _blobio.write_hashed(written.extend, [data[:100], memoryview(data)[100:]], lambda n: None)
+    assert got == spec and bytes(written) == data
+    buf = _blobio.allocate(len(data))
+    src = memoryview(data)
+    pos = 0
+
+    def readinto(view: memoryview) -> int:
+        nonlocal pos
+        n = min(view.nbytes, 1_000_003, len(data) - pos)
+        view[:n] = src[pos : pos + n]
+        pos += n
+        return n
+
+    assert _blobio.read_hashed(readinto, buf, lambda n: None) == spec and bytes(buf) == data
+    assert (
+        _blobio.digest_of([b"small"]) == hashlib.sha256(hashlib.sha256(b"small").digest()).digest()
+    )
