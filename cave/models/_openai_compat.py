@@ -31,6 +31,15 @@ Usage comes from the final chunk (``stream_options.include_usage``). A server th
 it gets an *estimate* (characters // 4) and ``last_usage_estimated`` is set. ``cost_usd`` is
 always None: these endpoints have no price we know.
 
+Keys: the key (argument, stored ``openai`` key, or ``OPENAI_API_KEY``) is sent as a Bearer token
+to whatever ``base_url`` says, as the ``openai`` SDK does; ``repr`` never shows it, but agent code
+in this process can read it from the model object (see ``_credentials`` for what is and is not
+protected).
+
+Not handled: ``max_completion_tokens`` (we send ``max_tokens``, which local servers take and
+OpenAI's reasoning models refuse), images (placeholders), reasoning deltas (``reasoning_content``
+is not kept), choices other than index 0.
+
 ``httpx`` (a dependency of ``anthropic``) is imported when a model is built, not with this module.
 """
 
