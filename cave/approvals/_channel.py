@@ -22,7 +22,9 @@ directory) can approve; the decision records the Jupyter username the frontend c
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
+import linecache
 import sys
 import threading
 import time
@@ -127,6 +129,8 @@ class KernelApprovalChannel:
 
     def _decide(self, request: ApprovalRequest, cancelled: threading.Event) -> Decision:
         self.sweep()
+        if request.code_line is None and dataclasses.is_dataclass(request):
+            request = dataclasses.replace(request, code_line=agent_line())
         record = self.queue.submit(request, timeout=_timeout_of(request))
         waiter = threading.Event()
         with _WAITERS_LOCK:
@@ -299,6 +303,28 @@ class KernelApprovalChannel:
             self.audit.record(kind, **fields)
         except Exception:
             pass
+
+
+def agent_line() -> str | None:
+    """The line of agent code that is running now, if exactly one thread is running agent code.
+
+    The security layer does not (yet) tell us which line asked; the agent's thread is blocked in
+    that very line while we run, so its innermost frame from a ``<cave-...>`` file is it. Display
+    only: ambiguous (several agent threads) or unknown gives None, and agent code can lie anyway.
+    """
+    from ..runtime._executor import _FILENAME_PREFIX
+
+    found: list[tuple[str, int]] = []
+    for frame in sys._current_frames().values():
+        walker: Any = frame
+        while walker is not None:
+            if walker.f_code.co_filename.startswith(_FILENAME_PREFIX):
+                found.append((walker.f_code.co_filename, walker.f_lineno))
+                break
+            walker = walker.f_back
+    if len(found) != 1:
+        return None
+    return linecache.getline(*found[0]).strip() or None
 
 
 def _timeout_of(request: Any) -> float | None:

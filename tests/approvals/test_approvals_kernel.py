@@ -178,6 +178,7 @@ def test_approve_once_click_writes_once_and_the_agent_continues(rig: Rig) -> Non
     texts = "\n".join(cell.texts())
     assert f"[cave] approval {rid}: fs.write:{target}" in texts
     assert "bytes: 5" in texts and "sha256: 2cf24dba5fb0a30e" in texts and "| hello" in texts
+    assert f"asked by: n = fs.write({str(target)!r}, 'hello')" in texts  # why: the agent's line
     buttons = [c for c, s in widgets.states.items() if s.get("_model_name") == "ButtonModel"]
     updates = [
         m["content"]
