@@ -1,7 +1,7 @@
 """Every error Cave raises, in one tree.
 
-Each error carries the fields that explain it and a message that says how to fix it. Errors never log
-when they are built: whoever catches one decides whether it is worth a log line.
+Each error carries the fields that explain it and a message that says how to fix it. Errors never
+log when they are built: whoever catches one decides whether it is worth a log line.
 
     CaveError
     ├── ConfigError                 bad option, bad TOML, unknown model name
@@ -23,8 +23,8 @@ when they are built: whoever catches one decides whether it is worth a log line.
     │   └── CheckpointTampered      signature or hash mismatch: refused before unpickling
     └── ToolError                   a Deno tool that failed to register, start or answer
 
-A *denial* is not a CaveError: primitives and the guard raise the built-in `PermissionError`, because
-that is what agent code (and the model reading its traceback) already knows how to handle.
+A *denial* is not a CaveError: primitives and the guard raise the built-in `PermissionError`,
+because that is what agent code (and the model reading its traceback) already knows how to handle.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class ModelResponseError(ModelError):
         code = f"HTTP {status} " if status is not None else ""
         super().__init__(
             f"The model provider returned {code}{error_type}: {detail}\n"
-            "The SDK already retried. Check the endpoint and key (`%cave model`), wait and re-run "
+            "Cave already retried. Check the endpoint and key (`%cave model`), wait and re-run "
             "the cell; the agent's variables are unchanged."
         )
 

@@ -22,7 +22,7 @@ SCRIPT_ENV = "CAVE_SCRIPT"
 """Path of a JSON script of replies: the session then uses a *scripted* model (a test fixture)."""
 MODEL_ENV = "CAVE_MODEL"
 SESSION_DIR_ENV = "CAVE_SESSION_DIR"
-"""Where the session keeps its files (audit log, approvals, checkpoints); default <workspace>/.cave."""
+"""Where the session keeps its files (audit log, approvals, checkpoints); default <cwd>/.cave."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class ModelSettings:
     name: str | None = None
     """Model id; None means the provider's default (``AnthropicModel.DEFAULT_MODEL``)."""
     base_url: str | None = None
-    """Another Anthropic-compatible endpoint (proxy, gateway, our loopback test server)."""
+    """Another endpoint: Anthropic-compatible, or OpenAI-compatible for ``openai:`` model names."""
 
     def with_name(self, name: str | None) -> ModelSettings:
         return replace(self, name=name)
@@ -52,6 +52,10 @@ def model_from_settings(settings: ModelSettings) -> Model:
     from .models._anthropic import DEFAULT_MODEL, AnthropicModel
 
     name = settings.name or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    from .models._openai_compat import is_openai_name, model_from_name
+
+    if is_openai_name(name):
+        return model_from_name(name, settings.base_url)
     if name.startswith("scripted"):
         raise ConfigError(
             f"Model {name!r} is a test fixture: set {SCRIPT_ENV}=/path/script.json, or pass a "
@@ -122,6 +126,9 @@ class Session:
             return True
         from .models._credentials import get_key
 
+        name = self.model_settings.name or os.environ.get(MODEL_ENV) or ""
+        if name.startswith("openai"):
+            return bool(get_key("openai") or os.environ.get("OPENAI_BASE_URL"))
         return bool(
             get_key("anthropic")
             or os.environ.get("ANTHROPIC_API_KEY")

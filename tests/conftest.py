@@ -21,6 +21,8 @@ for _var in (
     "ANTHROPIC_BASE_URL",
     "CAVE_SCRIPT",
     "CAVE_MODEL",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
 ):
     os.environ.pop(_var, None)
 

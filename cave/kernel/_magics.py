@@ -17,7 +17,7 @@ from .._session import current_session
 CAVE_USAGE = """\
 %cave                       status: model, endpoint, workspace, injected objects, usage
 %cave model [NAME] [--base-url URL]   show or change the model / endpoint
-%cave key                   enter an Anthropic API key without echoing it
+%cave key [openai]          enter an API key without echoing it (Anthropic by default)
 %cave reset                 forget the conversation (the agent's variables stay)
 %cave policy [...]          show or change the security policy (when the security layer is on)
 """
@@ -58,7 +58,7 @@ class CaveMagics(Magics):
         elif command == "model":
             _model_command(rest)
         elif command == "key":
-            _key_command()
+            _key_command(*rest[:1])
         elif command == "reset":
             current_session().reset_conversation()
             print("Conversation cleared; the agent's variables are kept.")
@@ -102,15 +102,17 @@ def _model_command(args: list[str]) -> None:
     print(status_text().split("\nworkspace")[0])
 
 
-def _key_command() -> None:
+def _key_command(provider: str = "anthropic") -> None:
     import getpass
 
     from ..models._credentials import set_key
 
-    key = getpass.getpass("Anthropic API key (not echoed, not stored on disk): ").strip()
+    if provider not in ("anthropic", "openai"):
+        raise ConfigError(f"%cave key takes anthropic or openai, not {provider!r}.")
+    key = getpass.getpass(f"{provider} API key (not echoed, not stored on disk): ").strip()
     if not key:
         raise ConfigError("No key entered; nothing changed.")
-    set_key("anthropic", key)
+    set_key(provider, key)
     current_session().set_model(settings=current_session().model_settings)
     print(
         "Key set for this kernel. It is kept out of os.environ, so agent code cannot read it there."

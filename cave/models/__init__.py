@@ -5,6 +5,7 @@ Importing this package does not import the ``anthropic`` SDK: that happens when 
 
 from ._anthropic import DEFAULT_MODEL, AnthropicModel
 from ._fenced import parse_fenced_code
+from ._openai_compat import OpenAICompatModel, model_from_name
 from ._protocol import PYTHON_TOOL, Model, ModelReply, ModelRequest, ToolCall, Usage
 
 __all__ = [
@@ -14,7 +15,9 @@ __all__ = [
     "Model",
     "ModelReply",
     "ModelRequest",
+    "OpenAICompatModel",
     "ToolCall",
     "Usage",
+    "model_from_name",
     "parse_fenced_code",
 ]

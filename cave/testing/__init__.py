@@ -7,6 +7,7 @@ the real ``anthropic`` SDK (and the Cave kernel through it) can be tested end to
 
 from ._anthropic_server import AnthropicServer, RecordedRequest
 from ._kernel_harness import CellResult, KernelHarness
+from ._openai_server import OpenAIServer
 from ._script import Failure, Reply, Script, load_script, reply
 from ._scripted_model import ScriptedModel
 
@@ -15,6 +16,7 @@ __all__ = [
     "CellResult",
     "Failure",
     "KernelHarness",
+    "OpenAIServer",
     "RecordedRequest",
     "Reply",
     "Script",
