@@ -102,6 +102,7 @@ def main() -> None:
     nbytes = int(ns["big"].memory_usage(index=False).sum())
     size_gib = nbytes / GIB
     cold = drop_caches()
+    load_before = os.getloadavg()[0]
     runs: dict[str, list[float]] = {}
 
     def record(key: str, seconds: float) -> None:
@@ -207,7 +208,8 @@ def main() -> None:
         f"Median of {args.repeat} runs. Page cache dropped before every read: "
         f"{'yes' if cold else 'no (not permitted), reads are warm'}. Cave's save includes SHA-256 "
         "of every byte, HMAC signing and fsync of blobs and manifest; its restore verifies all of "
-        "that before unpickling. 2 shared cores; other processes were running."
+        "that before unpickling. 2 cores shared with other work: load average "
+        f"{load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end."
     )
     write_table("checkpoint", ["case", "seconds", "GiB/s", "ratio", "target"], rows, notes)
 

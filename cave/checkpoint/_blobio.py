@@ -13,6 +13,7 @@ I/O both release the GIL.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import queue
 import struct
 import threading
@@ -151,8 +152,19 @@ def write_hashed(
 
 
 def allocate(length: int) -> memoryview:
-    """A writable buffer for a payload (restored arrays become views of it)."""
-    return memoryview(bytearray(length))
+    """A writable buffer for a payload (restored arrays become views of it).
+
+    Large ones are anonymous memory with transparent huge pages requested: it is not zeroed
+    first (a ``bytearray`` is, which costs a whole extra pass over fresh memory), and fresh
+    pages fault in 2 MiB at a time. Measured on 1 GiB, cold cache: 0.9-1.7 s to allocate and
+    read, against 1.2-2.8 s for a bytearray (noisy, shared machine).
+    """
+    if length < 2 * BLOCK:
+        return memoryview(bytearray(length))
+    area = mmap.mmap(-1, length)
+    if hasattr(area, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
+        area.madvise(mmap.MADV_HUGEPAGE)
+    return memoryview(area)
 
 
 def read_hashed(

@@ -193,7 +193,8 @@ class LocalBackend:
         """(tag, payload, sha256 of the payload as read). FileNotFoundError if absent."""
         with self._db() as db:
             row = db.execute(
-                "SELECT tag, payload FROM blobs WHERE digest = ?", (digest,)
+                "SELECT CAST(tag AS BLOB), CAST(payload AS BLOB) FROM blobs WHERE digest = ?",
+                (digest,),
             ).fetchone()
         if row is not None:
             payload = memoryview(bytearray(row[1]))
