@@ -74,6 +74,8 @@ class Session:
         model: Model | None = None,
         model_settings: ModelSettings | None = None,
         agent_settings: AgentSettings | None = None,
+        channel_factory: Callable[[Session], Any] | None = None,
+        secure: bool = True,
     ) -> None:
         from .runtime._namespace import AgentRuntime
 
@@ -88,6 +90,12 @@ class Session:
         self.primitives_doc = ""
         self.audit: Any = None
         self.code_context: Callable[[], Any] | None = None
+        self.security: Any = None
+        """``cave.security.Security``, built on the first turn (``ensure_security``)."""
+        self.approvals: Any = None
+        """The approval channel the security layer asks through."""
+        self._channel_factory = channel_factory
+        self._secure = secure
 
     @property
     def directory(self) -> Path:
@@ -135,6 +143,35 @@ class Session:
             or os.environ.get("ANTHROPIC_BASE_URL")
         )
 
+    # -- authority --------------------------------------------------------------------------
+    def ensure_security(self) -> Any:
+        """Build the authority layer once: audit log, policy, approval channel, primitives, guard.
+
+        Lazy so that kernel start-up pays nothing for it; every agent turn calls it first.
+        """
+        if self.security is not None or not self._secure:
+            return self.security
+        from .security import AuditLog, Security, load_policy
+
+        policy = load_policy(self.workspace)
+        if self.audit is None:
+            self.audit = AuditLog(self.directory / AUDIT_FILE)
+        if self.approvals is None:
+            self.approvals = (self._channel_factory or default_channel)(self)
+        self.security = Security(
+            workspace=self.workspace,
+            policy=policy,
+            channel=self.approvals,
+            audit=self.audit,
+            session_dir=self.directory,
+            exec_marker="<cave-",
+        )
+        for name, primitive in self.security.primitives.items():
+            self.runtime.add_primitive(name, primitive)
+        self.code_context = self.security.agent_code
+        self.primitives_doc = self.security.describe_primitives()
+        return self.security
+
     # -- turns ------------------------------------------------------------------------------
     def ask(
         self,
@@ -150,6 +187,7 @@ class Session:
                 "An agent turn is already running in this session; wait or interrupt it."
             )
         try:
+            self.ensure_security()
             agent = Agent(
                 self.runtime,
                 self.model,
@@ -172,6 +210,8 @@ class Session:
         if agent is None:
             return False
         agent.cancel()
+        if self.security is not None:
+            self.security.cancel_pending()
         return True
 
     @property
@@ -181,6 +221,22 @@ class Session:
     def reset_conversation(self) -> None:
         """Forget the conversation; the runtime (the memory that matters) is untouched."""
         self.history.clear()
+
+
+AUDIT_FILE = "audit.jsonl"
+
+
+def default_channel(session: Session) -> Any:
+    """Outside the kernel: ask on the terminal if there is one, else wait for `cave approvals`."""
+    import sys
+
+    if sys.stdin is not None and sys.stdin.isatty():
+        from .approvals._console import ConsoleChannel
+
+        return ConsoleChannel()
+    from .approvals._kernel_glue import make_channel
+
+    return make_channel(session)
 
 
 _current: Session | None = None

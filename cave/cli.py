@@ -86,9 +86,6 @@ def _run_notebook(path: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-AUDIT_FILE = "audit.jsonl"
-
-
 def _session_dir(args: argparse.Namespace) -> Path:
     from ._session import SESSION_DIR_ENV
 
@@ -97,6 +94,7 @@ def _session_dir(args: argparse.Namespace) -> Path:
 
 def _audit(args: argparse.Namespace) -> int:
     """Show the audit log, or verify its hash chain (exit 1 if it does not verify)."""
+    from ._session import AUDIT_FILE
     from .security import format_records, verify
 
     path = _session_dir(args) / AUDIT_FILE

@@ -108,7 +108,7 @@ def session_channel(kernel: Any = None) -> KernelApprovalChannel:
     channel = getattr(session, "approvals", None)
     if not isinstance(channel, KernelApprovalChannel):
         channel = make_channel(session, kernel)
-        session.approvals = channel  # type: ignore[attr-defined]
+        session.approvals = channel
     elif channel.kernel is None and kernel is not None:
         channel.kernel = kernel
     return channel

@@ -42,6 +42,9 @@ class CaveKernel(IPythonKernel):
         take_provider_keys_from_environ()
         self._loop: asyncio.AbstractEventLoop | None = None
         install_agent_cells(self.shell)
+        from ..approvals._kernel_glue import install as install_approvals
+
+        install_approvals(self)
         from .._session import set_session_factory
 
         set_session_factory(self._make_session)
@@ -49,10 +52,12 @@ class CaveKernel(IPythonKernel):
     def _make_session(self) -> Any:
         from .._session import ModelSettings, Session
         from ..agent._loop import AgentSettings
+        from ..approvals._kernel_glue import make_channel
 
         return Session(
             model_settings=ModelSettings(self.model, self.base_url),
             agent_settings=AgentSettings(max_steps=self.max_steps, code_timeout=self.code_timeout),
+            channel_factory=lambda session: make_channel(session, self),
         )
 
     async def execute_request(self, stream: Any, ident: Any, parent: Any) -> None:

@@ -59,6 +59,10 @@ class CaveMagics(Magics):
             _model_command(rest)
         elif command == "key":
             _key_command(*rest[:1])
+        elif command == "policy":
+            from ._policy_command import policy_command
+
+            policy_command(rest)
         elif command == "reset":
             current_session().reset_conversation()
             print("Conversation cleared; the agent's variables are kept.")
