@@ -294,3 +294,11 @@ def test_progress_callback_and_worker_thread(tmp_path):
     loaded: list[tuple[int, int]] = []
     store.load("t", progress=lambda d, n: loaded.append((d, n)))
     assert loaded[-1][0] == loaded[-1][1]
+
+
+def test_progress_bar(tmp_path, capfd):
+    store = SessionStore(tmp_path / "s", secret=SECRET)
+    store.save("bar", {"a": np.ones(2_000_000)}, {}, progress=True)
+    store.load("bar", progress=True)
+    err = capfd.readouterr().err
+    assert "checkpoint save" in err and "checkpoint restore" in err
