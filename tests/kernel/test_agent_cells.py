@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,8 +32,10 @@ class Scripted:
         self._seen = 0
         self.server = AnthropicServer(self._next)
         self.server.start()
+        self.workdir = tempfile.mkdtemp(prefix="cave-agent-cells-")
         self.kernel = KernelHarness(
-            env={"ANTHROPIC_BASE_URL": self.server.base_url, "ANTHROPIC_API_KEY": "sk-ant-test"}
+            cwd=self.workdir,
+            env={"ANTHROPIC_BASE_URL": self.server.base_url, "ANTHROPIC_API_KEY": "sk-ant-test"},
         )
         self.kernel.start()
 
@@ -51,6 +56,7 @@ class Scripted:
     def close(self) -> None:
         self.kernel.stop()
         self.server.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -212,8 +218,8 @@ def test_interrupt_stops_an_infinite_loop_within_a_second(cave: Scripted) -> Non
     assert "stopped" in json.dumps(cave.requests[-1].body["messages"]).lower()
 
 
-def test_missing_key_says_how_to_set_one_and_kernel_stays_usable() -> None:
-    with KernelHarness() as kernel:
+def test_missing_key_says_how_to_set_one_and_kernel_stays_usable(tmp_path: Path) -> None:
+    with KernelHarness(cwd=tmp_path) as kernel:
         cell = kernel.execute("%%agent\nhello")
         assert cell.status == "error"
         assert cell.error is not None and cell.error["ename"] == "MissingAPIKey"
@@ -229,10 +235,15 @@ def test_bad_agent_options_give_usage(cave: Scripted) -> None:
     assert "usage: %%agent" in cell.all_text
 
 
-def test_interrupt_while_the_model_streams_stops_the_turn() -> None:
+def test_interrupt_while_the_model_streams_stops_the_turn(tmp_path: Path) -> None:
     slow = AnthropicServer([reply("word " * 400)], latency=0.05)  # ~25 chunks per second
-    with slow, KernelHarness(env={"ANTHROPIC_BASE_URL": slow.base_url,
-                                  "ANTHROPIC_API_KEY": "sk-ant-test"}) as kernel:
+    with (
+        slow,
+        KernelHarness(
+            cwd=tmp_path,
+            env={"ANTHROPIC_BASE_URL": slow.base_url, "ANTHROPIC_API_KEY": "sk-ant-test"},
+        ) as kernel,
+    ):
         sent: list[float] = []
 
         def interrupt_on_first_text(msg: dict[str, Any], k: KernelHarness) -> None:
