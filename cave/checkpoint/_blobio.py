@@ -5,20 +5,21 @@
 The file's name is the payload's digest: SHA-256 over the SHA-256s of its consecutive 8 MiB
 blocks (the construction Dropbox uses for its content hash). It is as collision resistant as
 SHA-256, and unlike a plain SHA-256 of one stream its blocks can be hashed in parallel: one SHA-256
-stream runs at about disk speed, which would make saving and restoring CPU-bound. Blocks are
-hashed on a two-thread pool while a helper thread writes (or reads) the data; ``hashlib`` and file
-I/O both release the GIL.
+stream runs at about disk speed, which would make saving and restoring CPU-bound. Locally, each
+block is hashed and written (or read and hashed) by one task of a two-thread pool, ``os.pwrite``
+and ``os.preadv`` at its offset; ``hashlib`` and file I/O both release the GIL.
 """
 
 from __future__ import annotations
 
 import hashlib
 import mmap
+import os
 import queue
 import struct
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 MAGIC = b"CAVEBLOB"
@@ -88,6 +89,19 @@ def _blocks(parts: Iterable[bytes | memoryview]) -> Iterator[memoryview]:
         yield memoryview(b"".join(pending))
 
 
+def _each(fn: Callable[[Any], Any], items: Iterable[Any]) -> Generator[Any, None, None]:
+    """``pool.map(fn, items)``, but no task is still running when this returns or raises: the
+    tasks use a file descriptor that the caller closes right after."""
+    futures = [_hash_pool().submit(fn, item) for item in items]
+    try:
+        for future in futures:
+            yield future.result()
+    finally:
+        for future in futures:
+            future.cancel()
+        wait(futures)
+
+
 def _combine(block_digests: Iterable[bytes]) -> bytes:
     return hashlib.sha256(b"".join(block_digests)).digest()
 
@@ -100,55 +114,51 @@ def digest_of(parts: Iterable[bytes | memoryview]) -> bytes:
     return _combine(_hash_pool().map(_sha, blocks))
 
 
-def write_hashed(
-    write: Callable[[memoryview], Any],
+def pwrite_hashed(
+    fd: int,
+    offset: int,
     parts: list[bytes | memoryview],
     on_bytes: Callable[[int], None],
     sync: Callable[[], Any] | None = None,
 ) -> bytes:
-    """Write ``parts`` through ``write``; return their digest, hashed while the writer writes.
+    """Write ``parts`` to file ``fd`` from ``offset``; return their digest.
 
-    ``sync`` (an fdatasync) is called by the writer every `SYNC_EVERY` bytes, so that writeback
-    to disk overlaps the hashing instead of all happening in the final fsync.
+    Each block is hashed and written (``os.pwrite``) by one pool task, two at a time; the caller's
+    thread calls ``sync`` (an fdatasync) every `SYNC_EVERY` bytes written, so writeback overlaps
+    the rest of the work instead of all happening in the final fsync.
     """
-    if size_of(parts) <= BLOCK:
-        for block in _blocks(parts):
-            write(block)
-            on_bytes(block.nbytes)
-        return digest_of(parts)
-    pool = _hash_pool()
-    pending: queue.Queue[memoryview | None] = queue.Queue(maxsize=SYNC_EVERY // BLOCK)
-    errors: list[BaseException] = []
 
-    def writer() -> None:
-        unsynced = 0
-        while (block := pending.get()) is not None:
-            if not errors:
-                try:
-                    write(block)
-                    unsynced += block.nbytes
-                    if sync is not None and unsynced >= SYNC_EVERY:
-                        sync()
-                        unsynced = 0
-                except BaseException as exc:
-                    errors.append(exc)
+    def block(item: tuple[int, memoryview]) -> bytes:
+        start, view = item
+        digest = _sha(view)
+        done = 0
+        while done < view.nbytes:
+            done += os.pwrite(fd, view[done:], offset + start + done)
+        return digest
 
-    futures: list[Future[bytes]] = []
-    thread = threading.Thread(target=writer, name="cave-checkpoint-writer", daemon=True)
-    thread.start()
+    items: list[tuple[int, memoryview]] = []
+    pos = 0
+    for view in _blocks(parts):
+        items.append((pos, view))
+        pos += view.nbytes
+    if len(items) <= 1:
+        digests = [block(item) for item in items]
+        on_bytes(pos)
+        return _combine(digests)
+    digests = []
+    unsynced = 0
+    results = _each(block, items)
     try:
-        for block in _blocks(parts):
-            futures.append(pool.submit(_sha, block))
-            pending.put(block)
-            on_bytes(block.nbytes)
-            if errors:
-                break
+        for (_start, view), digest in zip(items, results, strict=True):
+            digests.append(digest)
+            on_bytes(view.nbytes)
+            unsynced += view.nbytes
+            if sync is not None and unsynced >= SYNC_EVERY:
+                sync()
+                unsynced = 0
     finally:
-        pending.put(None)
-        thread.join()
-    if errors:
-        raise errors[0]
-    return _combine(f.result() for f in futures)
+        results.close()
+    return _combine(digests)
 
 
 def allocate(length: int) -> memoryview:
@@ -165,6 +175,33 @@ def allocate(length: int) -> memoryview:
     if hasattr(area, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
         area.madvise(mmap.MADV_HUGEPAGE)
     return memoryview(area)
+
+
+def pread_hashed(fd: int, offset: int, buf: memoryview, on_bytes: Callable[[int], None]) -> bytes:
+    """Fill ``buf`` from file ``fd`` at ``offset`` and return its digest.
+
+    Each block is read (``os.preadv``) and hashed by the same pool task, two at a time, so that
+    both cores share the work of faulting in fresh memory, copying and hashing; a single reader
+    thread feeding hashers was measured to be the bottleneck of restores.
+    """
+    total = buf.nbytes
+
+    def block(start: int) -> bytes:
+        view = buf[start : min(start + BLOCK, total)]
+        got = 0
+        while got < view.nbytes:
+            n = os.preadv(fd, [view[got:]], offset + start + got)
+            if not n:
+                raise EOFError(f"blob ends after {start + got} of {total} bytes")
+            got += n
+        digest = _sha(view)
+        on_bytes(view.nbytes)
+        return digest
+
+    starts = range(0, total, BLOCK)
+    if total <= BLOCK:
+        return _combine(block(s) for s in starts)
+    return _combine(list(_each(block, starts)))
 
 
 def read_hashed(

@@ -160,14 +160,9 @@ class LocalBackend:
         tmp = self.tmp_dir / f"{os.getpid()}-{os.urandom(8).hex()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.pwrite(fd, _blobio.header(bytes(32), length), 0)
-            os.lseek(fd, _blobio.HEADER, os.SEEK_SET)
-
-            def write(chunk: memoryview) -> None:
-                while chunk.nbytes:
-                    chunk = chunk[os.write(fd, chunk) :]
-
-            digest = _blobio.write_hashed(write, parts, on_bytes, lambda: os.fdatasync(fd))
+            digest = _blobio.pwrite_hashed(
+                fd, _blobio.HEADER, parts, on_bytes, lambda: os.fdatasync(fd)
+            )
             os.pwrite(fd, _blobio.header(signer.blob_tag(digest, length), length), 0)
             os.fsync(fd)
         except BaseException:
@@ -206,7 +201,7 @@ class LocalBackend:
             if actual != length:
                 raise ValueError(f"blob holds {actual} payload bytes, its header says {length}")
             buf = _blobio.allocate(length)
-            sha = _blobio.read_hashed(f.readinto, buf, on_bytes)
+            sha = _blobio.pread_hashed(f.fileno(), _blobio.HEADER, buf, on_bytes)
         return tag, buf, sha
 
     def blobs(self) -> Iterator[tuple[str, int, float]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ class Progress:
         self.done = 0
         self._bar: Any = None
         self._callback: Callable[[int, int], None] | None = None
+        self._lock = threading.Lock()
         if callable(how):
             self._callback = how
         elif how and total:
@@ -26,11 +28,13 @@ class Progress:
             )
 
     def __call__(self, n: int) -> None:
-        self.done += n
-        if self._bar is not None:
-            self._bar.update(n)
-        if self._callback is not None:
-            self._callback(self.done, self.total)
+        # Called from the hashing pool's threads: serialise, so counts and callbacks stay ordered.
+        with self._lock:
+            self.done += n
+            if self._bar is not None:
+                self._bar.update(n)
+            if self._callback is not None:
+                self._callback(self.done, self.total)
 
     def close(self) -> None:
         if self._bar is not None:

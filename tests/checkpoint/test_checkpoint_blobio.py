@@ -9,7 +9,7 @@ import random
 from cave.checkpoint import _blobio
 
 
-def test_digest_is_independent_of_part_boundaries_and_matches_the_definition():
+def test_digest_is_independent_of_part_boundaries_and_matches_the_definition(tmp_path):
     block = _blobio.BLOCK
     data = os.urandom(3 * block + 12345)
     spec = hashlib.sha256(
@@ -21,9 +21,18 @@ def test_digest_is_independent_of_part_boundaries_and_matches_the_definition():
         cuts = sorted(set(cuts))
         parts = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
         assert _blobio.digest_of([memoryview(p) for p in parts]) == spec
-    written = bytearray()
-    got = _blobio.write_hashed(written.extend, [data[:100], memoryview(data)[100:]], lambda n: None)
-    assert got == spec and bytes(written) == data
+    path = tmp_path / "blob"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        parts = [data[:100], memoryview(data)[100:]]
+        assert (
+            _blobio.pwrite_hashed(fd, 64, parts, lambda n: None, lambda: os.fdatasync(fd)) == spec
+        )
+        back = _blobio.allocate(len(data))
+        assert _blobio.pread_hashed(fd, 64, back, lambda n: None) == spec
+        assert bytes(back) == data and path.stat().st_size == 64 + len(data)
+    finally:
+        os.close(fd)
     buf = _blobio.allocate(len(data))
     src = memoryview(data)
     pos = 0
