@@ -137,6 +137,17 @@ class FsspecBackend:
                     on_bytes(chunk.nbytes)
         return hexdigest, True
 
+    def read_blobs(
+        self, digests: Collection[str], on_bytes: Callable[[int], None]
+    ) -> dict[str, tuple[bytes, memoryview, bytes] | Exception]:
+        out: dict[str, tuple[bytes, memoryview, bytes] | Exception] = {}
+        for digest in digests:
+            try:
+                out[digest] = self.read_blob(digest, on_bytes)
+            except (OSError, ValueError, EOFError) as exc:
+                out[digest] = exc
+        return out
+
     def read_blob(
         self, digest: str, on_bytes: Callable[[int], None]
     ) -> tuple[bytes, memoryview, bytes]:

@@ -230,21 +230,22 @@ class SessionStore:
         """Every blob of ``doc``, read once and verified; raises before anything is unpickled."""
         payloads: dict[str, memoryview] = {}
         missing = []
-        for digest, size in _manifest.blob_sizes(doc).items():
+        sizes = _manifest.blob_sizes(doc)
+        for digest, result in self._backend.read_blobs(list(sizes), bar).items():
+            size = sizes[digest]
             what = f"blob {digest[:12]} of checkpoint {name!r} in {self.url}"
-            try:
-                tag, payload, sha = self._backend.read_blob(digest, bar)
-            except FileNotFoundError:
+            if isinstance(result, FileNotFoundError):
                 missing.append(digest)
                 continue
-            except (ValueError, EOFError) as exc:
-                raise CheckpointTampered(what, str(exc)) from None
+            if isinstance(result, Exception):
+                raise CheckpointTampered(what, str(result)) from None
+            tag, payload, sha = result
             if payload.nbytes != size:
                 raise CheckpointTampered(what, f"it holds {payload.nbytes} bytes, not {size}")
             if not self._signer.check_blob(bytes.fromhex(digest), size, tag):
                 raise CheckpointTampered(what, "its HMAC tag does not match (foreign or edited)")
             if sha.hex() != digest:
-                raise CheckpointTampered(what, "its content does not match its SHA-256")
+                raise CheckpointTampered(what, "its content does not match its SHA-256 digest")
             payloads[digest] = payload
         if missing:
             raise CheckpointIncomplete(name, missing, self.url)
@@ -330,9 +331,15 @@ class SessionStore:
                     failed.append((cname, problem))
                     continue
                 problems = []
-                for digest, size in _manifest.blob_sizes(doc).items():
-                    if digest not in good:
-                        good[digest] = self._check_blob(digest, size)
+                sizes = _manifest.blob_sizes(doc)
+                todo = [d for d in sizes if d not in good]
+                # Small blobs in one batch; large ones one at a time, to bound memory.
+                small = [d for d in todo if sizes[d] <= 1 << 20]
+                batches = [small] + [[d] for d in todo if sizes[d] > 1 << 20]
+                for batch in batches:
+                    for digest, result in self._backend.read_blobs(batch, lambda n: None).items():
+                        good[digest] = self._check_blob(digest, sizes[digest], result)
+                for digest in sizes:
                     if good[digest]:
                         problems.append(f"blob {digest[:12]}: {good[digest]}")
                 if problems:
@@ -343,13 +350,14 @@ class SessionStore:
             orphans = sum(1 for d, _s, _m in self._backend.blobs() if d not in referenced)
         return VerifyReport(tuple(checked), tuple(failed), len(good), orphans)
 
-    def _check_blob(self, digest: str, size: int) -> str:
-        try:
-            tag, payload, sha = self._backend.read_blob(digest, lambda n: None)
-        except FileNotFoundError:
+    def _check_blob(
+        self, digest: str, size: int, result: tuple[bytes, memoryview, bytes] | Exception
+    ) -> str:
+        if isinstance(result, FileNotFoundError):
             return "missing"
-        except (ValueError, EOFError) as exc:
-            return str(exc)
+        if isinstance(result, Exception):
+            return str(result)
+        tag, payload, sha = result
         if payload.nbytes != size:
             return f"holds {payload.nbytes} bytes, not {size}"
         if not self._signer.check_blob(bytes.fromhex(digest), size, tag):
