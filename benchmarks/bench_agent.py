@@ -17,10 +17,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _table import write_table  # noqa: E402
-from cave.runtime._namespace import AgentRuntime  # noqa: E402
 
 from cave.agent._events import CodeFinished  # noqa: E402
 from cave.agent._loop import Agent, AgentSettings  # noqa: E402
+from cave.runtime._namespace import AgentRuntime  # noqa: E402
 from cave.testing._script import reply  # noqa: E402
 from cave.testing._scripted_model import ScriptedModel  # noqa: E402
 

@@ -7,11 +7,11 @@ import time
 from typing import Any
 
 import pytest
-from cave.runtime._namespace import AgentRuntime
 
 from cave._errors import MaxStepsReached, ModelResponseError, TurnInterrupted
 from cave.agent._events import CodeFinished, CodeStarted, ModelCalled, TextDelta, TurnFinished
 from cave.agent._loop import Agent, AgentSettings
+from cave.runtime._namespace import AgentRuntime
 from cave.testing._script import Failure, Reply, reply
 from cave.testing._scripted_model import ScriptedModel
 
