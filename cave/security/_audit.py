@@ -85,11 +85,21 @@ class AuditLog:
     def record(self, kind: str, /, **fields: Any) -> None:
         """Append one record. Refused (PermissionError) from agent code while the guard is on."""
         if _called_by_agent():
-            raise PermissionError(
-                "agent code may not write audit records; Cave records what it does by itself"
+            reason = "agent code may not write audit records; Cave records what it does by itself"
+            self._append(
+                {
+                    "kind": "guard.refused",
+                    "event": "audit.record",
+                    "reason": reason,
+                    "attempted": str(kind)[:100],
+                }
             )
+            raise PermissionError(reason)
         body: dict[str, Any] = dict(fields)
         body["kind"] = kind
+        self._append(body)
+
+    def _append(self, body: dict[str, Any]) -> None:
         body["ts"] = round(time.time(), 6)
         with self._lock:
             if self._fd < 0:

@@ -154,19 +154,21 @@ def _open(args: tuple[Any, ...]) -> Result:
     if isinstance(mode, str):
         write = any(c in mode for c in "wax+")
         read = "r" in mode or "+" in mode or not write
+        fresh = "w" in mode or "x" in mode  # truncated or new: nothing to read
     else:
         flags = flags or 0
         access = flags & os.O_ACCMODE
         read = access in (os.O_RDONLY, os.O_RDWR)
         write = access in (os.O_WRONLY, os.O_RDWR) or bool(flags & _WRITE_FLAGS)
+        fresh = bool(flags & os.O_TRUNC) or bool(flags & os.O_CREAT and flags & os.O_EXCL)
     real = resolve_path(text)
     if real is None:
         return None
     checks = []
-    if read:
-        checks.append(_fs("fs.read", real, "open for reading"))
     if write:
         checks.append(_fs("fs.write", real, "open for writing"))
+    if read and not (write and fresh):
+        checks.append(_fs("fs.read", real, "open for reading"))
     return tuple(checks)
 
 

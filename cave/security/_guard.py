@@ -231,17 +231,15 @@ class _Vault:
             return None
         op, payload, box = args
         b: _Binding | None = getattr(self.tl, "b", None)
-        if op in _PRIVILEGED and b is not None:
-            return (
-                PermissionError,
-                (f"agent code may not change the security session ({op})",),
-            )
         method = getattr(self, "_op_" + str(op), None)
         if method is None:
             return None
         if b is not None:
             b.depth += 1
         try:
+            if op in _PRIVILEGED and b is not None:
+                why = f"agent code may not change the security session ({op})"
+                return self._refuse(b, f"cave.security:{op}", why)
             result = method(b, payload)
         finally:
             if b is not None:
@@ -321,6 +319,10 @@ class _Vault:
     def _op_exit(self, b: _Binding | None, payload: tuple[Any, ...]) -> Any:
         handle, nonce = payload
         if b is None or not b.nonces or b.nonces[-1] is not nonce:
+            if b is not None:
+                return self._refuse(
+                    b, "cave.security:exit", "agent_code() exit without its matching enter"
+                )
             raise _Refused("agent_code() exit without its matching enter")
         b.nonces.pop()
         if not b.nonces and not b.life:
