@@ -85,6 +85,7 @@ class Pattern:
         "basename_only",
         "kind",
         "literals",
+        "needle",
         "prefix",
         "regex",
         "text",
@@ -113,6 +114,8 @@ class Pattern:
         """For fs: the directory part before the first wildcard (the rule index key)."""
         self.basename_only = basename_only
         self.trusted_dirs = trusted_dirs
+        self.needle = _longest_literal(text)
+        """Fixed text any match must contain: a cheap test before the regex."""
 
     def match(self, resource: str) -> tuple[int, int] | None:
         """(position where the fixed text ends, fixed characters) if ``resource`` matches."""
@@ -121,6 +124,8 @@ class Pattern:
             directory, _, subject = resource.rpartition("/")
             if directory and directory not in self.trusted_dirs:
                 return None
+        if self.needle not in subject:
+            return None
         m = self.regex.fullmatch(subject)
         if m is None:
             return None
@@ -275,6 +280,28 @@ def _translate(
     except re.error as exc:
         raise ValueError(f"{pattern!r}: {exc}") from None
     return regex, literals, trailing
+
+
+def _longest_literal(pattern: str) -> str:
+    if pattern.endswith("/**"):  # "dir/**" also matches "dir", without the slash
+        pattern = pattern[:-3]
+    best, i = "", 0
+    run: list[str] = []
+    while i < len(pattern):
+        c = pattern[i]
+        if c in "*?[":
+            if len("".join(run)) > len(best):
+                best = "".join(run)
+            run = []
+            if c == "[":
+                end = pattern.find("]", i + 2)
+                i = end + 1 if end != -1 else len(pattern)
+                continue
+        else:
+            run.append(c)
+        i += 1
+    tail = "".join(run)
+    return tail if len(tail) > len(best) else best
 
 
 def _strip_v6(pattern: str) -> str:

@@ -187,6 +187,12 @@ class SessionAuthority:
             self.set_policy(policy, by="restore")
         self._record("grants.restore", grants=len(self._grants.all()))
 
+    def allowed_by_policy(self, capability: Capability) -> bool:
+        """The fast path of the guard: an ``allow`` verdict needs no grant, asks nobody."""
+        if capability.kind in FS_KINDS and self._protected(capability) is not None:
+            return False
+        return self._policy.decide(capability).effect is Effect.ALLOW
+
     def is_denied(self, capability: Capability) -> bool:
         """Denied by a protected path or a deny rule (grants and approvals cannot change it)."""
         if self._protected(capability) is not None:

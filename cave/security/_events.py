@@ -103,6 +103,49 @@ def _fd_path(fd: int) -> str | None:
     return target if target.startswith("/") else None
 
 
+def realpath(path: str) -> str:
+    """``os.path.realpath`` for an absolute path, about twice as fast (one lstat per component).
+
+    Every existing symlink is resolved; past the first missing component the rest is taken
+    literally (it cannot contain symlinks: its parent does not exist).
+    """
+    pending = path.split("/")
+    pending.reverse()
+    out: list[str] = []
+    links = 0
+    missing = False
+    lstat, readlink, islink = os.lstat, os.readlink, stat.S_ISLNK
+    while pending:
+        name = pending.pop()
+        if not name or name == ".":
+            continue
+        if name == "..":
+            if out:
+                out.pop()
+            continue
+        if missing:
+            out.append(name)
+            continue
+        candidate = "/" + "/".join(out) + ("/" if out else "") + name
+        try:
+            st = lstat(candidate)
+        except OSError:
+            missing = True
+            out.append(name)
+            continue
+        if islink(st.st_mode):
+            links += 1
+            if links > 40:  # a loop: the literal rest; the open itself will fail with ELOOP
+                return "/".join([candidate, *reversed(pending)])
+            target = readlink(candidate)
+            if target.startswith("/"):
+                out = []
+            pending.extend(reversed(target.split("/")))
+        else:
+            out.append(name)
+    return "/" + "/".join(out)
+
+
 def resolve_path(path: Any, dir_fd: Any = None, *, follow: bool = True) -> str | None:
     """Absolute, symlink-resolved path for an event's path argument (None: not a file path).
 
@@ -120,11 +163,11 @@ def resolve_path(path: Any, dir_fd: Any = None, *, follow: bool = True) -> str |
             base = _fd_path(dir_fd)
         text = os.path.join(base or os.getcwd(), text)
     if follow:
-        return os.path.realpath(text)
+        return realpath(text)
     head, tail = os.path.split(os.path.normpath(text))
     if tail in ("", ".", ".."):
-        return os.path.realpath(text)
-    return os.path.join(os.path.realpath(head), tail)
+        return realpath(text)
+    return os.path.join(realpath(head), tail)
 
 
 def _fs(kind: str, path: str, verb: str, **details: Any) -> Check:

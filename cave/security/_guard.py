@@ -471,6 +471,13 @@ class _Vault:
             cap = check.capability
             if b.ticket is not None and b.ticket.covers(cap):
                 continue
+            if authority.allowed_by_policy(cap):
+                b.counts[event] = b.counts.get(event, 0) + 1
+                if cap.kind == "net" and event != "socket.connect":
+                    self._remember_name(b, cap)
+                elif event == "subprocess.Popen":
+                    b.popen = cap.resource
+                continue
             if cap.kind == "net" and self._associated(b, cap):
                 continue
             if cap.kind == "fs.delete" and _under(cap.resource, b.trees):

@@ -612,11 +612,21 @@ TECHNIQUES: list[Technique] = [
         "C-level events do not go through sys.audit; replacing it changes nothing",
     ),
     T(
-        "guard-monkeypatch-realpath",
+        "guard-monkeypatch-stdlib-realpath",
         "guard",
         "import posixpath\nreal = posixpath.realpath\n"
         "posixpath.realpath = lambda p, strict=False: {WS!r} + '/harmless.txt'\ntry:\n"
         "    data = open({SECRET!r}).read()\nfinally:\n    posixpath.realpath = real",
+        "asked",
+        "fs.read:{SECRET}",
+        "the guard resolves paths with its own code, not os.path.realpath",
+    ),
+    T(
+        "guard-monkeypatch-cave-module",
+        "guard",
+        "import cave.security._events as ev\nreal = ev.resolve_path\n"
+        "ev.resolve_path = lambda *a, **k: {WS!r} + '/harmless.txt'\ntry:\n"
+        "    data = open({SECRET!r}).read()\nfinally:\n    ev.resolve_path = real",
         "bypass",
         note="the guard is Python code sharing modules with the agent: monkeypatching wins",
     ),

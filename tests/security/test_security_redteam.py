@@ -283,7 +283,7 @@ def _assert_documented_bypass(red: RedTeam, technique: Technique, result: dict[s
         assert ENV_SECRET in data, context
     elif technique.id == "guard-ctypes-memmove":
         assert data == "b'ab'", context
-    elif technique.id in ("guard-monkeypatch-realpath", "guard-existing-user-executor"):
+    elif technique.id in ("guard-monkeypatch-cave-module", "guard-existing-user-executor"):
         assert SECRET_TEXT in data, context  # read although the policy says ask
         assert result["requests"] == [], context
     elif technique.id == "guard-class-dict-via-mappingproxy":
