@@ -316,6 +316,21 @@ class SessionStore:
             if not self._backend.delete(name):
                 raise CheckpointNotFound(name, [n for n, _m, _s in self._backend.manifests()])
 
+    def prune(self, keep: int, *, prefix: str = "auto-") -> list[str]:
+        """Remove all but the newest ``keep`` checkpoints whose name starts with ``prefix``.
+
+        For auto-checkpoints after every turn: named checkpoints are never touched with the
+        default prefix. Returns the removed names; `gc()` then frees their blobs.
+        """
+        if keep < 0:
+            raise ValueError("keep must be >= 0")
+        with self._lock:
+            names = [n for n, _m, _s in self._backend.manifests() if n.startswith(prefix)]
+            doomed = names[: max(0, len(names) - keep)]
+            for name in doomed:
+                self._backend.delete(name)
+        return doomed
+
     def verify(self, name: str | None = None) -> VerifyReport:
         """Check signatures and re-hash every blob of one checkpoint, or of all of them."""
         with self._lock:

@@ -302,3 +302,16 @@ def test_progress_bar(tmp_path, capfd):
     store.load("bar", progress=True)
     err = capfd.readouterr().err
     assert "checkpoint save" in err and "checkpoint restore" in err
+
+
+def test_prune_keeps_named_and_the_newest_auto_checkpoints(tmp_path):
+    store = SessionStore(tmp_path / "s", secret=SECRET)
+    for i in range(5):
+        store.save(None, {"i": np.full(100_000, i)}, {})
+        if i == 1:
+            store.save("keepme", {"i": np.full(100_000, i)}, {})
+    assert store.prune(2) == ["auto-1", "auto-2", "auto-4"]
+    assert [i.name for i in store.list()] == ["keepme", "auto-5", "auto-6"]
+    assert store.gc().removed_blobs >= 2
+    assert store.verify().ok
+    assert store.load("auto-6").namespace["i"][0] == 4
