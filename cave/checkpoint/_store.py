@@ -20,6 +20,7 @@ the store can read the data); protection against someone who holds the user's se
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -316,7 +317,7 @@ class SessionStore:
             if not self._backend.delete(name):
                 raise CheckpointNotFound(name, [n for n, _m, _s in self._backend.manifests()])
 
-    def prune(self, keep: int, *, prefix: str = "auto-") -> list[str]:
+    def prune(self, keep: int, *, prefix: str = "auto-") -> builtins.list[str]:
         """Remove all but the newest ``keep`` checkpoints whose name starts with ``prefix``.
 
         For auto-checkpoints after every turn: named checkpoints are never touched with the
