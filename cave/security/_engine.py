@@ -15,6 +15,7 @@ the wait stays interruptible (a ``KeyboardInterrupt`` in the waiting thread canc
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 import time
@@ -279,10 +280,11 @@ class SessionAuthority:
         cancelled = threading.Event()
         done = threading.Event()
         box: list[Any] = []
+        context = contextvars.copy_context()  # the cell's output routing, for the channel
 
         def run() -> None:
             try:
-                box.append(("ok", ask(cancelled)))
+                box.append(("ok", context.run(ask, cancelled)))
             except BaseException as exc:  # noqa: B036 - reported to the waiting thread
                 box.append(("error", f"{type(exc).__name__}: {exc}"))
             finally:
