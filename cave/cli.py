@@ -144,8 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_audit)
 
     from .approvals._cli import add_parser as add_approvals
+    from .checkpoint._cli import add_parser as add_checkpoints
 
     add_approvals(sub)
+    add_checkpoints(sub)
     return parser
 
 
