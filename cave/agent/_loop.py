@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -246,9 +246,6 @@ class Agent:
                 [_tool_result(i, "Not run: the turn was stopped.", error=True) for i in pending]
             )
         self._append_user([{"type": "text", "text": note}])
-
-    def iter_messages(self) -> Iterator[dict[str, Any]]:
-        return iter(self.history)
 
 
 def _tool_result(tool_use_id: str, text: str, *, error: bool = False) -> dict[str, Any]:

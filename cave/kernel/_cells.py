@@ -27,6 +27,10 @@ USAGE = (
 )
 
 
+STOP_GRACE_S = 10.0
+"""How long the stop button waits for agent code to stop before leaving it in the background."""
+
+
 @dataclass(frozen=True)
 class AgentCellOptions:
     prompt: str
@@ -116,18 +120,18 @@ async def agent_cell(line: str, body: str) -> None:
         await asyncio.shield(future)
     except asyncio.CancelledError:
         # The stop button (SIGINT, or our control-channel handler) cancelled the cell's task.
+        # The worker then ends with TurnInterrupted(step), re-raised here with its real step; a
+        # turn that finished in the same instant keeps its result.
         session.cancel()
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout=10)
-        except TurnInterrupted:
-            pass
+            await asyncio.wait_for(asyncio.shield(future), timeout=STOP_GRACE_S)
         except (asyncio.TimeoutError, asyncio.CancelledError):
             print(
-                "[cave] the agent's code did not stop within 10 s; it keeps running in the "
-                "background until it returns to Python code",
+                f"[cave] the agent's code did not stop within {STOP_GRACE_S:.0f} s; it keeps "
+                "running in the background until it returns to Python code",
                 file=sys.stderr,
             )
-        raise TurnInterrupted(0) from None
+            raise TurnInterrupted(0) from None
     _publish_output(session, options)
 
 
