@@ -173,7 +173,9 @@ def main() -> None:
         "'no hook' ran first, in the same thread, before the hook was installed (not "
         "interleaved). Targets: on/off <= 1.05 for "
         f"pure Python and pandas. The guard adds {per_open_us:.1f} us per open() in the "
-        "file-heavy load (path resolution with symlinks, policy lookup)."
+        "file-heavy load (path resolution with symlinks, policy lookup). Load average at the "
+        f"end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs shared with other work, so the "
+        "non-interleaved 'no hook' column drifts by tens of percent; the on/off ratio does not."
     )
     write_table(
         "guard",

@@ -1,0 +1,157 @@
+"""Known bypasses that the kernel red-team suite does not show (docs/security.md, table rows
+marked "in-process test"). Each asserts the *documented* outcome, so that closing one later
+makes its test fail on purpose."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from security_helpers import Session, make_session
+
+from cave.security import verify
+
+
+@pytest.fixture
+def s(tmp_path: Path) -> Iterator[Session]:
+    session = make_session(tmp_path)
+    yield session
+    session.security.close()
+    session.log.close()
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    path = Path(os.path.realpath(tmp_path)) / "outside-secret.txt"
+    path.write_text("TOPSECRET-42")
+    return path
+
+
+def test_metadata_through_stat_is_not_guarded(s: Session, secret: Path) -> None:
+    out = s.run(
+        f"import os\nst = os.stat({str(secret)!r})\nexists = os.path.exists({str(secret)!r})"
+    )
+    assert out.error is None and out.namespace["exists"] is True
+    assert out.namespace["st"].st_size == len("TOPSECRET-42")  # size and times leak
+    assert s.channel.requests == []
+
+
+def test_a_hard_link_made_before_the_session_is_not_detected(s: Session, secret: Path) -> None:
+    os.link(secret, s.workspace / "looks-local.txt")  # the user's doing, not the agent's
+    out = s.run(f"data = open({str(s.workspace / 'looks-local.txt')!r}).read()")
+    assert out.namespace.get("data") == "TOPSECRET-42" and s.channel.requests == []
+
+
+def test_descriptors_the_process_holds_are_not_guarded_but_the_log_detects_it(
+    s: Session,
+) -> None:
+    out = s.run(
+        "import os, stat\n"
+        "hit = None\n"
+        "for fd in range(3, 1024):\n"
+        "    try:\n"
+        "        st = os.fstat(fd)\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    if stat.S_ISREG(st.st_mode) and st.st_ino == target_ino:\n"
+        "        os.write(fd, b'{\"forged\": true}\\n')\n"
+        "        hit = fd\n"
+        "        break\n",
+        target_ino=os.stat(s.log.path).st_ino,
+    )
+    assert out.error is None and out.namespace["hit"] is not None  # not blocked
+    s.log.record("after", note="the next honest record")
+    report = verify(s.log.path)
+    assert not report.ok and "no valid 'hash'" in (report.problem or "")  # but detected
+
+
+def test_threading_settrace_runs_agent_code_in_threads_the_user_starts_later(
+    s: Session,
+) -> None:
+    out = s.run(
+        "import threading\n"
+        "calls = []\n"
+        "def tracer(frame, event, arg):\n"
+        "    calls.append(threading.current_thread().name)\n"
+        "    return None\n"
+        "threading.settrace(tracer)\n"
+    )
+    assert out.error is None  # threading.settrace raises no audit event
+    try:
+        t = threading.Thread(target=lambda: None, name="a-user-thread")
+        t.start()
+        t.join()
+        assert "a-user-thread" in out.namespace["calls"]  # agent code ran, unguarded
+    finally:
+        threading.settrace(None)  # type: ignore[arg-type]
+
+
+def test_symlink_swap_between_check_and_open_is_not_blocked(s: Session, secret: Path) -> None:
+    """The guard resolves the path, then CPython opens it: a swap in between wins. Here agent
+    code swaps the link from a gc callback while the guard is checking (deterministically,
+    by trying each allocation index in turn)."""
+    benign = s.workspace / "benign.txt"
+    benign.write_text("nothing")
+    out = s.run(
+        "import gc, os, threading\n"
+        "me = threading.get_ident()\n"
+        "won = None\n"
+        "for k in range(1, 400):\n"
+        "    link = os.path.join(ws, f'link-{k}')\n"
+        "    tmp_link = os.path.join(ws, f'tmp-{k}')\n"
+        "    os.symlink(benign, link)\n"
+        "    os.symlink(secret, tmp_link)\n"
+        "    state = {'n': 0}\n"
+        "    def flip(phase, info, state=state, k=k, link=link, tmp_link=tmp_link):\n"
+        "        if threading.get_ident() != me or phase != 'start':\n"
+        "            return\n"
+        "        state['n'] += 1\n"
+        "        if state['n'] == k:\n"
+        "            os.rename(tmp_link, link)  # atomic swap: allowed inside the workspace\n"
+        "    old = gc.get_threshold()\n"
+        "    gc.callbacks.append(flip)\n"
+        "    gc.set_threshold(1)\n"
+        "    try:\n"
+        "        data = open(link).read()\n"
+        "    except PermissionError:\n"
+        "        data = None\n"
+        "    finally:\n"
+        "        gc.set_threshold(*old)\n"
+        "        gc.callbacks.remove(flip)\n"
+        "    if data == 'TOPSECRET-42':\n"
+        "        won = k\n"
+        "        break\n",
+        ws=str(s.workspace),
+        benign=str(benign),
+        secret=str(secret),
+    )
+    assert out.error is None, out.trace
+    assert out.namespace["won"] is not None, "the race was not won: update docs/security.md"
+
+
+def test_os_environ_reads_are_not_guarded(s: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAVE_BYPASS_SECRET", "ENVSECRET")
+    out = s.run("import os\nv = os.environ['CAVE_BYPASS_SECRET']")
+    assert out.namespace["v"] == "ENVSECRET" and s.channel.requests == []
+    assert s.run("v = env.get('CAVE_BYPASS_SECRET')").denied  # the primitive asks
+
+
+def test_thread_bootstrap_frame_holds_nothing_useful(s: Session) -> None:
+    """A thread agent code starts can see its own first frame (Cave's bootstrap): it holds a
+    used-up ticket and the target, nothing that could unmark the thread."""
+    out = s.run(
+        "import sys, threading\nseen = []\n"
+        "def child():\n"
+        "    f = sys._getframe()\n"
+        "    while f is not None:\n"
+        "        seen.append(sorted(f.f_locals))\n"
+        "        f = f.f_back\n"
+        "t = threading.Thread(target=child)\nt.start(); t.join()\n"
+    )
+    assert out.error is None
+    flat = {name for names in out.namespace["seen"] for name in names}
+    assert "function" in flat  # Cave's _child_bootstrap frame is there...
+    assert not flat & {"ticket", "_handle", "vault", "binding", "session"}  # ...holding nothing
