@@ -6,24 +6,22 @@ dicts that can be sent back verbatim, ``python`` tool calls checked for shape, u
 and errors translated into ``ModelError``. ``anthropic`` is imported when a model is built, never
 when this module is imported.
 
-Interrupts: the SDK call runs in a worker thread that feeds a queue; ``query`` reads the queue in
-the caller's thread (so ``on_text`` runs there). ``cancel()`` marks the call, wakes ``query`` at
-once (it raises ``TurnInterrupted``) and shuts the stream's socket down so the worker ends too. A
-worker inside an SDK retry back-off or a connect is left to finish it (a daemon thread; it exits
-when that returns). Reading in the caller's thread and closing the stream from the canceller would
-be simpler, but nothing can interrupt a retry back-off sleep, and ``query`` must return promptly.
+Interrupts: the SDK call runs in a worker thread relayed to the caller's thread (``_streaming``).
+``cancel()`` wakes ``query`` at once (it raises ``TurnInterrupted``) and shuts the stream's socket
+down so the worker ends too. A worker inside an SDK retry back-off or a connect is left to finish it
+(a daemon thread; it exits when that returns).
 """
 
 from __future__ import annotations
 
 import os
-import queue
-import threading
+from functools import partial
 from typing import Any
 
-from .._errors import MissingAPIKey, ModelResponseError, TurnInterrupted
+from .._errors import MissingAPIKey, ModelResponseError
 from . import _credentials, _pricing
 from ._protocol import PYTHON_TOOL_NAME, ModelReply, ModelRequest, TextSink, ToolCall, Usage
+from ._streaming import StreamingCall, StreamRelay
 
 DEFAULT_MODEL = "claude-sonnet-5-5"
 """Current and not deprecated (see ``anthropic._data.DEPRECATED_MODELS``)."""
@@ -82,57 +80,6 @@ def _json_type(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-class _Call:
-    """One in-flight query: the queue from the worker, the cancel flag, the stream to close."""
-
-    def __init__(self) -> None:
-        self.events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self.cancelled = threading.Event()
-        self._stream: Any = None
-        self._lock = threading.Lock()
-
-    def attach(self, stream: Any) -> bool:
-        """Remember the open stream; False if the call was cancelled meanwhile."""
-        with self._lock:
-            self._stream = stream
-            return not self.cancelled.is_set()
-
-    def cancel(self) -> None:
-        with self._lock:
-            self.cancelled.set()
-            stream = self._stream
-        self.events.put(("cancelled", None))
-        if stream is not None:
-            _wake_reader(stream)
-
-
-def _wake_reader(stream: Any) -> None:
-    """Make a worker blocked reading ``stream`` return now.
-
-    Closing an httpx response from another thread does not interrupt a blocked ``recv`` (measured:
-    the worker slept on until the next chunk came). Shutting the socket down does: the read sees
-    end-of-file, the worker notices the cancel flag and closes the stream in its own thread. For TLS
-    the plain-socket ``shutdown`` is called so the SSL object the worker is using stays untouched
-    (only tested over plain HTTP: the tests have no TLS endpoint). Without a reachable socket
-    (another transport), fall back to ``close()``.
-    """
-    import socket
-
-    sock = None
-    try:
-        network = stream.response.extensions.get("network_stream")
-        sock = network.get_extra_info("socket") if network is not None else None
-    except Exception:  # an unusual transport: use the fallback
-        sock = None
-    try:
-        if isinstance(sock, socket.socket):
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-        else:
-            stream.close()
-    except Exception:  # already closed, or closing mid-read failed: the cancel flag still holds
-        pass
-
-
 class AnthropicModel:
     """Claude through the Messages API, streaming; implements ``cave.models.Model``.
 
@@ -180,8 +127,7 @@ class AnthropicModel:
             timeout=timeout,
         )
         self.base_url = str(self._client.base_url).rstrip("/")
-        self._lock = threading.Lock()
-        self._call: _Call | None = None
+        self._relay = StreamRelay("cave-anthropic-stream")
 
     def __repr__(self) -> str:
         return f"AnthropicModel({self.name!r}, base_url={self.base_url!r})"
@@ -189,39 +135,12 @@ class AnthropicModel:
     def query(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
         """Stream one reply; text deltas go to ``on_text`` in this thread as they arrive."""
         kwargs = self._request_kwargs(request)
-        call = _Call()
-        with self._lock:
-            self._call = call
-        worker = threading.Thread(
-            target=self._stream_into, args=(kwargs, call), name="cave-anthropic-stream",
-            daemon=True,
-        )
-        worker.start()
-        try:
-            while True:
-                kind, value = call.events.get()
-                if call.cancelled.is_set():
-                    raise TurnInterrupted(step=0)
-                if kind == "text":
-                    if on_text is not None:
-                        on_text(value)
-                elif kind == "done":
-                    return self._reply(value)
-                else:
-                    raise self._translate(value) from value
-        finally:
-            with self._lock:
-                if self._call is call:
-                    self._call = None
-            if worker.is_alive():  # interrupted, or on_text raised: stop the worker too
-                call.cancel()
+        return self._relay.run(partial(self._stream_into, kwargs), on_text, self._reply,
+                               self._translate)
 
     def cancel(self) -> None:
         """Abort the in-flight ``query`` (from any thread); it raises ``TurnInterrupted(0)``."""
-        with self._lock:
-            call = self._call
-        if call is not None:
-            call.cancel()
+        self._relay.cancel()
 
     def close(self) -> None:
         """Release the SDK client's connections (the model is unusable afterwards)."""
@@ -239,21 +158,17 @@ class AnthropicModel:
             kwargs["tools"] = list(request.tools)
         return kwargs
 
-    def _stream_into(self, kwargs: dict[str, Any], call: _Call) -> None:
+    def _stream_into(self, kwargs: dict[str, Any], call: StreamingCall) -> None:
         """Worker thread: run the SDK stream, put ("text", str)... then ("done", Message)."""
-        try:
-            with self._client.messages.stream(**kwargs) as stream:
-                if not call.attach(stream):
+        with self._client.messages.stream(**kwargs) as stream:
+            if not call.attach(stream):
+                return
+            for event in stream:
+                if call.cancelled.is_set():
                     return
-                for event in stream:
-                    if call.cancelled.is_set():
-                        return
-                    if event.type == "content_block_delta" and event.delta.type == "text_delta":
-                        call.events.put(("text", event.delta.text))
-                message = stream.get_final_message()
-        except BaseException as exc:  # handed to the caller's thread, which decides
-            call.events.put(("error", exc))
-            return
+                if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                    call.events.put(("text", event.delta.text))
+            message = stream.get_final_message()
         call.events.put(("done", message))
 
     def _reply(self, message: Any) -> ModelReply:

@@ -19,13 +19,13 @@ an assistant message is that text alone (the model sees exactly what it wrote), 
 no tool role. While streaming, the run blocks are held back from ``on_text`` (they are shown again
 as code by the loop's events); a block that never closes is released at the end, as prose.
 
-Streaming, retries and interrupts: the HTTP call runs in a worker thread that feeds a queue, read
-in the caller's thread (``on_text`` runs there), as in ``_anthropic``, whose ``_Call`` (and
-through it ``_wake_reader``) is reused. ``cancel()`` wakes ``query`` at once and shuts the socket
-down; a retry back-off is an ``Event.wait``, so it ends at once too; only a connect in progress
-is left to finish in the (daemon) worker. 429, 408 and 5xx answers and refused connections are
-retried ``max_retries`` times (``retry-after-ms``/``retry-after`` honoured up to 20 s; otherwise
-0.5 s, 1 s, 2 s ... up to 8 s), never a stream that broke after it began: its text was shown.
+Streaming, retries and interrupts: the HTTP call runs in a worker thread relayed to the caller's
+thread (``on_text`` runs there), as in ``_anthropic``: see ``_streaming``. ``cancel()`` wakes
+``query`` at once and shuts the socket down; a retry back-off is an ``Event.wait``, so it ends at
+once too; only a connect in progress is left to finish in the (daemon) worker. 429, 408 and 5xx
+answers and refused connections are retried ``max_retries`` times (``retry-after-ms``/
+``retry-after`` honoured up to 20 s; otherwise 0.5 s, 1 s, 2 s ... up to 8 s), never a stream that
+broke after it began: its text was shown.
 
 Usage comes from the final chunk (``stream_options.include_usage``). A server that does not send
 it gets an *estimate* (characters // 4) and ``last_usage_estimated`` is set. ``cost_usd`` is
@@ -49,16 +49,17 @@ import json
 import os
 import random
 import re
-import threading
 import uuid
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
-from .._errors import ConfigError, ModelResponseError, TurnInterrupted
+from .._errors import ConfigError, ModelResponseError
 from . import _credentials
-from ._anthropic import _Call, tool_calls_from_content
+from ._anthropic import tool_calls_from_content
 from ._fenced import _OPEN, RUN_LANGUAGES, parse_fenced_code
 from ._protocol import PYTHON_TOOL_NAME, ModelReply, ModelRequest, TextSink, ToolCall, Usage
+from ._streaming import StreamingCall, StreamRelay
 
 BASE_URL_ENV = "OPENAI_BASE_URL"
 OPENAI_URL = "https://api.openai.com/v1"
@@ -333,7 +334,7 @@ def _may_be_fence(partial: str) -> bool:
 # -- the model --------------------------------------------------------------------------------
 
 class _Handle:
-    """What ``_Call`` (``_wake_reader``) expects of a stream: ``.response`` and ``close()``."""
+    """What ``StreamingCall.attach`` expects of a stream: ``.response`` and ``close()``."""
 
     def __init__(self, response: Any) -> None:
         self.response = response
@@ -389,8 +390,7 @@ class OpenAICompatModel:
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
         self._client: Any = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)))
-        self._lock = threading.Lock()
-        self._call: _Call | None = None
+        self._relay = StreamRelay("cave-openai-stream")
 
     def __repr__(self) -> str:
         mode = "" if self.tools else ", tools=False"
@@ -399,43 +399,20 @@ class OpenAICompatModel:
     def query(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
         """Stream one reply; text goes to ``on_text`` in this thread as it arrives."""
         body = self.request_body(request)
-        call = _Call()
-        with self._lock:
-            self._call = call
-        worker = threading.Thread(target=self._stream_into, args=(body, call),
-                                  name="cave-openai-stream", daemon=True)
-        worker.start()
         sink: TextSink = on_text if on_text is not None else (lambda text: None)
         prose = None if self.tools else _ProseStream(sink)
-        try:
-            while True:
-                kind, value = call.events.get()
-                if call.cancelled.is_set():
-                    raise TurnInterrupted(step=0)
-                if kind == "text":
-                    if prose is not None:
-                        prose.feed(value)
-                    else:
-                        sink(value)
-                elif kind == "done":
-                    if prose is not None:
-                        prose.finish()
-                    return self._reply(value, body, request)
-                else:
-                    raise value
-        finally:
-            with self._lock:
-                if self._call is call:
-                    self._call = None
-            if worker.is_alive():  # interrupted, or on_text raised: stop the worker too
-                call.cancel()
+
+        def done(acc: _Accumulator) -> ModelReply:
+            if prose is not None:
+                prose.finish()
+            return self._reply(acc, body, request)
+
+        return self._relay.run(partial(self._post, body), sink if prose is None else prose.feed,
+                               done)
 
     def cancel(self) -> None:
         """Abort the in-flight ``query`` (from any thread); it raises ``TurnInterrupted(0)``."""
-        with self._lock:
-            call = self._call
-        if call is not None:
-            call.cancel()
+        self._relay.cancel()
 
     def close(self) -> None:
         """Release the HTTP connections (the model is unusable afterwards)."""
@@ -456,14 +433,8 @@ class OpenAICompatModel:
 
     # -- worker thread ---------------------------------------------------------------------------
 
-    def _stream_into(self, body: dict[str, Any], call: _Call) -> None:
+    def _post(self, body: dict[str, Any], call: StreamingCall) -> None:
         """Worker: POST (with retries), put ("text", str)... then ("done", _Accumulator)."""
-        try:
-            self._post(body, call)
-        except BaseException as exc:  # handed to the caller's thread, which raises it
-            call.events.put(("error", exc))
-
-    def _post(self, body: dict[str, Any], call: _Call) -> None:
         import httpx
 
         url = self.base_url + "/chat/completions"
@@ -494,7 +465,7 @@ class OpenAICompatModel:
                 break
         call.events.put(("error", error))
 
-    def _read(self, resp: Any, call: _Call) -> None:
+    def _read(self, resp: Any, call: StreamingCall) -> None:
         acc = _Accumulator()
         done = False
         for line in resp.iter_lines():
