@@ -57,7 +57,7 @@ from typing import Any
 from .._errors import ConfigError, ModelResponseError
 from . import _credentials
 from ._anthropic import tool_calls_from_content
-from ._fenced import _OPEN, RUN_LANGUAGES, parse_fenced_code
+from ._fenced import FencedProseStream, parse_fenced_code
 from ._protocol import PYTHON_TOOL_NAME, ModelReply, ModelRequest, TextSink, ToolCall, Usage
 from ._streaming import StreamingCall, StreamRelay
 
@@ -251,86 +251,6 @@ class _Accumulator:
             slot["args"].append(args)
 
 
-class _ProseStream:
-    """Passes streamed text to a sink, minus the fenced blocks that will run.
-
-    Lines are judged as in ``parse_fenced_code``: a line that may open or close a fence is held
-    until it is complete; other text goes out as it arrives. A run block's lines are held until
-    its closing fence (then dropped) or the end of the reply (then shown: it will not run). Blank
-    lines wait for the next prose, so removed blocks leave no runs of empty lines behind.
-    """
-
-    def __init__(self, sink: TextSink) -> None:
-        self._sink = sink
-        self._line = ""
-        self._passing = False  # the current line is prose and partly shown already
-        self._close: re.Pattern[str] | None = None
-        self._run = False
-        self._held: list[str] = []
-        self._blank = ""
-
-    def feed(self, text: str) -> None:
-        while text:
-            nl = text.find("\n")
-            piece, text = (text, "") if nl < 0 else (text[: nl + 1], text[nl + 1 :])
-            if self._passing:
-                self._emit(piece)
-            else:
-                self._line += piece
-                if self._line.endswith("\n"):
-                    line, self._line = self._line, ""
-                    self._whole_line(line)
-                elif self._close is None and not _may_be_fence(self._line):
-                    self._passing = True
-                    self._emit(self._line)
-                    self._line = ""
-            if piece.endswith("\n"):
-                self._passing = False
-
-    def finish(self) -> None:
-        if self._line:
-            line, self._line = self._line, ""
-            self._whole_line(line)
-        if self._held:
-            self._emit("".join(self._held))
-            self._held = []
-
-    def _emit(self, text: str) -> None:
-        if self._blank:
-            text, self._blank = self._blank + text, ""
-        self._sink(text)
-
-    def _whole_line(self, line: str) -> None:
-        if self._close is None:
-            m = _OPEN.match(line)
-            if m is None or (m["fence"][0] == "`" and "`" in m["info"]):
-                if line.strip():
-                    return self._emit(line)
-                self._blank += line
-                return None
-            fence = m["fence"]
-            self._close = re.compile(rf"^[ \t]*{re.escape(fence[0])}{{{len(fence)},}}[ \t]*\r?\n?$")
-            words = m["info"].split()
-            self._run = (words[0].lower() if words else "") in RUN_LANGUAGES
-            if self._run:
-                self._blank = ""
-        elif self._close.match(line):
-            self._close = None
-            if self._run:
-                self._held = []
-                return None
-        if self._run:
-            self._held.append(line)
-        else:
-            self._emit(line)
-        return None
-
-
-def _may_be_fence(partial: str) -> bool:
-    s = partial.lstrip(" \t")
-    return s.startswith(("```", "~~~")) or "```".startswith(s) or "~~~".startswith(s)
-
-
 # -- the model --------------------------------------------------------------------------------
 
 class _Handle:
@@ -400,7 +320,7 @@ class OpenAICompatModel:
         """Stream one reply; text goes to ``on_text`` in this thread as it arrives."""
         body = self.request_body(request)
         sink: TextSink = on_text if on_text is not None else (lambda text: None)
-        prose = None if self.tools else _ProseStream(sink)
+        prose = None if self.tools else FencedProseStream(sink)
 
         def done(acc: _Accumulator) -> ModelReply:
             if prose is not None:

@@ -1,8 +1,11 @@
-"""The fenced-code fallback parser."""
+"""The fenced-code fallback: the parser, and the stream filter that keeps run blocks out of the
+shown prose."""
 
 from __future__ import annotations
 
-from cave.models._fenced import parse_fenced_code
+import pytest
+
+from cave.models._fenced import FencedProseStream, parse_fenced_code
 
 
 def test_python_blocks_run_in_order_and_leave_the_prose():
@@ -52,3 +55,24 @@ def test_info_string_attributes_and_inline_backticks():
 def test_no_code_and_crlf():
     assert parse_fenced_code("Just an answer.") == ("Just an answer.", [])
     assert parse_fenced_code("a\r\n```python\r\nz = 1\r\n```\r\nb") == ("a\r\nb", ["z = 1\r\n"])
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 1000])
+def test_the_prose_stream_drops_exactly_the_blocks_that_run(size):
+    text = ("Intro ``` not a fence\n\n"
+            "```bash\nls\n```\n"
+            "Then:\n\n"
+            "  ```python\n  x = 1\n  ```\n\n"
+            "~~~\ny = 2\n~~~\n"
+            "````py\n```\nz = 3\n````\n"
+            "```python\nunclosed = True\n")
+    out: list[str] = []
+    stream = FencedProseStream(out.append)
+    for i in range(0, len(text), size):
+        stream.feed(text[i : i + size])
+    stream.finish()
+    assert "".join(out) == ("Intro ``` not a fence\n\n```bash\nls\n```\nThen:\n"
+                            "```python\nunclosed = True\n")
+    assert parse_fenced_code(text)[1] == ["x = 1\n", "y = 2\n", "```\nz = 3\n"]
+    if size == 1:  # prose goes out as it arrives, not a line at a time
+        assert out[:3] == ["I", "n", "t"]

@@ -25,7 +25,6 @@ from cave.models._openai_compat import (
     OPENAI_URL,
     OpenAICompatModel,
     _error_fields,
-    _ProseStream,
     chat_messages,
     is_openai_name,
     model_from_name,
@@ -281,27 +280,6 @@ def test_fenced_reply_without_code_is_the_answer_and_an_unclosed_fence_is_not_ru
     assert unclosed.tool_calls == () and unclosed.stop_reason == "max_tokens"
     assert "was not run" in unclosed.text
     assert "".join(chunks) == "Here:\n```python\nprint('never closed')\n"  # released at the end
-
-
-@pytest.mark.parametrize("size", [1, 2, 5, 1000])
-def test_the_prose_stream_drops_exactly_the_blocks_that_run(size):
-    text = ("Intro ``` not a fence\n\n"
-            "```bash\nls\n```\n"
-            "Then:\n\n"
-            "  ```python\n  x = 1\n  ```\n\n"
-            "~~~\ny = 2\n~~~\n"
-            "````py\n```\nz = 3\n````\n"
-            "```python\nunclosed = True\n")
-    out: list[str] = []
-    stream = _ProseStream(out.append)
-    for i in range(0, len(text), size):
-        stream.feed(text[i : i + size])
-    stream.finish()
-    assert "".join(out) == ("Intro ``` not a fence\n\n```bash\nls\n```\nThen:\n"
-                            "```python\nunclosed = True\n")
-    assert parse_fenced_code(text)[1] == ["x = 1\n", "y = 2\n", "```\nz = 3\n"]
-    if size == 1:  # prose goes out as it arrives, not a line at a time
-        assert out[:3] == ["I", "n", "t"]
 
 
 # -- malformed tool calls ---------------------------------------------------------------------
