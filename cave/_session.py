@@ -6,9 +6,11 @@ call to ``cave.inject`` creates one. Everything a checkpoint must carry hangs of
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,15 @@ class Session:
         """The approval channel the security layer asks through."""
         self._channel_factory = channel_factory
         self._secure = secure
+        self.before_turn: list[Callable[[Session], None]] = []
+        """Called at the start of each turn, in the turn's thread, after ``ensure_security``."""
+        self.after_turn: list[Callable[[Session, bool], None]] = []
+        """Called with (session, completed) when a turn ends, in the turn's thread, still holding
+        the turn lock (auto-checkpoints). A hook that raises is reported on stderr; it never
+        replaces the turn's result or error."""
+        self.checkpoint_store: str | None = None
+        """Where checkpoints go: a directory or fsspec URL; None means ``$CAVE_CHECKPOINTS`` or
+        ``<directory>/checkpoints``."""
 
     @property
     def directory(self) -> Path:
@@ -186,8 +197,10 @@ class Session:
             raise ConfigError(
                 "An agent turn is already running in this session; wait or interrupt it."
             )
+        completed = False
         try:
             self.ensure_security()
+            self._run_hooks(self.before_turn)
             agent = Agent(
                 self.runtime,
                 self.model,
@@ -199,9 +212,33 @@ class Session:
                 echo=echo,
             )
             self._active = agent
-            return agent.run(prompt, on_event)
+            result = agent.run(prompt, on_event)
+            completed = True
+            return result
         finally:
             self._active = None
+            try:
+                self._run_hooks(self.after_turn, completed)
+            finally:
+                self._lock.release()
+
+    def _run_hooks(self, hooks: list[Callable[..., None]], *args: Any) -> None:
+        for hook in list(hooks):
+            try:
+                hook(self, *args)
+            except Exception as exc:  # a hook must never cost the turn its result
+                print(f"[cave] {getattr(hook, '__name__', hook)!s} failed: {exc}", file=sys.stderr)
+
+    @contextlib.contextmanager
+    def exclusive(self, what: str) -> Iterator[None]:
+        """Hold the turn lock for ``what`` (a restore): no turn runs meanwhile, none is running."""
+        if not self._lock.acquire(blocking=False):
+            raise ConfigError(
+                f"An agent turn is running in this session; wait for it or stop it, then {what}."
+            )
+        try:
+            yield
+        finally:
             self._lock.release()
 
     def cancel(self) -> bool:

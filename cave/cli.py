@@ -9,10 +9,10 @@ import argparse
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ._errors import CaveError
+from ._errors import CaveError, ConfigError
 
 
 def _install(args: argparse.Namespace) -> int:
@@ -23,8 +23,7 @@ def _install(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lab(args: argparse.Namespace) -> int:
-    """JupyterLab with the Cave kernel available (installed into this environment if missing)."""
+def _ensure_kernelspec() -> None:
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     try:
@@ -33,8 +32,74 @@ def _lab(args: argparse.Namespace) -> int:
         from .kernel._install import install
 
         install(sys_prefix=True)
+
+
+def _lab(args: argparse.Namespace) -> int:
+    """JupyterLab with the Cave kernel available (installed into this environment if missing)."""
+    _ensure_kernelspec()
     argv = [sys.executable, "-m", "jupyterlab", *args.lab_args]
     return subprocess.call(argv)
+
+
+RESUME_ENV = "CAVE_RESUME"
+STORE_ENV = "CAVE_CHECKPOINTS"
+
+
+def resume_command(
+    name: str,
+    *,
+    store: str,
+    console: bool = False,
+    extra: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+    python: str = sys.executable,
+) -> tuple[list[str], dict[str, str]]:
+    """(argv, env) that start JupyterLab, or a console, whose new Cave kernels resume ``name``.
+
+    The store location is always passed, made absolute: kernels start in their notebook's
+    directory, where the default ``./.cave/checkpoints`` would be another store.
+    """
+    env = dict(os.environ if environ is None else environ)
+    if "://" not in store or store.startswith("file://"):
+        store = str(Path(store.removeprefix("file://")).expanduser().absolute())
+    env[RESUME_ENV] = name
+    env[STORE_ENV] = store
+    if console:
+        argv = [python, "-m", "jupyter_console", "--kernel=cave", *extra]
+    else:
+        argv = [python, "-m", "jupyterlab", *extra]
+    return argv, env
+
+
+def _resume(args: argparse.Namespace) -> int:
+    """Check the checkpoint exists and verifies its manifest, then start the frontend."""
+    from .checkpoint._cli import default_store_url
+    from .checkpoint._store import SessionStore
+
+    url = args.store or default_store_url(args.session_dir)
+    local = "://" not in url or url.startswith("file://")
+    if local and not Path(url.removeprefix("file://")).expanduser().exists():
+        raise ConfigError(
+            f"No checkpoint store at {url}. Pass --store DIR_OR_URL or --session-dir DIR (a "
+            "kernel's <cwd>/.cave); `cave checkpoints list` shows what a store holds."
+        )
+    info = SessionStore(url).info(args.name)
+    if args.console:
+        import importlib.util
+
+        if importlib.util.find_spec("jupyter_console") is None:
+            raise ConfigError(
+                "`cave resume --console` needs jupyter-console: `pip install jupyter-console`, "
+                "or leave out --console for JupyterLab."
+            )
+    argv, env = resume_command(args.name, store=url, console=args.console, extra=args.extra)
+    _ensure_kernelspec()
+    print(
+        f"Resuming {info.name!r} (saved {info.created:%Y-%m-%d %H:%M:%S} UTC, {info.objects} "
+        f"objects) from {env[STORE_ENV]}: every new Cave kernel of this "
+        f"{'console' if args.console else 'JupyterLab'} starts from it."
+    )
+    return subprocess.call(argv, env=env)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -129,6 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("lab_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_lab)
 
+    p = sub.add_parser(
+        "resume",
+        help="start JupyterLab (or a console) whose Cave kernels resume a checkpoint",
+        usage="cave resume NAME [--console] [--store URL] [--session-dir DIR] [-- FRONTEND ARGS]",
+    )
+    p.add_argument("name", help="checkpoint name (`cave checkpoints list`)")
+    p.add_argument("--console", action="store_true", help="jupyter console instead of JupyterLab")
+    p.add_argument(
+        "--store", help=f"directory or fsspec URL (default ${STORE_ENV} or <session>/checkpoints)"
+    )
+    p.add_argument("--session-dir", help="session directory (default $CAVE_SESSION_DIR or ./.cave)")
+    p.set_defaults(func=_resume, takes_extra=True)
+
     p = sub.add_parser("run", help="run one agent turn in this terminal, or execute a notebook")
     p.add_argument("target", help="a request (quoted) or a .ipynb file")
     p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
@@ -152,7 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra[1:] if extra[:1] == ["--"] else extra
     try:
         return int(args.func(args))
     except CaveError as err:

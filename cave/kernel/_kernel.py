@@ -1,16 +1,19 @@
 """CaveKernel: the stock IPython kernel plus agent cells. Deliberately thin.
 
 It sets kernel info, takes provider keys out of ``os.environ``, installs the agent-cell transformer
-and magics, and makes the stop button reach a running turn. Everything else lives below it.
+and magics, makes the stop button reach a running turn, and wires checkpoints: auto-checkpoint
+after each turn, and resume from a checkpoint at start. Everything else lives below it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
-from traitlets import Float, Int, Unicode
+from traitlets import Bool, Float, Int, Unicode, default
 
 from .. import __version__
 
@@ -34,6 +37,52 @@ class CaveKernel(IPythonKernel):
     )
     max_steps = Int(20, config=True, help="Model calls per agent turn.")
     code_timeout = Float(600.0, config=True, help="Seconds one agent code step may run.")
+    resume = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="Checkpoint to restore when the kernel starts (default: $CAVE_RESUME).",
+    )
+    checkpoints = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="Checkpoint store: a directory or fsspec URL (default: $CAVE_CHECKPOINTS, else "
+        "<session dir>/checkpoints).",
+    )
+    autocheckpoint = Bool(
+        True,
+        config=True,
+        help="Checkpoint after each agent turn (default on; $CAVE_AUTOCHECKPOINT=0 turns it off).",
+    )
+    autocheckpoint_keep = Int(
+        20,
+        config=True,
+        help="Auto-checkpoints to keep (older ones are removed and their blobs collected); "
+        "default $CAVE_AUTOCHECKPOINT_KEEP or 20.",
+    )
+
+    @default("resume")
+    def _resume_default(self) -> str | None:
+        return os.environ.get("CAVE_RESUME") or None
+
+    @default("checkpoints")
+    def _checkpoints_default(self) -> str | None:
+        return os.environ.get("CAVE_CHECKPOINTS") or None
+
+    @default("autocheckpoint")
+    def _autocheckpoint_default(self) -> bool:
+        value = os.environ.get("CAVE_AUTOCHECKPOINT", "1").strip().lower()
+        return value not in ("0", "false", "no", "off")
+
+    @default("autocheckpoint_keep")
+    def _autocheckpoint_keep_default(self) -> int:
+        value = os.environ.get("CAVE_AUTOCHECKPOINT_KEEP", "20")
+        try:
+            return max(1, int(value))
+        except ValueError:
+            self.log.warning("CAVE_AUTOCHECKPOINT_KEEP=%r is not a number; keeping 20", value)
+            return 20
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -48,17 +97,59 @@ class CaveKernel(IPythonKernel):
         from .._session import set_session_factory
 
         set_session_factory(self._make_session)
+        if self.resume:
+            self._resume_at_start(self.resume)
 
     def _make_session(self) -> Any:
         from .._session import ModelSettings, Session
         from ..agent._loop import AgentSettings
         from ..approvals._kernel_glue import make_channel
 
-        return Session(
+        session = Session(
             model_settings=ModelSettings(self.model, self.base_url),
             agent_settings=AgentSettings(max_steps=self.max_steps, code_timeout=self.code_timeout),
             channel_factory=lambda session: make_channel(session, self),
         )
+        session.checkpoint_store = self.checkpoints
+        if self.autocheckpoint:
+            from ..checkpoint._session_io import enable_autocheckpoint
+
+            enable_autocheckpoint(session, keep=self.autocheckpoint_keep)
+        return session
+
+    def _resume_at_start(self, name: str) -> None:
+        """Restore checkpoint ``name`` now; the first cell shows how it went.
+
+        All or nothing: on failure the half-built session is dropped and a fresh one is made on
+        first use, and the kernel stays up.
+        """
+        from .._session import current_session, set_current_session
+        from ..checkpoint._session_io import restore
+
+        session = None
+        try:
+            session = current_session()
+            report = restore(session, name, progress=False)
+            message, failed = f"[cave] {report.summary()}", False
+        except Exception as exc:
+            if session is not None and session.security is not None:
+                session.security.close()
+            set_current_session(None)
+            message = (
+                f"[cave] Could not resume from checkpoint {name!r}: {exc}\n"
+                "This kernel started with a fresh session instead. Try another checkpoint with "
+                "`%checkpoint list` and `%checkpoint restore NAME`."
+            )
+            failed = True
+            self.log.error("resume from %r failed: %s", name, exc)
+
+        shell: Any = self.shell
+
+        def tell(*_info: Any) -> None:
+            shell.events.unregister("pre_run_cell", tell)
+            print(message, file=sys.stderr if failed else sys.stdout)
+
+        shell.events.register("pre_run_cell", tell)
 
     async def execute_request(self, stream: Any, ident: Any, parent: Any) -> None:
         if self._loop is None:

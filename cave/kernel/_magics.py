@@ -135,6 +135,9 @@ def short_error_handler(
 def load_ipython_extension(shell: Any) -> None:
     """``%load_ext cave`` in any IPython: magics and short errors (the turn runs blocking)."""
     shell.register_magics(CaveMagics)
+    from ._checkpoint_magics import register as register_checkpoint
+
+    register_checkpoint(shell)
     shell.set_custom_exc((CaveError,), short_error_handler)
 
 

@@ -166,6 +166,24 @@ class AgentRuntime:
             del self.namespace[name]
             self._injected.pop(name, None)
 
+    def restore(self, name: str, obj: Any, info: InjectedInfo | None = None) -> None:
+        """Bind ``obj`` as a checkpoint restore does: as injected with ``info``, or as the agent's.
+
+        Not a fresh ``inject``: the original ``injected_at`` is kept and no name checks are redone
+        (the name was valid when saved), but primitives and reserved names are still refused.
+        """
+        with self._lock:
+            if name in self._primitives or name in _RESERVED or _is_dunder(name):
+                raise RuntimeStateError(
+                    f"restore({name!r}): {name!r} is a primitive or reserved name; the restoring "
+                    "session provides it."
+                )
+            self.namespace[name] = obj
+            if info is None:
+                self._injected.pop(name, None)
+            else:
+                self._injected[name] = info
+
     @property
     def injected(self) -> Mapping[str, InjectedInfo]:
         """Injected names still in the namespace, in injection order (a read-only snapshot)."""

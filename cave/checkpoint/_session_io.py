@@ -1,0 +1,661 @@
+"""Checkpoint a whole `Session` and put one back: the glue between the session and the store.
+
+`capture(session)` returns what the store saves: the live agent namespace and a JSON *state*
+(format version, conversation, injected descriptions, policy and grants, pending approvals, model
+and agent settings, audit head). `restore(session, name)` is its inverse, and all or nothing:
+the store verifies every byte before unpickling; then the state is checked, and only if both
+succeed are the runtime, conversation, settings, grants and approvals replaced. Any failure puts
+the namespace back exactly as it was (same objects) and changes nothing else.
+
+What a restore means for each part:
+
+* Objects: every saved name comes back; names made after the checkpoint are removed; a name the
+  checkpoint could not carry (unpicklable when saved, or failing to rebuild) keeps its current
+  value if it has one, and is reported. Agent-defined functions get the live namespace as globals.
+* Conversation: replaced by the saved one, so the model sees the same history. A checkpoint saved
+  while a turn was still running (from a kernel subshell) closes that turn in its copy: tool calls
+  that had not finished get a result saying so, and a note says the turn did not finish there.
+* Policy and grants: replaced (``Security.restore``). The policy's workspace becomes the restoring
+  session's workspace, so workspace-relative rules follow the session; grants keep their paths.
+* Pending approvals: submitted again to the restoring session's queue, pending, under new ids
+  (details name the old id). Deciding one later runs nothing: an approval becomes a grant at the
+  start of the next turn (``once`` or ``session``, as chosen), so the agent's next attempt at that
+  capability is allowed without asking. A request's policy timeout restarts at restore.
+* Model and agent settings: replaced by the saved ones. The audit head is recorded, not replayed.
+
+Not guaranteed: a consistent snapshot of objects that another thread mutates while `save` runs
+(the kernel saves between turns; a subshell save during a turn sees whatever the namespace holds).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import json
+import os
+import sys
+import time
+import uuid
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .._errors import CheckpointError, CheckpointNotFound
+from ._protocol import CheckpointInfo, Problem, Restored
+
+if TYPE_CHECKING:
+    from .._session import Session
+    from ._store import SessionStore
+
+__all__ = [
+    "AutoCheckpoint",
+    "RestoreReport",
+    "STATE_VERSION",
+    "STORE_ENV",
+    "capture",
+    "enable_autocheckpoint",
+    "fresh_name",
+    "open_store",
+    "reconcile_approvals",
+    "restore",
+    "save",
+    "skip_names",
+    "store_url",
+]
+
+STATE_VERSION = 1
+STORE_ENV = "CAVE_CHECKPOINTS"
+"""A store URL or directory that overrides ``<session dir>/checkpoints``."""
+RESERVED = frozenset({"exit", "quit"})
+PROGRESS_MIN_BYTES = 64 << 20
+"""Saves and restores smaller than this show no progress bar (a bar per small turn is noise)."""
+
+_stores: weakref.WeakKeyDictionary[Session, tuple[str, SessionStore]] = (
+    weakref.WeakKeyDictionary()
+)
+_restored_requests: weakref.WeakKeyDictionary[Session, dict[str, str]] = (
+    weakref.WeakKeyDictionary()
+)
+_autos: weakref.WeakKeyDictionary[Session, AutoCheckpoint] = weakref.WeakKeyDictionary()
+
+
+# --- the store -----------------------------------------------------------------------------------
+
+
+def store_url(session: Session) -> str:
+    """``session.checkpoint_store``, ``$CAVE_CHECKPOINTS``, or ``<session dir>/checkpoints``."""
+    url = session.checkpoint_store or os.environ.get(STORE_ENV)
+    return url or str(session.directory / "checkpoints")
+
+
+def open_store(session: Session) -> SessionStore:
+    """The session's store, opened once per location (the signing key is read then)."""
+    url = store_url(session)
+    cached = _stores.get(session)
+    if cached is not None and cached[0] == url:
+        return cached[1]
+    from ._store import SessionStore
+
+    store = SessionStore(url)
+    _stores[session] = (url, store)
+    return store
+
+
+def skip_names(session: Session) -> set[str]:
+    """Names the restoring session provides itself: the primitives and ``exit``/``quit``."""
+    return set(session.runtime.primitives) | RESERVED
+
+
+def fresh_name(store: SessionStore) -> str:
+    """A name for ``%checkpoint save`` without one: ``cp-<UTC time>``, never an ``auto-`` name."""
+    base = "cp-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    name, n = base, 1
+    while True:
+        try:
+            store.info(name)
+        except CheckpointNotFound:
+            return name
+        except CheckpointError:
+            pass  # a tampered one by that name: do not overwrite it either
+        n += 1
+        name = f"{base}-{n}"
+
+
+# --- capture -------------------------------------------------------------------------------------
+
+
+def capture(session: Session) -> tuple[Mapping[str, Any], dict[str, Any]]:
+    """(live namespace, JSON state) of ``session``, ready for ``SessionStore.save``.
+
+    Builds the security layer if it is not yet (so the primitives exist to be skipped and the
+    policy and grants can be recorded).
+    """
+    security = session.ensure_security()
+    reconcile_approvals(session)
+    runtime = session.runtime
+    audit = session.audit
+    state: dict[str, Any] = {
+        "version": STATE_VERSION,
+        "workspace": str(session.workspace),
+        "history": _history_copy(session.history, open_turn=session.busy),
+        "injected": {
+            name: {"description": info.description, "injected_at": info.injected_at}
+            for name, info in runtime.injected.items()
+        },
+        "security": security.snapshot() if security is not None else None,
+        "approvals": _pending_approvals(session),
+        "model": {
+            "name": session.model_settings.name,
+            "base_url": session.model_settings.base_url,
+        },
+        "agent": dataclasses.asdict(session.agent_settings),
+        "audit_head": list(audit.head) if audit is not None else None,
+    }
+    return runtime.namespace, state
+
+
+_OPEN_TURN_NOTE = (
+    "[Checkpoint: this turn was still running when the session was saved; what it did after "
+    "this point is not part of the checkpoint.]"
+)
+
+
+def _history_copy(history: list[dict[str, Any]], *, open_turn: bool) -> list[dict[str, Any]]:
+    try:
+        messages: list[dict[str, Any]] = json.loads(json.dumps(list(history)))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"The conversation holds something that is not JSON ({exc}); `%cave reset` clears it "
+            "(the agent's variables stay), then save again."
+        ) from None
+    if not open_turn or not messages:
+        return messages
+    last = messages[-1]
+    note = {"type": "text", "text": _OPEN_TURN_NOTE}
+    if last["role"] == "assistant":
+        pending = [b["id"] for b in last["content"] if b.get("type") == "tool_use"]
+        results: list[dict[str, Any]] = [
+            {
+                "type": "tool_result",
+                "tool_use_id": i,
+                "content": [
+                    {"type": "text", "text": "Not finished in this checkpoint (saved mid-step)."}
+                ],
+                "is_error": True,
+            }
+            for i in pending
+        ]
+        messages.append({"role": "user", "content": [*results, note]})
+    else:
+        content = last["content"]
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        last["content"] = [*blocks, note]
+    return messages
+
+
+def _queue(session: Session) -> Any:
+    return getattr(session.approvals, "queue", None)
+
+
+def _pending_approvals(session: Session) -> list[dict[str, Any]]:
+    """Requests this process is waiting on (a subshell save during a turn sees them)."""
+    queue = _queue(session)
+    if queue is None:
+        return []
+    me = str(queue.owner)
+    out = []
+    for r in queue.pending():
+        if r.owner != me or r.capability.startswith("human:"):
+            continue  # another kernel's, or a free-text question nobody will wait for after restore
+        timeout = None if r.deadline is None else max(0.0, r.deadline - r.created_at)
+        out.append(
+            {
+                "id": r.id,
+                "capability": r.capability,
+                "summary": r.summary,
+                "details": dict(r.details),
+                "code_line": r.code_line,
+                "created_at": r.created_at,
+                "timeout": timeout,
+            }
+        )
+    return out
+
+
+# --- save ----------------------------------------------------------------------------------------
+
+
+class _Bar:
+    """A ``tqdm.auto`` bar that appears only once a transfer is large enough to deserve one.
+
+    The store calls it from its hashing threads (serialised); the bar is created and updated in a
+    copy of the caller's context, so in a kernel it lands in the calling cell.
+    """
+
+    def __init__(self, desc: str, enabled: bool) -> None:
+        self.desc = desc
+        self.enabled = enabled
+        self._bar: Any = None
+        self._context = contextvars.copy_context()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total < PROGRESS_MIN_BYTES:
+            return
+        self._context.run(self._update, done, total)
+
+    def _update(self, done: int, total: int) -> None:
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=total, desc=self.desc, unit="B", unit_scale=True, unit_divisor=1024,
+                leave=False,
+            )
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._context.run(self._bar.close)
+            self._bar = None
+
+
+def _audit(session: Session, kind: str, **fields: Any) -> None:
+    if session.audit is not None:
+        session.audit.record(kind, **fields)
+
+
+def save(
+    session: Session,
+    name: str | None = None,
+    *,
+    progress: bool = True,
+    auto: bool = False,
+    store: SessionStore | None = None,
+) -> CheckpointInfo:
+    """Checkpoint ``session`` as ``name`` (None: ``auto-<seq>``); audited as ``checkpoint.save``."""
+    t0 = time.perf_counter()
+    namespace, state = capture(session)
+    store = store or open_store(session)
+    bar = _Bar("checkpoint save", progress)
+    try:
+        info = store.save(name, namespace, state, progress=bar, skip=skip_names(session))
+    finally:
+        bar.close()
+    _audit(
+        session,
+        "checkpoint.save",
+        name=info.name,
+        auto=auto,
+        store=store.url,
+        objects=info.objects,
+        size=info.size,
+        written=info.written,
+        blobs_written=info.blobs_written,
+        unpicklable=[p.name for p in info.unpicklable],
+        messages=len(state["history"]),
+        approvals=[a["id"] for a in state["approvals"]],
+        duration_s=round(time.perf_counter() - t0, 6),
+    )
+    return info
+
+
+# --- restore -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RestoreReport:
+    """What `restore` put back, and what it could not."""
+
+    name: str
+    objects: tuple[str, ...]
+    """Names restored from the checkpoint."""
+    problems: tuple[Problem, ...]
+    """Names the checkpoint could not carry (``phase`` save) or rebuild (``phase`` restore)."""
+    kept: tuple[str, ...]
+    """Of those, names that keep the value they had before the restore."""
+    messages: int
+    grants: int
+    approvals: tuple[tuple[str, str, str], ...]
+    """(new id, old id, capability) of each approval request that is pending again."""
+    info: CheckpointInfo | None
+
+    def summary(self) -> str:
+        saved = f" (saved {self.info.created:%Y-%m-%d %H:%M:%S} UTC)" if self.info else ""
+        lines = [
+            f"Restored checkpoint {self.name!r}{saved}: {len(self.objects)} objects, "
+            f"{self.messages} messages of conversation, {self.grants} grants."
+        ]
+        for p in self.problems:
+            what = "not saved" if p.phase == "save" else "not restored"
+            kept = "; kept its current value" if p.name in self.kept else ""
+            lines.append(f"  {what}: {p.name} ({p.type}): {p.reason}{kept}")
+        for new, old, capability in self.approvals:
+            lines.append(
+                f"  approval request {new} (was {old}) is pending again: {capability}. Deciding "
+                "it runs nothing; an approval applies to the agent's next attempt."
+            )
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The state of a checkpoint, checked and converted before anything is changed."""
+
+    history: list[dict[str, Any]]
+    injected: dict[str, Any]
+    security: dict[str, Any] | None
+    approvals: list[dict[str, Any]]
+    model: Any
+    agent: Any
+    audit_head: Any
+
+
+def _plan(state: Mapping[str, Any], session: Session, name: str) -> _Plan:
+    from .._session import ModelSettings
+    from ..agent._loop import AgentSettings
+    from ..runtime._namespace import InjectedInfo
+
+    def bad(problem: str) -> CheckpointError:
+        return CheckpointError(
+            f"Checkpoint {name!r} has a session state this Cave cannot use: {problem}. Nothing "
+            "was changed. Restore it with the Cave version that saved it, or pick another one "
+            "(`%checkpoint list`)."
+        )
+
+    version = state.get("version")
+    if version != STATE_VERSION:
+        raise bad(f"state format {version!r}, this Cave reads {STATE_VERSION}")
+    try:
+        history = list(state["history"])
+        if not all(isinstance(m, dict) and m.get("role") in ("user", "assistant") for m in history):
+            raise ValueError("a message without a user/assistant role")
+        injected = {
+            str(n): InjectedInfo(i.get("description"), float(i["injected_at"]))
+            for n, i in dict(state.get("injected") or {}).items()
+        }
+        snapshot = state.get("security")
+        if snapshot is not None:
+            from ..security import Policy
+
+            snapshot = dict(snapshot)
+            if "policy" in snapshot:
+                policy = dict(snapshot["policy"])
+                policy["workspace"] = str(session.workspace)  # rules follow the session
+                Policy.from_dict(policy)  # raises ValueError if malformed
+                snapshot["policy"] = policy
+            for g in snapshot.get("grants", ()):
+                if g["scope"] not in ("once", "session") or not str(g["capability"]):
+                    raise ValueError(f"a malformed grant {g!r}")
+        model = ModelSettings(**dict(state.get("model") or {}))
+        known = {f.name for f in dataclasses.fields(AgentSettings)}
+        saved = dict(state.get("agent") or {})
+        agent = AgentSettings(**{k: v for k, v in saved.items() if k in known})
+        approvals = [dict(a) for a in state.get("approvals") or ()]
+        for a in approvals:
+            str(a["capability"]), str(a["summary"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise bad(str(exc)) from None
+    return _Plan(
+        history, injected, snapshot, approvals, model, agent, state.get("audit_head")
+    )
+
+
+def restore(
+    session: Session,
+    name_or_restored: str | Restored,
+    *,
+    progress: bool = True,
+    store: SessionStore | None = None,
+) -> RestoreReport:
+    """Put checkpoint ``name_or_restored`` back into ``session``: all of it, or nothing.
+
+    Refused while a turn runs. ``name_or_restored`` may be a `Restored` that was loaded elsewhere;
+    its objects are then copied into the runtime (functions keep the globals they were loaded
+    with, so load with ``into=session.runtime.namespace`` where you can).
+    """
+    t0 = time.perf_counter()
+    security = session.ensure_security()  # primitives are bound before anything is unpickled
+    runtime = session.runtime
+    ns = runtime.namespace
+    skip = skip_names(session)
+
+    def movable(n: object) -> bool:
+        dunder = isinstance(n, str) and n.startswith("__") and n.endswith("__")
+        return isinstance(n, str) and not dunder and n not in skip
+
+    with session.exclusive("restore a checkpoint"):
+        old_injected = dict(runtime.injected)
+        before = {n: v for n, v in ns.items() if movable(n)}
+        for n in before:
+            runtime.remove(n)
+        try:
+            if isinstance(name_or_restored, Restored):
+                restored = name_or_restored
+                name = restored.info.name if restored.info else "(loaded)"
+                if restored.namespace is not ns:
+                    for n, v in restored.namespace.items():
+                        if movable(n):
+                            ns[n] = v
+            else:
+                name = name_or_restored
+                store = store or open_store(session)
+                bar = _Bar("checkpoint restore", progress)
+                try:
+                    restored = store.load(name, into=ns, progress=bar)
+                finally:
+                    bar.close()
+            plan = _plan(restored.state, session, name)
+        except BaseException:
+            for n in [k for k in ns if movable(k)]:
+                del ns[n]
+            for n, v in before.items():
+                runtime.restore(n, v, old_injected.get(n))
+            raise
+        problems = [
+            *(restored.info.unpicklable if restored.info else ()),
+            *restored.problems,
+        ]
+        names = tuple(n for n in ns if movable(n))
+        for n in names:
+            runtime.restore(n, ns[n], plan.injected.get(n))
+        kept = []
+        for p in problems:
+            if p.name not in ns and p.name in before:
+                runtime.restore(p.name, before[p.name], old_injected.get(p.name))
+                kept.append(p.name)
+        session.history[:] = plan.history
+        if plan.model != session.model_settings:
+            session.set_model(settings=plan.model)
+        session.agent_settings = plan.agent
+        grants = 0
+        if security is not None and plan.security is not None:
+            security.restore(plan.security)
+            grants = len(security.grants)
+        pending = _resubmit(session, plan.approvals, name)
+    report = RestoreReport(
+        name,
+        names,
+        tuple(problems),
+        tuple(kept),
+        len(plan.history),
+        grants,
+        tuple(pending),
+        restored.info,
+    )
+    _audit(
+        session,
+        "checkpoint.restore",
+        name=name,
+        store=store.url if store is not None else None,
+        objects=len(names),
+        problems=[f"{p.name}: {p.reason}" for p in problems],
+        kept=kept,
+        messages=len(plan.history),
+        grants=grants,
+        approvals=[{"id": new, "was": old} for new, old, _c in pending],
+        checkpoint_audit_head=plan.audit_head,
+        duration_s=round(time.perf_counter() - t0, 6),
+    )
+    return report
+
+
+def _resubmit(
+    session: Session, approvals: list[dict[str, Any]], name: str
+) -> list[tuple[str, str, str]]:
+    """Submit the checkpoint's pending requests again, pending, owned by this process."""
+    queue = _queue(session)
+    if queue is None or not approvals:
+        return []
+    from ..approvals._protocol import ApprovalRequest
+
+    sweep = getattr(session.approvals, "sweep", None)
+    if callable(sweep):
+        sweep(force=True)  # the saving kernel's own requests expire first, if it is gone
+    tracked = _restored_requests.setdefault(session, {})
+    out = []
+    for a in approvals:
+        details = {**dict(a.get("details") or {}), "restored_from": a.get("id"), "checkpoint": name}
+        request = ApprovalRequest(
+            id=uuid.uuid4().hex[:8],
+            capability=str(a["capability"]),
+            summary=str(a["summary"]),
+            details=details,
+            code_line=a.get("code_line"),
+            created_at=time.time(),
+        )
+        record = queue.submit(request, timeout=a.get("timeout"))
+        tracked[record.id] = record.capability
+        out.append((record.id, str(a.get("id")), record.capability))
+        _audit(
+            session,
+            "approval.requested",
+            id=record.id,
+            capability=record.capability,
+            summary=record.summary,
+            state=record.state,
+            restored_from=a.get("id"),
+            checkpoint=name,
+        )
+    if _reconcile_hook not in session.before_turn:
+        session.before_turn.append(_reconcile_hook)
+    return out
+
+
+def reconcile_approvals(session: Session) -> int:
+    """Turn decided requests that came back from a checkpoint into grants; returns how many.
+
+    Runs at the start of each turn (registered by `restore`) and before each save. Nothing waits
+    for such a request, so an approval cannot resume code: it only lets the next attempt through.
+    """
+    tracked = _restored_requests.get(session)
+    queue = _queue(session)
+    security = session.security
+    if not tracked or queue is None or security is None:
+        return 0
+    grants = []
+    for rid in list(tracked):
+        record = queue.get(rid)
+        if record.pending:
+            continue
+        del tracked[rid]
+        if record.state == "approved" and record.scope in ("once", "session"):
+            grants.append(
+                {
+                    "id": uuid.uuid4().hex[:12],
+                    "capability": record.capability,
+                    "scope": record.scope,
+                    "granted_at": record.decided_at or time.time(),
+                    "request_id": record.id,
+                }
+            )
+    if grants:
+        snapshot = security.snapshot()
+        snapshot["grants"] = [*snapshot.get("grants", ()), *grants]
+        security.restore(snapshot)
+        for g in grants:
+            _audit(
+                session,
+                "grant",
+                capability=g["capability"],
+                scope=g["scope"],
+                grant=g["id"],
+                request=g["request_id"],
+                via="approval of a request restored from a checkpoint",
+            )
+    return len(grants)
+
+
+def _reconcile_hook(session: Session) -> None:
+    reconcile_approvals(session)
+
+
+# --- auto-checkpoints ----------------------------------------------------------------------------
+
+
+class AutoCheckpoint:
+    """Saves ``auto-<seq>`` after each turn (in the turn's thread), keeping the newest ``keep``.
+
+    A failure is printed to stderr (the cell) and audited as ``checkpoint.error``; it never
+    replaces the turn's result. Unpicklable objects are printed when the set of them changes.
+    """
+
+    def __init__(self, keep: int = 20) -> None:
+        if keep < 1:
+            raise ValueError("autocheckpoint_keep must be at least 1")
+        self.keep = keep
+        self.enabled = True
+        self.last: CheckpointInfo | None = None
+        self.last_error: str | None = None
+        self._mark: int | None = None
+        self._unpicklable: tuple[str, ...] = ()
+
+    def note_turn_start(self, session: Session) -> None:
+        self._mark = len(session.history)
+
+    def auto_checkpoint(self, session: Session, completed: bool) -> None:
+        if not self.enabled:
+            return
+        if not completed and self._mark is not None and len(session.history) == self._mark:
+            return  # the turn failed before anything happened
+        try:
+            info = save(session, None, auto=True)
+            store = open_store(session)
+            if store.prune(self.keep):
+                store.gc()
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            print(
+                f"[cave] auto-checkpoint failed: {self.last_error}\nThe turn's result is kept; "
+                "the previous checkpoints are intact. `%checkpoint save NAME` retries, "
+                "`%checkpoint auto off` stops trying.",
+                file=sys.stderr,
+            )
+            try:
+                _audit(session, "checkpoint.error", auto=True, error=self.last_error[:2000])
+            except Exception:
+                pass
+            return
+        self.last, self.last_error = info, None
+        names = tuple(p.name for p in info.unpicklable)
+        if names and names != self._unpicklable:
+            lines = [f"[cave] auto-checkpoint {info.name} left out what cannot be pickled:"]
+            lines += [f"  {p.name} ({p.type}): {p.reason}" for p in info.unpicklable]
+            print("\n".join(lines), file=sys.stderr)
+        self._unpicklable = names
+
+
+def enable_autocheckpoint(session: Session, *, keep: int = 20) -> AutoCheckpoint:
+    """Checkpoint ``session`` after each of its turns (idempotent; returns the hook's state)."""
+    auto = _autos.get(session)
+    if auto is None:
+        auto = AutoCheckpoint(keep)
+        _autos[session] = auto
+        session.before_turn.append(auto.note_turn_start)
+        session.after_turn.append(auto.auto_checkpoint)
+    auto.keep, auto.enabled = keep, True
+    return auto
+
+
+def autocheckpoint_of(session: Session) -> AutoCheckpoint | None:
+    return _autos.get(session)
