@@ -8,8 +8,9 @@ Parsing and printing only; the work is `cave.checkpoint._session_io` (save/resto
 from __future__ import annotations
 
 import shlex
+import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from .._errors import ConfigError
 from .._session import current_session
@@ -23,6 +24,32 @@ USAGE = """\
 From a terminal: cave checkpoints list|show|diff|rm|verify|gc, cave resume NAME"""
 
 
+def _out() -> TextIO:
+    """The cell's stdout, even while agent code runs in another thread.
+
+    The agent executor swaps ``sys.stdout`` process-wide for a tee into the model's view while a
+    step runs; a ``%checkpoint`` run from a kernel subshell at that moment must not print into
+    the agent's output (the model would read it), so it writes to the stream the tee wraps. The
+    tee has no ``set_parent``, so ipykernel could not tell that stream which cell this is: we do.
+    """
+    from ..runtime._capture import TeeStream
+
+    stream: TextIO = sys.stdout
+    original = getattr(stream, "_original", None)
+    if not isinstance(stream, TeeStream) or original is None:
+        return stream
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is not None and hasattr(original, "set_thread_parent"):
+        original.set_thread_parent(shell.parent_header)
+    return original  # type: ignore[no-any-return]
+
+
+def _print(text: str) -> None:
+    print(text, file=_out())
+
+
 def checkpoint_magic(line: str) -> None:
     """``%checkpoint save|list|restore|diff|auto``; ``%checkpoint help`` for the usage."""
     from ..checkpoint._session_io import open_store
@@ -31,21 +58,21 @@ def checkpoint_magic(line: str) -> None:
     command, rest = (args[0], args[1:]) if args else ("list", [])
     session = current_session()
     if command in ("help", "-h", "--help"):
-        print(USAGE)
+        _print(USAGE)
     elif command == "save" and len(rest) <= 1:
         _save(session, rest[0] if rest else None)
     elif command == "list" and not rest:
         from ..checkpoint._cli import format_list
 
         store = open_store(session)
-        print(f"store: {store.url}")
-        print(format_list(store.list()))
+        _print(f"store: {store.url}")
+        _print(format_list(store.list()))
     elif command == "restore" and len(rest) == 1:
         from ..checkpoint._session_io import restore
 
-        print(restore(session, rest[0]).summary())
+        _print(restore(session, rest[0]).summary())
     elif command == "diff" and len(rest) == 2:
-        print(_diff_text(open_store(session).diff(rest[0], rest[1])))
+        _print(_diff_text(open_store(session).diff(rest[0], rest[1])))
     elif command == "auto" and len(rest) <= 1:
         _auto(session, rest[0] if rest else None)
     else:
@@ -59,12 +86,12 @@ def _save(session: Any, name: str | None) -> None:
     t0 = time.perf_counter()
     info = save(session, name or fresh_name(store), store=store)
     took = time.perf_counter() - t0
-    print(
+    _print(
         f"Saved checkpoint {info.name!r}: {info.objects} objects, {_size(info.size)} "
         f"({_size(info.written)} new in {info.blobs_written} blobs) in {took:.2f} s."
     )
     for p in info.unpicklable:
-        print(f"  not saved: {p.name} ({p.type}): {p.reason}")
+        _print(f"  not saved: {p.name} ({p.type}): {p.reason}")
 
 
 def _auto(session: Any, setting: str | None) -> None:
@@ -79,11 +106,11 @@ def _auto(session: Any, setting: str | None) -> None:
         elif auto is not None:
             auto.enabled = False
     if auto is None or not auto.enabled:
-        print("auto-checkpoint: off")
+        _print("auto-checkpoint: off")
         return
     last = f"; last: {auto.last.name}" if auto.last else ""
     error = f"; last attempt failed: {auto.last_error}" if auto.last_error else ""
-    print(f"auto-checkpoint: on, keeping the newest {auto.keep}{last}{error}")
+    _print(f"auto-checkpoint: on, keeping the newest {auto.keep}{last}{error}")
 
 
 def _diff_text(d: Any) -> str:
