@@ -43,7 +43,7 @@ def _out() -> TextIO:
     shell = get_ipython()
     if shell is not None and hasattr(original, "set_thread_parent"):
         original.set_thread_parent(shell.parent_header)
-    return original  # type: ignore[no-any-return]
+    return original
 
 
 def _print(text: str) -> None:
