@@ -39,6 +39,7 @@ from ._queue import (
     AlreadyDecided,
     ApprovalQueue,
     ApprovalRecord,
+    Owner,
 )
 
 if TYPE_CHECKING:
@@ -159,12 +160,19 @@ class KernelApprovalChannel:
         return record
 
     def sweep(self, *, force: bool = False) -> list[ApprovalRecord]:
-        """Expire requests left pending by dead kernels (once per channel unless ``force``)."""
+        """Expire requests left pending by dead kernels (once per channel unless ``force``).
+
+        Also audits decisions that no kernel has audited yet (requests the CLI expired while no
+        kernel ran), so the audit log gets every expiry even if the terminal saw it first.
+        """
         if self._swept and not force:
             return []
         self._swept = True
         expired = self.queue.expire_orphans() + self.queue.expire_overdue()
-        for record in expired:
+        me = str(self.queue.owner)
+        for record in self.queue.unaudited():
+            if record.owner == me or Owner.parse(record.owner).alive() is not False:
+                continue  # a live kernel (maybe this one) audits its own requests
             self._audit("approval.decided", record)
         return expired
 
@@ -301,6 +309,8 @@ class KernelApprovalChannel:
             )
         try:
             self.audit.record(kind, **fields)
+            if record.state != PENDING:
+                self.queue.mark_audited(record.id)
         except Exception:
             pass
 

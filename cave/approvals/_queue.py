@@ -86,7 +86,8 @@ CREATE TABLE IF NOT EXISTS requests (
     decided_by TEXT,
     channel TEXT,
     decided_at REAL,
-    reason TEXT
+    reason TEXT,
+    audited INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS requests_by_state ON requests (state, seq);
 """
@@ -291,6 +292,11 @@ class ApprovalQueue:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(requests)")}
+            if "audited" not in columns:  # a database from before the column existed
+                self._db.execute(
+                    "ALTER TABLE requests ADD COLUMN audited INTEGER NOT NULL DEFAULT 0"
+                )
 
     @classmethod
     def in_directory(
@@ -411,6 +417,24 @@ class ApprovalQueue:
             except AlreadyDecided:
                 pass
         return expired
+
+    def mark_audited(self, request_id: str) -> None:
+        """Note that the decision of ``request_id`` is in the audit log (see ``unaudited``)."""
+        with self._write() as db:
+            db.execute("UPDATE requests SET audited = 1 WHERE id = ?", (request_id,))
+
+    def unaudited(self) -> list[ApprovalRecord]:
+        """Decided requests whose decision no kernel has written to the audit log yet.
+
+        A request expired by ``cave approvals list`` (which has no audit log) while its kernel was
+        dead is one; the next kernel's sweep records it.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM requests WHERE state != 'pending' AND audited = 0 "
+                "ORDER BY seq"
+            ).fetchall()
+        return [_record(r) for r in rows]
 
     # -- reading ----------------------------------------------------------------------------
     def _resolve(self, request_id: str) -> str:

@@ -183,3 +183,21 @@ def test_stdin_answers() -> None:
     assert parse_answer("s") == "approve_session"
     assert parse_answer("n") == "deny"
     assert parse_answer("maybe") is None
+
+
+def test_an_expiry_first_seen_by_the_cli_still_reaches_the_audit_log(tmp_path: Path) -> None:
+    gone = Owner(Owner.this_process().host, 2**22 + 9, "1")
+    ApprovalQueue.in_directory(tmp_path, owner=gone).submit(Req(id="seenbycli"))
+    cli = subprocess.run(
+        [sys.executable, "-m", "cave.cli", "approvals", "--session-dir", str(tmp_path), "list"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert "seenbycli" in cli.stdout and "expired" in cli.stdout, cli.stderr
+    audit = Audit()
+    channel = KernelApprovalChannel(ApprovalQueue.in_directory(tmp_path), audit=audit)
+    channel.sweep()
+    assert [(k, f["id"], f["state"]) for k, f in audit.records] == [
+        ("approval.decided", "seenbycli", "expired")
+    ]
+    channel.sweep(force=True)
+    assert len(audit.records) == 1  # recorded once
