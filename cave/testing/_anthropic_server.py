@@ -5,7 +5,8 @@ A test fixture, not a model: every reply comes from a script of canned ``Reply``
 works against it through ``base_url``: ``POST /v1/messages`` streaming (``message_start``,
 ``ping``, ``content_block_start/delta/stop``, ``message_delta``, ``message_stop``) and not
 streaming, ``POST /v1/messages/count_tokens``, the API's error bodies and status codes, and the
-``x-api-key`` or ``Authorization: Bearer`` key check. It binds 127.0.0.1 only.
+``x-api-key`` or ``Authorization: Bearer`` key check. It binds 127.0.0.1 only; the HTTP plumbing
+is ``_loopback``'s.
 
 Token counts are estimates (characters of JSON // 4), not a tokenizer. Prompt caching is simulated:
 a ``cache_control`` breakpoint (on a tool, system block or message block, or the top-level
@@ -23,25 +24,27 @@ prints the base URL on its first stdout line and serves until killed.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import socket
 import sys
 import threading
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 
-from .._errors import ConfigError
 from ..models._protocol import PYTHON_TOOL_NAME
+from ._loopback import (
+    LoopbackHandler,
+    LoopbackServer,
+    RecordedRequest,
+    new_id,
+    script_parser,
+    serve_until_killed,
+    server_options,
+)
 from ._script import (
-    Failure,
     Reply,
     Script,
-    ScriptPlayer,
     estimate_tokens,
     load_script,
     output_chars,
@@ -50,22 +53,7 @@ from ._script import (
     tool_use_blocks,
 )
 
-RETRY_AFTER_MS = 1
-"""Sent as ``retry-after-ms`` with 429/5xx: the SDK ignores ``retry-after: 0`` (it then backs off
-0.5 s, 1 s, ...), so a tiny non-zero delay is what makes its retries quick."""
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request the server received, as it arrived."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    """Header names in lower case."""
-    body: Any
-    """The parsed JSON body, or None when it was not JSON."""
-    raw: bytes = b""
+__all__ = ["AnthropicServer", "CacheUsage", "PromptCache", "RecordedRequest", "main"]
 
 
 @dataclass(frozen=True)
@@ -144,17 +132,50 @@ def _prefixes(body: dict[str, Any]) -> tuple[list[bytes], list[int], list[int], 
     return hashes, ends, breakpoints, ttl
 
 
-def _new_id(prefix: str) -> str:
-    return prefix + uuid.uuid4().hex[:24]
+class _MessagesHandler(LoopbackHandler):
+    """``POST /v1/messages`` (streaming or not) and ``POST /v1/messages/count_tokens``."""
+
+    key_error = ("authentication_error", "invalid x-api-key", None)
+    script_error_type = "api_error"
+
+    def route(self, method: str, path: str, body: Any) -> None:
+        app = cast("AnthropicServer", self.server.app)
+        if method != "POST" or path not in ("/v1/messages", "/v1/messages/count_tokens"):
+            return self.send_api_error(
+                404, "not_found_error", f"{method} {path} is not served here (only POST "
+                "/v1/messages).")
+        problem = _validate(body, needs_max_tokens=path == "/v1/messages")
+        if problem is not None:
+            return self.send_api_error(400, "invalid_request_error", problem)
+        if path.endswith("count_tokens"):
+            return self.send_json(200, {"input_tokens": estimate_tokens(len(json.dumps(body)))})
+        item = self.script_item(body)
+        if item is None:
+            return None
+        message, blocks = app._message(body, item)
+        if body.get("stream"):
+            self.send_events(
+                None if data is None else f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+                for name, data in app._events(message, blocks))
+        else:
+            self.send_json(200, message)
+        return None
+
+    def error_body(self, error_type: str, message: str, code: str | None) -> dict[str, Any]:
+        return {"type": "error", "error": {"type": error_type, "message": message},
+                "request_id": new_id("req_")}
 
 
-class AnthropicServer:
+class AnthropicServer(LoopbackServer):
     """Serves a script as the Anthropic Messages API on 127.0.0.1 (a test fixture, not a model).
 
     ``chunk_size``: characters per text/input delta. ``latency``: seconds slept before each delta
     (for interrupt tests). ``api_key``: if set, requests with another key get 401. ``port``: 0 picks
     a free one.
     """
+
+    handler_class = _MessagesHandler
+    thread_name = "cave-anthropic-server"
 
     def __init__(
         self,
@@ -165,80 +186,11 @@ class AnthropicServer:
         api_key: str | None = None,
         port: int = 0,
     ) -> None:
-        if chunk_size < 1:
-            raise ConfigError(f"chunk_size must be at least 1, not {chunk_size}.")
-        self.chunk_size = chunk_size
-        self.latency = latency
-        self.api_key = api_key
-        self._port = port
-        self._player = ScriptPlayer(script)
+        super().__init__(script, chunk_size=chunk_size, latency=latency, api_key=api_key,
+                         port=port)
         self._cache = PromptCache()
-        self._requests: list[RecordedRequest] = []
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle -------------------------------------------------------------------------------
-
-    def start(self) -> AnthropicServer:
-        if self._httpd is not None:
-            return self
-        self._stopping.clear()
-        httpd = _HTTPServer(("127.0.0.1", self._port), _Handler)
-        httpd.app = self
-        self._httpd = httpd
-        self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-            name="cave-anthropic-server", daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, drop open connections, and join every thread the server started."""
-        httpd, self._httpd = self._httpd, None
-        if httpd is None:
-            return
-        self._stopping.set()
-        httpd.shutdown()
-        httpd.close_connections(timeout=5.0)
-        httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(5.0)
-            self._thread = None
-
-    def __enter__(self) -> AnthropicServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        if self._httpd is None:
-            raise ConfigError("The AnthropicServer is not running: call start() or use `with`.")
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """A copy of the requests received so far, in order."""
-        with self._lock:
-            return list(self._requests)
-
-    def _record(self, request: RecordedRequest) -> None:
-        with self._lock:
-            self._requests.append(request)
 
     # -- the API ---------------------------------------------------------------------------------
-
-    def _authorized(self, headers: dict[str, str]) -> bool:
-        if self.api_key is None:
-            return True
-        bearer = headers.get("authorization", "")
-        key = headers.get("x-api-key") or (bearer[7:] if bearer.startswith("Bearer ") else None)
-        return key == self.api_key
 
     def _message(self, body: dict[str, Any], item: Reply) -> tuple[dict[str, Any], list[Any]]:
         """The Message (content filled in) and its blocks as (kind, block, streamed string)."""
@@ -267,7 +219,7 @@ class AnthropicServer:
                            item.thinking))
         if item.text:
             blocks.append(("text", {"type": "text", "text": item.text}, item.text))
-        for block_id, raw in tool_use_blocks(item, lambda: _new_id("toolu_")):
+        for block_id, raw in tool_use_blocks(item, lambda: new_id("toolu_")):
             try:
                 data: Any = parse_tool_input(raw)
             except ValueError:
@@ -275,7 +227,7 @@ class AnthropicServer:
             blocks.append(("tool_use", {"type": "tool_use", "id": block_id,
                                         "name": PYTHON_TOOL_NAME, "input": data}, raw))
         message = {
-            "id": _new_id("msg_"),
+            "id": new_id("msg_"),
             "type": "message",
             "role": "assistant",
             "model": body["model"],
@@ -345,170 +297,15 @@ def _validate(body: Any, needs_max_tokens: bool = True) -> str | None:
     return None
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    """A ThreadingHTTPServer that knows its connection threads, so ``stop()`` can end them."""
-
-    daemon_threads = True
-    block_on_close = False
-    app: AnthropicServer
-
-    def __init__(self, address: tuple[str, int], handler: Callable[..., Any]) -> None:
-        super().__init__(address, handler)
-        self._conns: dict[socket.socket, threading.Thread] = {}
-        self._conns_lock = threading.Lock()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(target=self._serve, args=(request, client_address),
-                                  name="cave-anthropic-server-conn", daemon=True)
-        with self._conns_lock:
-            self._conns[request] = thread
-        thread.start()
-
-    def _serve(self, request: Any, client_address: Any) -> None:
-        try:
-            self.finish_request(request, client_address)
-        except (ConnectionError, TimeoutError, OSError):
-            pass  # the client went away (or stop() closed the socket)
-        finally:
-            self.shutdown_request(request)
-            with self._conns_lock:
-                self._conns.pop(request, None)
-
-    def close_connections(self, timeout: float) -> None:
-        with self._conns_lock:
-            conns = list(self._conns.items())
-        for sock, _ in conns:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for _, thread in conns:
-            thread.join(timeout)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _HTTPServer
-    timeout = 60  # an idle keep-alive connection is dropped after this long
-    # Events are many small writes; with Nagle on, each waits for the client's delayed ACK
-    # (measured: ~44 ms per request instead of ~2 ms).
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # tests read `.requests`; stderr stays quiet
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def _dispatch(self, method: str) -> None:
-        app = self.server.app
-        raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        try:
-            body: Any = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
-        app._record(RecordedRequest(method, self.path, headers, body, raw))
-        path = self.path.split("?", 1)[0].rstrip("/")
-        if not app._authorized(headers):
-            return self._error(401, "authentication_error", "invalid x-api-key")
-        if method != "POST" or path not in ("/v1/messages", "/v1/messages/count_tokens"):
-            return self._error(404, "not_found_error",
-                               f"{method} {path} is not served here (only POST /v1/messages).")
-        problem = _validate(body, needs_max_tokens=path == "/v1/messages")
-        if problem is not None:
-            return self._error(400, "invalid_request_error", problem)
-        if path.endswith("count_tokens"):
-            return self._json(200, {"input_tokens": estimate_tokens(len(json.dumps(body)))})
-        try:
-            item = app._player.next(body)
-        except Exception as exc:  # a broken script function: say so instead of hanging up
-            return self._error(500, "api_error", f"The script raised {type(exc).__name__}: {exc}",
-                               retry=False)
-        if item is None:
-            return self._error(500, "api_error", app._player.exhausted_message("AnthropicServer"),
-                               retry=False)
-        if isinstance(item, Failure):
-            return self._error(item.status, item.error_type, item.message)
-        message, blocks = app._message(body, item)
-        if body.get("stream"):
-            self._stream(app, message, blocks)
-        else:
-            self._json(200, message)
-
-    def _send_headers(self, status: int, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        self.send_header("request-id", _new_id("req_"))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-
-    def _json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
-        payload = json.dumps(data).encode()
-        self._send_headers(status, {"content-type": "application/json",
-                                    "content-length": str(len(payload)), **(headers or {})})
-        self.wfile.write(payload)
-
-    def _error(self, status: int, error_type: str, message: str, retry: bool = True) -> None:
-        headers: dict[str, str] = {}
-        if status == 429 or status >= 500:
-            headers = {"retry-after": "0", "retry-after-ms": str(RETRY_AFTER_MS)}
-        if not retry:
-            headers["x-should-retry"] = "false"  # the SDK obeys it: retrying cannot help
-        body = {"type": "error", "error": {"type": error_type, "message": message},
-                "request_id": _new_id("req_")}
-        self._json(status, body, headers)
-
-    def _stream(self, app: AnthropicServer, message: dict[str, Any], blocks: list[Any]) -> None:
-        self._send_headers(200, {"content-type": "text/event-stream; charset=utf-8",
-                                 "cache-control": "no-cache", "transfer-encoding": "chunked"})
-        try:
-            for name, data in app._events(message, blocks):
-                if app._stopping.is_set():
-                    self.close_connection = True
-                    return
-                if data is None:
-                    if app.latency > 0:
-                        app._stopping.wait(app.latency)
-                    continue
-                event = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
-                self.wfile.write(b"%X\r\n%s\r\n" % (len(event), event))
-            self.wfile.write(b"0\r\n\r\n")
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True  # the client hung up (cancel): nothing to clean up
-
-
 def main(argv: list[str] | None = None) -> int:
     """Serve a script file until killed; the first stdout line is the base URL."""
-    import signal
-
-    parser = argparse.ArgumentParser(
-        prog="python -m cave.testing._anthropic_server",
-        description="Loopback Anthropic Messages API that plays a script of canned replies "
-                    "(a test fixture, not a model).",
+    parser = script_parser(
+        "python -m cave.testing._anthropic_server",
+        "Loopback Anthropic Messages API that plays a script of canned replies "
+        "(a test fixture, not a model).",
     )
-    parser.add_argument("--script", required=True, help="JSON list of replies/failures")
-    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free)")
-    parser.add_argument("--chunk-size", type=int, default=16)
-    parser.add_argument("--latency", type=float, default=0.0)
-    parser.add_argument("--api-key", default=None)
     args = parser.parse_args(argv)
-    server = AnthropicServer(load_script(args.script), chunk_size=args.chunk_size,
-                             latency=args.latency, api_key=args.api_key, port=args.port)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with server:
-        print(server.base_url, flush=True)
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
-    return 0
+    return serve_until_killed(AnthropicServer(load_script(args.script), **server_options(args)))
 
 
 if __name__ == "__main__":

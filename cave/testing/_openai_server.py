@@ -13,8 +13,8 @@ by a ``tool`` message right after it, no ``tool`` message without one), so a cli
 a history wrongly gets the API's 400. Token counts are estimates (characters // 4); there is no
 prompt cache. It binds 127.0.0.1 only.
 
-The HTTP plumbing (threads, connection tracking, ``stop()``, the recorded requests, the key check)
-is ``AnthropicServer``'s, inherited. Run it as a process for notebooks and browser tests::
+The HTTP plumbing (threads, connection tracking, ``stop()``, the recorded requests, the key check,
+the event stream) is ``_loopback``'s. Run it as a process for notebooks and browser tests::
 
     python -m cave.testing._openai_server --script replies.json [--fenced] [--port N]
 
@@ -23,25 +23,21 @@ prints the base URL (ending in ``/v1``) on its first stdout line and serves unti
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import threading
 import time
 from typing import Any, cast
 
-from .._errors import ConfigError
 from ..models._protocol import PYTHON_TOOL_NAME
-from ._anthropic_server import (
-    RETRY_AFTER_MS,
-    AnthropicServer,
-    RecordedRequest,
-    _Handler,
-    _HTTPServer,
-    _new_id,
+from ._loopback import (
+    LoopbackHandler,
+    LoopbackServer,
+    new_id,
+    script_parser,
+    serve_until_killed,
+    server_options,
 )
 from ._script import (
-    Failure,
     Reply,
     Script,
     estimate_tokens,
@@ -56,13 +52,52 @@ FINISH_REASONS = {"tool_use": "tool_calls", "end_turn": "stop", "max_tokens": "l
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
 
-class OpenAIServer(AnthropicServer):
+class _ChatHandler(LoopbackHandler):
+    """``POST /v1/chat/completions`` (streaming or not) and ``GET /v1/models``."""
+
+    key_error = ("invalid_request_error", "Incorrect API key provided.", "invalid_api_key")
+    script_error_type = "server_error"
+
+    def route(self, method: str, path: str, body: Any) -> None:
+        app = cast("OpenAIServer", self.server.app)
+        if (method, path) == ("GET", "/v1/models"):
+            return self.send_json(200, {"object": "list", "data": [
+                {"id": "scripted", "object": "model", "created": 0, "owned_by": "cave-testing"}]})
+        if (method, path) != ("POST", "/v1/chat/completions"):
+            return self.send_api_error(
+                404, "invalid_request_error", f"Unknown request URL: {method} {path}. Served "
+                "here: POST /v1/chat/completions, GET /v1/models.")
+        problem = _validate(body, app.fenced)
+        if problem is not None:
+            return self.send_api_error(400, "invalid_request_error", problem)
+        item = self.script_item(body)
+        if item is None:
+            return None
+        whole, chunks = app._completion(body, item)
+        if body.get("stream"):
+            self.send_events(
+                None if data is None else
+                f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+                for data in [*chunks, "[DONE]"])
+        else:
+            self.send_json(200, whole)
+        return None
+
+    def error_body(self, error_type: str, message: str, code: str | None) -> dict[str, Any]:
+        return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+
+
+class OpenAIServer(LoopbackServer):
     """Serves a script as the Chat Completions API on 127.0.0.1 (a test fixture, not a model).
 
     ``fenced``: code goes in fenced text and ``tools`` are refused. ``send_usage=False``: no usage
     chunk even when asked (as some servers do). ``chunk_size``, ``latency``, ``api_key``, ``port``:
     as for ``AnthropicServer``. ``base_url`` ends in ``/v1``, as OpenAI clients expect.
     """
+
+    handler_class = _ChatHandler
+    thread_name = "cave-openai-server"
+    url_suffix = "/v1"
 
     def __init__(
         self,
@@ -80,31 +115,6 @@ class OpenAIServer(AnthropicServer):
         self.fenced = fenced
         self.send_usage = send_usage
 
-    def start(self) -> OpenAIServer:
-        # Only the handler class differs from AnthropicServer.start.
-        if self._httpd is not None:
-            return self
-        self._stopping.clear()
-        httpd = _HTTPServer(("127.0.0.1", self._port), _OpenAIHandler)
-        httpd.app = self
-        self._httpd = httpd
-        self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-            name="cave-openai-server", daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def __enter__(self) -> OpenAIServer:
-        return self.start()
-
-    @property
-    def base_url(self) -> str:
-        if self._httpd is None:
-            raise ConfigError("The OpenAIServer is not running: call start() or use `with`.")
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}/v1"
-
     def text_of(self, item: Reply) -> str:
         """The assistant text sent for ``item``: with code in fences when ``fenced``."""
         if not self.fenced:
@@ -117,7 +127,7 @@ class OpenAIServer(AnthropicServer):
                     ) -> tuple[dict[str, Any], list[dict[str, Any] | None]]:
         """The whole ``chat.completion`` and its stream chunks (``None`` marks a pause point)."""
         text = self.text_of(item)
-        calls = [] if self.fenced else tool_use_blocks(item, lambda: _new_id("call_"))
+        calls = [] if self.fenced else tool_use_blocks(item, lambda: new_id("call_"))
         finish = FINISH_REASONS.get(item.effective_stop_reason, item.effective_stop_reason)
         if self.fenced and finish == "tool_calls":
             finish = "stop"
@@ -127,7 +137,7 @@ class OpenAIServer(AnthropicServer):
                       else estimate_tokens(output_chars(item)))
         usage = {"prompt_tokens": prompt, "completion_tokens": completion,
                  "total_tokens": prompt + completion, "prompt_tokens_details": {"cached_tokens": 0}}
-        head = {"id": _new_id("chatcmpl-"), "created": int(time.time()), "model": body["model"],
+        head = {"id": new_id("chatcmpl-"), "created": int(time.time()), "model": body["model"],
                 "system_fingerprint": None}
         tool_calls: list[dict[str, Any]] = [
             {"id": i, "type": "function", "function": {"name": PYTHON_TOOL_NAME, "arguments": raw}}
@@ -221,105 +231,18 @@ def _validate(body: Any, fenced: bool) -> str | None:
     return None
 
 
-class _OpenAIHandler(_Handler):
-    """The Chat Completions routes on top of ``AnthropicServer``'s request plumbing."""
-
-    def _dispatch(self, method: str) -> None:
-        app = cast(OpenAIServer, self.server.app)
-        raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        try:
-            body: Any = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
-        app._record(RecordedRequest(method, self.path, headers, body, raw))
-        path = self.path.split("?", 1)[0].rstrip("/")
-        if not app._authorized(headers):
-            return self._error(401, "invalid_request_error", "Incorrect API key provided.",
-                               code="invalid_api_key")
-        if (method, path) == ("GET", "/v1/models"):
-            return self._json(200, {"object": "list", "data": [
-                {"id": "scripted", "object": "model", "created": 0, "owned_by": "cave-testing"}]})
-        if (method, path) != ("POST", "/v1/chat/completions"):
-            return self._error(404, "invalid_request_error", f"Unknown request URL: {method} "
-                               f"{path}. Served here: POST /v1/chat/completions, GET /v1/models.")
-        problem = _validate(body, app.fenced)
-        if problem is not None:
-            return self._error(400, "invalid_request_error", problem)
-        try:
-            item = app._player.next(body)
-        except Exception as exc:  # a broken script function: say so instead of hanging up
-            return self._error(500, "server_error", f"The script raised {type(exc).__name__}: "
-                               f"{exc}", retry=False)
-        if item is None:
-            return self._error(500, "server_error", app._player.exhausted_message("OpenAIServer"),
-                               retry=False)
-        if isinstance(item, Failure):
-            return self._error(item.status, item.error_type, item.message)
-        whole, chunks = app._completion(body, item)
-        if body.get("stream"):
-            self._stream_chunks(app, chunks)
-        else:
-            self._json(200, whole)
-
-    def _error(self, status: int, error_type: str, message: str, retry: bool = True,
-               code: str | None = None) -> None:
-        headers: dict[str, str] = {}
-        if status == 429 or status >= 500:
-            headers = {"retry-after": "0", "retry-after-ms": str(RETRY_AFTER_MS)}
-        if not retry:
-            headers["x-should-retry"] = "false"
-        self._json(status, {"error": {"message": message, "type": error_type, "param": None,
-                                      "code": code}}, headers)
-
-    def _stream_chunks(self, app: OpenAIServer, chunks: list[dict[str, Any] | None]) -> None:
-        self._send_headers(200, {"content-type": "text/event-stream; charset=utf-8",
-                                 "cache-control": "no-cache", "transfer-encoding": "chunked"})
-        try:
-            for data in [*chunks, "[DONE]"]:
-                if app._stopping.is_set():
-                    self.close_connection = True
-                    return
-                if data is None:
-                    if app.latency > 0:
-                        app._stopping.wait(app.latency)
-                    continue
-                text = data if isinstance(data, str) else json.dumps(data)
-                event = f"data: {text}\n\n".encode()
-                self.wfile.write(b"%X\r\n%s\r\n" % (len(event), event))
-            self.wfile.write(b"0\r\n\r\n")
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True  # the client hung up (cancel): nothing to clean up
-
-
 def main(argv: list[str] | None = None) -> int:
     """Serve a script file until killed; the first stdout line is the base URL."""
-    import signal
-
-    parser = argparse.ArgumentParser(
-        prog="python -m cave.testing._openai_server",
-        description="Loopback OpenAI Chat Completions API that plays a script of canned replies "
-                    "(a test fixture, not a model).",
+    parser = script_parser(
+        "python -m cave.testing._openai_server",
+        "Loopback OpenAI Chat Completions API that plays a script of canned replies "
+        "(a test fixture, not a model).",
     )
-    parser.add_argument("--script", required=True, help="JSON list of replies/failures")
     parser.add_argument("--fenced", action="store_true", help="code in ```python text, no tools")
     parser.add_argument("--no-usage", action="store_true", help="never send the usage chunk")
-    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free)")
-    parser.add_argument("--chunk-size", type=int, default=16)
-    parser.add_argument("--latency", type=float, default=0.0)
-    parser.add_argument("--api-key", default=None)
     args = parser.parse_args(argv)
-    server = OpenAIServer(load_script(args.script), fenced=args.fenced,
-                          send_usage=not args.no_usage, chunk_size=args.chunk_size,
-                          latency=args.latency, api_key=args.api_key, port=args.port)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with server:
-        print(server.base_url, flush=True)
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
-    return 0
+    return serve_until_killed(OpenAIServer(load_script(args.script), fenced=args.fenced,
+                                           send_usage=not args.no_usage, **server_options(args)))
 
 
 if __name__ == "__main__":
