@@ -386,3 +386,24 @@ def test_save_into_the_same_store_from_two_sessions_keeps_one_session_id(
         assert store.load("from-b").namespace["x"] == 2
     finally:
         closing([a, b])
+
+
+def test_progress_bar_only_for_large_transfers(places, monkeypatch, capsys) -> None:
+    import numpy as np
+
+    from cave.checkpoint import _session_io
+
+    a_place, _ = places
+    a = a_place.session(monkeypatch)
+    try:
+        a.runtime.namespace["small"] = list(range(100))
+        save(a, "small")
+        assert "checkpoint save" not in capsys.readouterr().err
+        monkeypatch.setattr(_session_io, "PROGRESS_MIN_BYTES", 1 << 20)
+        a.runtime.namespace["big"] = np.ones(1 << 19)  # 4 MiB: over the lowered threshold
+        save(a, "big")
+        assert "checkpoint save" in capsys.readouterr().err
+        restore(a, "big")
+        assert "checkpoint restore" in capsys.readouterr().err
+    finally:
+        closing([a])
