@@ -25,7 +25,7 @@ def test_lab_command_pins_the_store_and_the_checkpoint(tmp_path: Path, monkeypat
     assert env == {
         "PATH": "/usr/bin",
         "CAVE_RESUME": "before-cleanup",
-        "CAVE_CHECKPOINTS": str(tmp_path / "sessions" / "demo"),  # absolute: kernels start elsewhere
+        "CAVE_CHECKPOINTS": str(tmp_path / "sessions" / "demo"),  # absolute
     }
 
 
