@@ -28,10 +28,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "tests" / "approvals"))  # the wiring cell, until the kernel does it
 
 from _table import write_table  # noqa: E402
-from approvals_wiring import WIRING  # noqa: E402
 
 from cave.testing import AnthropicServer, KernelHarness, reply  # noqa: E402
 
@@ -137,9 +135,6 @@ def main() -> None:
         cwd=root / "workspace",
     ).start()
     try:
-        setup = kernel.execute(WIRING)
-        if setup.status != "ok":
-            raise RuntimeError(setup.all_text)
         # Warm up both paths once (imports, first widget), then measure.
         run_turn(kernel, replies, BASELINE_CODE.format(n=N), "baseline")
         base_widget, base_resume = run_turn(kernel, replies, BASELINE_CODE.format(n=N), "baseline")

@@ -76,15 +76,19 @@ def cell_context_for_thread() -> contextvars.Context | None:
 
 
 class _SessionAudit:
-    """Forwards to ``session.audit`` as it is *when recording* (it may be set after us)."""
+    """Forwards to ``session.audit`` as it is *when recording* (it is built after us)."""
 
     def __init__(self, session: Any) -> None:
         self.session = session
 
     def record(self, kind: str, /, **fields: Any) -> None:
         audit = getattr(self.session, "audit", None)
-        if audit is not None:
-            audit.record(kind, **fields)
+        if audit is None and hasattr(self.session, "ensure_security"):
+            self.session.ensure_security()  # `%approvals` before the first turn
+            audit = getattr(self.session, "audit", None)
+        if audit is None:
+            raise RuntimeError("this session has no audit log; the record was not written")
+        audit.record(kind, **fields)
 
 
 def make_channel(session: Any, kernel: Any = None) -> KernelApprovalChannel:

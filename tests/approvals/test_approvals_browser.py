@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from approvals_wiring import WIRING
 
 from cave.testing import AnthropicServer, reply
 
@@ -117,15 +116,12 @@ def lab(tmp_path: Path) -> Iterator[tuple[Lab, AnthropicServer, Path]]:
     work = tmp_path / "work"
     work.mkdir()
     shutil.copy(EXAMPLE, work)
-    startup = tmp_path / "ipython" / "profile_default" / "startup"
-    startup.mkdir(parents=True)
-    (startup / "00-cave-approvals-wiring.py").write_text(WIRING)
     server = AnthropicServer(_script).start()
     env = {
         "ANTHROPIC_BASE_URL": server.base_url,
         "ANTHROPIC_API_KEY": "sk-ant-test",
         "CAVE_SESSION_DIR": str(tmp_path / "session"),
-        "IPYTHONDIR": str(tmp_path / "ipython"),
+        "IPYTHONDIR": str(tmp_path / "ipython"),  # no user profile or startup files
     }
     jupyter = Lab(tmp_path, env)
     try:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from approvals_wiring import WIRING
 
 from cave.testing import AnthropicServer, KernelHarness, reply
 from cave.testing._script import Failure
@@ -53,11 +52,6 @@ class Rig:
             cwd=self.workspace,
         )
         self.kernel.start()
-        self.wire()
-
-    def wire(self) -> None:
-        setup = self.kernel.execute(WIRING)
-        assert setup.status == "ok", setup.all_text
 
     def _next(self, request: dict[str, Any]) -> Any:
         if not self.replies:
@@ -170,7 +164,7 @@ def test_approve_once_click_writes_once_and_the_agent_continues(rig: Rig) -> Non
     assert target.read_text() == "hello"
     assert len(rig.requests) == 2  # one model call per step: nothing asked twice
     assert "wrote 5 bytes; runs = 1" in rig.tool_results()
-    runs = rig.kernel.execute("print(cave.retrieve('runs'))")
+    runs = rig.kernel.execute("import cave; print(cave.retrieve('runs'))")
     assert runs.stdout.strip() == "1", runs.all_text  # the code block ran exactly once
 
     # The widget showed what was asked, then who decided, and stopped being clickable.
@@ -350,7 +344,6 @@ def test_kernel_killed_while_pending_shows_expired_after_restart(tmp_path: Path)
                 rid = ids[0] if ids else None
         assert rid is not None
         rig.kernel.restart()  # SIGKILL, as JupyterLab's restart after a crash
-        rig.wire()
         listing = rig.approvals()
         assert re.search(rf"{rid}.*expired", listing), listing
         assert "the kernel that asked" in listing and "stopped before anyone decided" in listing
