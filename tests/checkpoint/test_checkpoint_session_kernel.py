@@ -314,6 +314,17 @@ def test_checkpoint_magics_and_auto_checkpoints(tmp_path: Path, model: Model) ->
         assert error.status == "error" and "No checkpoint named 'nope'" in error.all_text
         assert "auto-checkpoint: on, keeping the newest 1" in ok(k, "%checkpoint auto").stdout
         assert "off" in ok(k, "%checkpoint auto off").stdout
+
+        # Large saves show tqdm's notebook bar in the cell (threshold lowered from 64 MiB).
+        ok(k, "import numpy as np\nfrom cave.checkpoint import _session_io\n"
+              "_session_io.PROGRESS_MIN_BYTES = 1 << 20\nbig = np.ones(1 << 19)")
+        small = ok(k, "%checkpoint save without-bar")  # `big` is the user's, not the agent's
+        assert not small.of_type("comm_open")
+        ok(k, "cave.inject('big', big)")
+        bar = ok(k, "%checkpoint save with-bar")
+        models = [m["content"]["data"]["state"].get("_model_name")
+                  for m in bar.of_type("comm_open")]
+        assert "FloatProgressModel" in models, models
     finally:
         k.stop()
 
