@@ -5,8 +5,9 @@ advance; they are not models. ``AnthropicServer`` speaks the Anthropic Messages 
 the real ``anthropic`` SDK (and the Cave kernel through it) can be tested end to end offline.
 """
 
-from ._anthropic_server import AnthropicServer, RecordedRequest
+from ._anthropic_server import AnthropicServer
 from ._kernel_harness import CellResult, KernelHarness
+from ._loopback import RecordedRequest
 from ._openai_server import OpenAIServer
 from ._script import Failure, Reply, Script, load_script, reply
 from ._scripted_model import ScriptedModel
