@@ -253,7 +253,7 @@ class KernelApprovalChannel:
     def _clicked(self, request_id: str, outcome: str) -> None:
         """Button callback (kernel main thread, inside the comm_msg's context)."""
         try:
-            self.deliver(request_id, outcome, who=self._frontend_user(), channel="widget")
+            self.deliver(request_id, outcome, who=self.frontend_user(), channel="widget")
         except AlreadyDecided:
             pass
 
@@ -264,7 +264,8 @@ class KernelApprovalChannel:
             pub, data, {}, transient={"display_id": f"cave-approval-{request_id}"}, update=update
         )
 
-    def _frontend_user(self) -> str:
+    def frontend_user(self) -> str:
+        """The username the current message's frontend claims, else the login name."""
         parent: dict[str, Any] = {}
         if self.kernel is not None:
             try:

@@ -45,6 +45,8 @@ OUTCOME_ALIASES = {
 APPROVALS_USAGE = """\
 %approvals                  pending requests and the last 20 decided ones (oldest first)
 %approvals -n N             ... the last N
+%approvals approve ID [--session]   decide a pending request here (for example one restored
+%approvals deny ID          from a checkpoint, which no widget shows)
 %approvals ui [auto|widget|stdin]   how requests are shown: auto = widget, plus a stdin prompt
                             for frontends that are not notebooks (consoles)
 From a terminal: cave approvals list | approve ID [--session] | deny ID
@@ -145,6 +147,25 @@ def approvals_magic(kernel: Any, line: str) -> None:
                 raise ConfigError(f"%approvals ui takes one of {', '.join(UI_MODES)}.")
             channel.ui = args[1]
         print(f"approval requests are shown as: {channel.ui}")
+        return
+    if args and args[0] in ("approve", "deny"):
+        if (
+            len(args) < 2
+            or any(a not in ("--session",) for a in args[2:])
+            or (args[0] == "deny" and len(args) > 2)
+        ):
+            raise ConfigError(
+                f"usage: %approvals approve ID [--session] | deny ID\n{APPROVALS_USAGE}"
+            )
+        outcome = (
+            "deny"
+            if args[0] == "deny"
+            else "approve_session"
+            if "--session" in args[2:]
+            else "approve_once"
+        )
+        record = channel.deliver(args[1], outcome, who=channel.frontend_user(), channel="magic")
+        print(f"{record.id}: {record.outcome_text()}")
         return
     limit = 20
     if args[:1] == ["-n"] and len(args) == 2 and args[1].isdigit():

@@ -359,3 +359,21 @@ def test_kernel_killed_while_pending_shows_expired_after_restart(tmp_path: Path)
 
 def test_session_directory_is_private(rig: Rig) -> None:
     assert os.stat(rig.session_dir / "approvals.db").st_mode & 0o077 == 0
+
+
+def test_magic_decides_a_request_nobody_waits_for(rig: Rig) -> None:
+    made = rig.kernel.execute(
+        "import time, types\n"
+        "from cave.approvals import session_channel\n"
+        "_q = session_channel().queue\n"
+        "_q.submit(types.SimpleNamespace(id='restored1', capability='net:example.com:443',\n"
+        "    summary='GET https://example.com/', details={}, code_line=None,\n"
+        "    created_at=time.time()))\n"
+    )
+    assert made.status == "ok", made.all_text
+    approved = rig.kernel.execute("%approvals approve restored --session")
+    assert "restored1: approved for this session by" in approved.stdout, approved.all_text
+    again = rig.kernel.execute("%approvals deny restored1")
+    assert again.status == "error" and "already approved for this session" in again.all_text
+    bad = rig.kernel.execute("%approvals deny")
+    assert bad.status == "error" and "usage: %approvals" in bad.all_text
