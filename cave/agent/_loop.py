@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from .._errors import MaxStepsReached, TurnInterrupted, TurnStopped
 from ..models._protocol import Model, ModelReply, ToolCall, Usage
 from . import _context
+from ._compaction import compact
 from ._events import (
     CodeFinished,
     CodeStarted,
@@ -42,6 +43,8 @@ class AgentSettings:
     """Seconds one code step may run before it is stopped (None: no limit)."""
     max_tokens: int = 8192
     """Output tokens per model call."""
+    context_budget_tokens: int | None = 150_000
+    """Estimated prompt size above which old execution outputs are elided (None: never)."""
 
     def with_limits(self, **changes: Any) -> AgentSettings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -169,7 +172,7 @@ class Agent:
         manifest = self.runtime.manifest(variables=False)
         request = _context.build_request(
             system=_context.system_blocks(self.primitives_doc, manifest),
-            history=self.history,
+            history=compact(self.history, self.settings.context_budget_tokens),
             max_tokens=self.settings.max_tokens,
         )
         t0 = time.perf_counter()
