@@ -158,6 +158,7 @@ def test_approve_once_in_jupyterlab(lab: tuple[Lab, AnthropicServer, Path]) -> N
             page.wait_for_selector("text=Cave (Python 3) | Idle", timeout=60_000)
             text = "\n".join(outputs.all_inner_texts())
             widgets = widget.count()
+            stdin_boxes = page.locator(".jp-Stdin").count()  # a notebook gets no stdin prompt
             disabled = page.locator(".cave-approval button:disabled").count()
             page.screenshot(path=str(out / "approvals-widget-approved.png"), full_page=True)
         finally:
@@ -165,6 +166,7 @@ def test_approve_once_in_jupyterlab(lab: tuple[Lab, AnthropicServer, Path]) -> N
 
     assert "wrote 26 bytes to" in text
     assert "approved once by" in text and "via widget" in text
+    assert stdin_boxes == 0
     assert widgets == 1 and disabled == 3  # decided: the buttons stopped being clickable
     # The model saw the write's result, once; nothing ran twice.
     assert len(server.requests) == 2
