@@ -409,13 +409,13 @@ class _Vault:
         return self.create_dynamic(spec) if file is None else self.create_dynamic(spec, file)
 
     def _op_call(self, b: _Binding | None, payload: tuple[Any, ...]) -> Any:
-        handle, op, args = payload
+        handle, op, args, code_line = (tuple(payload) + (None,))[:4]
         session = b.session if b is not None else self._session(handle)
         if b is None:
             b = _Binding(session, life=False)  # a user cell calling a primitive: no guard
             b.depth = 1
-            return run_op(_OpContext(self, b), str(op), args)
-        return run_op(_OpContext(self, b), str(op), args)
+        line = code_line if type(code_line) is str else None
+        return run_op(_OpContext(self, b, line), str(op), args)
 
     # -- the guard proper --------------------------------------------------------------
     def _guard(self, b: _Binding, event: str, args: tuple[Any, ...]) -> Any:
@@ -570,9 +570,10 @@ class _Vault:
 class _OpContext:
     """What an operation in ``_ops`` may do: get a permit, run with a ticket, settle."""
 
-    def __init__(self, vault: _Vault, b: _Binding) -> None:
+    def __init__(self, vault: _Vault, b: _Binding, code_line: str | None = None) -> None:
         self._vault = vault
         self._b = b
+        self.code_line = code_line
         self.authority = b.session.authority
         self.workspace = b.session.workspace
 
@@ -582,6 +583,7 @@ class _OpContext:
             origin=origin,
             summary=check.summary,
             details=check.details,
+            code_line=self.code_line,
             grant_as=check.grant_as,
         )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json as _json
+import linecache
 import os
 import subprocess
 import sys
@@ -28,13 +29,23 @@ _EVENT = "cave.security"
 
 def _call(handle: object, op: str, args: tuple[Any, ...], _audit: Any = sys.audit) -> Any:
     box: list[Any] = []
-    _audit(_EVENT, "call", (handle, op, args), box)
+    _audit(_EVENT, "call", (handle, op, args, _code_line()), box)
     if not box:
         raise AuthorityError(
             f"{op}: Cave's guard did not answer, so nothing was done. The security layer is not "
             "installed in this process (or sys.audit was replaced); restart the kernel."
         )
     return box[0]
+
+
+def _code_line() -> str | None:
+    """The agent's line that called the primitive, for the approver (display only)."""
+    try:
+        frame = sys._getframe(3)  # _code_line <- _call <- the primitive method <- its caller
+        line = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
+    except (ValueError, PermissionError):
+        return None
+    return line[:500] or None
 
 
 def _text(value: Any, what: str) -> str:

@@ -3,6 +3,8 @@ runner that executes code as agent code (in a worker thread, inside ``agent_code
 
 from __future__ import annotations
 
+import itertools
+import linecache
 import os
 import threading
 import traceback
@@ -12,6 +14,8 @@ from typing import Any
 
 from cave.approvals._protocol import ApprovalRequest, Decision
 from cave.security import AuditLog, Policy, Security
+
+_steps = itertools.count(1)
 
 
 class ScriptedChannel:
@@ -101,10 +105,13 @@ class Session:
         ns["__name__"] = "__agent__"
         out = Outcome(ns)
 
+        filename = f"<cave-test-agent-{next(_steps)}>"
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+
         def worker() -> None:
             try:
                 with self.security.agent_code():
-                    exec(compile(code, "<cave-test-agent>", "exec"), ns)
+                    exec(compile(code, filename, "exec"), ns)
             except BaseException as exc:  # noqa: B036
                 out.error = exc
                 out.trace = traceback.format_exc()

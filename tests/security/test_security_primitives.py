@@ -66,6 +66,7 @@ def test_write_request_carries_bytes_hash_and_preview(s: Session) -> None:
     assert req.capability == f"fs.write:{target}"
     assert req.details["bytes"] == 11 and req.details["preview"] == "hello world"
     assert len(req.details["sha256"]) == 64 and "11 bytes" in req.summary
+    assert req.code_line is not None and req.code_line.startswith("fs.write(")
     assert target.read_text() == "hello world"
 
 
