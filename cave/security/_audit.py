@@ -280,6 +280,8 @@ def _read_head(path: Path) -> tuple[int, str] | None:
         raw = Path(str(path) + ".head").read_bytes()
     except FileNotFoundError:
         return None
+    if not raw.strip():  # created, nothing appended yet (a log with records always has one)
+        return (0, GENESIS)
     try:
         data = json.loads(raw)
         return int(data["seq"]), str(data["hash"])

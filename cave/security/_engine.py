@@ -67,6 +67,11 @@ class SessionAuthority:
         self._policy = policy
         self.channel = channel
         self.audit = audit
+        # Bound methods, taken now: replacing channel.decide or audit.record later (they are
+        # objects agent code can reach) does not change what this session calls.
+        self._decide = channel.decide
+        self._answer = getattr(channel, "answer", None)
+        self._write = audit.record
         self.protected = tuple(os.path.realpath(p) for p in protected)
         self._start_thread = start_thread or _plain_thread
         self._lock = threading.Lock()
@@ -153,7 +158,9 @@ class SessionAuthority:
     def ask_human(self, question: str, *, origin: str = "human.ask") -> str:
         """Put a free-text question to the person; PermissionError if nobody answers."""
         request = self._request(Capability("human", "ask"), question, {"question": question}, None)
-        answer = self._aside(lambda cancelled: _answer(self.channel, request, cancelled), request)
+        answer = self._aside(
+            lambda cancelled: _answer(self._decide, self._answer, request, cancelled), request
+        )
         self._record("human.ask", id=request.id, question=question, answered=answer is not None)
         if answer is None:
             raise PermissionError(
@@ -172,8 +179,9 @@ class SessionAuthority:
 
     # -- grants (checkpoints) --------------------------------------------------------------
     def grants(self) -> tuple[Grant, ...]:
+        """Copies: a frozen dataclass can still be changed with object.__setattr__."""
         with self._lock:
-            return self._grants.all()
+            return tuple(g.copy() for g in self._grants.all())
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -222,7 +230,7 @@ class SessionAuthority:
     ) -> Permit:
         request = self._request(capability, summary, details, code_line)
         started = time.monotonic()
-        decision = self._aside(lambda cancelled: self.channel.decide(request, cancelled), request)
+        decision = self._aside(lambda cancelled: self._decide(request, cancelled), request)
         if not isinstance(decision, Decision):
             decision = Decision.DENY
         self._record(
@@ -316,20 +324,24 @@ class SessionAuthority:
             "denied", capability=str(capability), origin=origin, summary=summary, reason=why
         )
 
-    def _record(self, kind: str, **fields: Any) -> None:
-        self.audit.record(kind, **fields)
+    def record(self, kind: str, /, **fields: Any) -> None:
+        """Write an audit record through the sink this session was given."""
+        self._write(kind, **fields)
+
+    _record = record
 
 
 def _plain_thread(fn: Callable[[], None]) -> None:
     threading.Thread(target=fn, name="cave-approval", daemon=True).start()
 
 
-def _answer(channel: Any, request: ApprovalRequest, cancelled: threading.Event) -> str | None:
-    answer = getattr(channel, "answer", None)
+def _answer(
+    decide: Any, answer: Any, request: ApprovalRequest, cancelled: threading.Event
+) -> str | None:
     if callable(answer):
         result = answer(request, cancelled)
         return None if result is None else str(result)
-    decision = channel.decide(request, cancelled)
+    decision = decide(request, cancelled)
     if decision in (Decision.APPROVE_ONCE, Decision.APPROVE_SESSION):
         return "yes"
     if decision is Decision.DENY:

@@ -61,6 +61,13 @@ class Grant(metaclass=_NoPublicConstructor):
             return capability.resource == root or capability.resource.startswith(root + "/")
         return resource == capability.resource
 
+    def copy(self) -> Grant:
+        """An equal grant that shares nothing with this one (what callers outside get)."""
+        grant: Grant = Grant._create(
+            self.id, self.capability, self.scope, self.granted_at, self.request_id
+        )
+        return grant
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,

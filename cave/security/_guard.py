@@ -332,7 +332,7 @@ class _Vault:
 
     def _summarise(self, b: _Binding) -> None:
         if b.counts:
-            b.session.authority.audit.record("guard.summary", allowed=dict(b.counts))
+            b.session.authority.record("guard.summary", allowed=dict(b.counts))
             b.counts.clear()
 
     def _op_thread(self, b: _Binding | None, payload: tuple[Any, ...]) -> Any:
@@ -502,7 +502,7 @@ class _Vault:
         if permit.via == "policy":
             b.counts[event] = b.counts.get(event, 0) + 1
         else:
-            b.session.authority.audit.record(
+            b.session.authority.record(
                 "guard.allowed",
                 event=event,
                 capability=str(cap),
@@ -544,7 +544,7 @@ class _Vault:
         return True
 
     def _refuse(self, b: _Binding, event: str, reason: str) -> Any:
-        b.session.authority.audit.record("guard.refused", event=event, reason=reason)
+        b.session.authority.record("guard.refused", event=event, reason=reason)
         return (PermissionError, (f"Cave guard: {reason}",))
 
     def _exec_outside(self, args: tuple[Any, ...]) -> Any:
@@ -556,7 +556,7 @@ class _Vault:
         for session in list(self.sessions.values()):
             marker = session.exec_marker
             if marker and filename.startswith(marker):
-                session.authority.audit.record("guard.refused", event="exec", reason=filename)
+                session.authority.record("guard.refused", event="exec", reason=filename)
                 return (
                     PermissionError,
                     (

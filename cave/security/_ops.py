@@ -85,14 +85,14 @@ def _settled(
             record["error"] = error[:500]
         if ok and fields is not None:
             record.update(fields(result))
-        ctx.authority.audit.record("primitive", **record)
+        ctx.authority.record("primitive", **record)
 
 
 def _denied(ctx: _OpContext, op: str, check: Check) -> Permit:
     try:
         return ctx.permit(check, op)
     except PermissionError as exc:
-        ctx.authority.audit.record(
+        ctx.authority.record(
             "primitive", op=op, capability=str(check.capability), ok=False, error=str(exc)[:500]
         )
         raise

@@ -572,6 +572,26 @@ TECHNIQUES: list[Technique] = [
         note="setting a class attribute raises no audit event in CPython 3.11",
     ),
     T(
+        "guard-replace-channel-decide",
+        "guard",
+        "import cave\nfrom cave.approvals._protocol import Decision\n"
+        "ch = cave.session().approvals\n"
+        "ch.decide = lambda request, cancelled: Decision.APPROVE_SESSION\ntry:\n"
+        "    data = open({SECRET!r}).read()\nfinally:\n    del ch.decide",
+        "asked",
+        "fs.read:{SECRET}",
+        "the session keeps the channel's bound method from when it was built",
+    ),
+    T(
+        "guard-silence-audit-record",
+        "guard",
+        "import cave\nlog = cave.session().audit\nlog.record = lambda *a, **k: None\ntry:\n"
+        "    data = open({SECRET!r}).read()\nfinally:\n    del log.record",
+        "asked",
+        "fs.read:{SECRET}",
+        "the session keeps the sink's bound method; the approval is still recorded",
+    ),
+    T(
         "guard-replace-cave-code",
         "guard",
         "import cave.security._guard as g\ng._ask.__code__ = (lambda op, payload: None).__code__",

@@ -167,6 +167,16 @@ def test_appended_forged_records_are_found(tmp_path: Path) -> None:
     assert not report.ok and report.line == 7 and "after the head" in (report.problem or "")
 
 
+def test_an_empty_log_verifies_and_an_emptied_head_is_caught(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    AuditLog(path).close()
+    assert verify(path).ok and verify(path).records == 0
+    make_log(path, 3)
+    Path(str(path) + ".head").write_text("")
+    report = verify(path)
+    assert not report.ok and "after the head" in (report.problem or "")
+
+
 def test_garbage_line_and_missing_file(tmp_path: Path) -> None:
     path = make_log(tmp_path / "audit.jsonl")
     text = lines(path)

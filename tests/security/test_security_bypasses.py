@@ -174,3 +174,40 @@ def test_thread_bootstrap_frame_holds_nothing_useful(s: Session) -> None:
     flat = {name for names in out.namespace["seen"] for name in names}
     assert "function" in flat  # Cave's _child_bootstrap frame is there...
     assert not flat & {"ticket", "_handle", "vault", "binding", "session"}  # ...holding nothing
+
+
+def test_a_channels_internal_state_is_reachable(tmp_path: Path, secret: Path) -> None:
+    """The approval channel is the integrator's object and agent code can reach it; the
+    session holds its bound ``decide``, but what ``decide`` reads can be changed."""
+    import io
+
+    from cave.approvals._console import ConsoleChannel
+
+    console = ConsoleChannel(io.StringIO(""), io.StringIO())  # EOF: would deny
+    s = make_session(tmp_path, console)
+    try:
+        out = s.run(
+            f"chan.input = io.StringIO('s\\n')\ndata = open({str(secret)!r}).read()",
+            chan=console,
+            io=io,
+        )
+        assert out.namespace.get("data") == "TOPSECRET-42"  # approved "for the session"
+    finally:
+        s.security.close()
+        s.log.close()
+
+
+def test_swapping_the_audit_logs_descriptors_silences_it(s: Session) -> None:
+    s.log.record("start", note="a record before the agent runs")
+    out = s.run(
+        "import os\n"
+        "null = os.open('/dev/null', os.O_WRONLY)\n"
+        "log._fd = null\n"
+        "log._head_fd = os.open('/dev/null', os.O_RDWR)\n",
+        log=s.log,
+    )
+    assert out.error is None, out.trace
+    before = s.log.path.read_bytes()
+    s.run("fs.read('/etc/hostname')")  # asked and denied: the records go to /dev/null
+    assert s.log.path.read_bytes() == before
+    assert verify(s.log.path).ok  # and the file still verifies: nothing shows the gap

@@ -276,6 +276,20 @@ def test_agent_code_can_read_its_policy_but_gets_a_copy(s: Session) -> None:
     assert s.run("fs.read('/etc/hostname')").denied
 
 
+def test_grants_handed_out_are_copies(s: Session) -> None:
+    s.channel.decisions = [SESSION]
+    assert s.run("fs.read('/etc/hostname')").error is None
+    out = s.run(
+        "g = sec.grants[0]\n"
+        "object.__setattr__(g, 'capability', 'fs.read:/**')\n"
+        "object.__setattr__(g, 'scope', 'session')\n",
+        sec=s.security,
+    )
+    assert out.error is None
+    assert s.run("fs.read('/etc/hosts')").denied  # the session's own grant is unchanged
+    assert [g.capability for g in s.security.grants] == ["fs.read:/etc/hostname"]
+
+
 def test_agent_code_cannot_forge_audit_records(s: Session) -> None:
     out = s.run("log.record('approval', decision='approve_session')", log=s.log)
     assert out.denied and "may not write audit records" in str(out.error)
