@@ -553,9 +553,15 @@ def reconcile_approvals(session: Session) -> int:
     security = session.security
     if not tracked or queue is None or security is None:
         return 0
+    from .._errors import ApprovalError
+
     grants = []
     for rid in list(tracked):
-        record = queue.get(rid)
+        try:
+            record = queue.get(rid)
+        except ApprovalError:  # the queue was replaced or cleared: nothing left to honour
+            del tracked[rid]
+            continue
         if record.pending:
             continue
         del tracked[rid]
