@@ -17,6 +17,7 @@ from ._protocol import (
     VerifyReport,
 )
 from ._reducers import register, unregister
+from ._session_io import RestoreReport, capture, restore, save
 from ._signing import config_dir, load_or_create_secret
 from ._store import SessionStore
 
@@ -30,11 +31,15 @@ __all__ = [
     "InvalidCheckpointName",
     "Problem",
     "ProgressCallback",
+    "RestoreReport",
     "Restored",
     "SessionStore",
     "VerifyReport",
+    "capture",
     "config_dir",
     "load_or_create_secret",
     "register",
+    "restore",
+    "save",
     "unregister",
 ]
