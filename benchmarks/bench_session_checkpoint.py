@@ -48,7 +48,7 @@ def turn_times(root: Path, turns: int, auto: bool) -> list[float]:
 
     from cave._session import Session
     from cave.approvals._kernel_glue import make_channel
-    from cave.checkpoint._session_io import enable_autocheckpoint
+    from cave.checkpoint._autocheckpoint import enable_autocheckpoint
     from cave.testing import ScriptedModel, reply
 
     script = []

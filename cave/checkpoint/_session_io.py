@@ -21,6 +21,7 @@ What a restore means for each part:
   (details name the old id). Deciding one later runs nothing: an approval becomes a grant at the
   start of the next turn (``once`` or ``session``, as chosen), so the agent's next attempt at that
   capability is allowed without asking. A request's policy timeout restarts at restore.
+  (`_session_approvals`.)
 * Model and agent settings: replaced by the saved ones. The audit head is recorded, not replayed.
 
 Not guaranteed: a consistent snapshot of objects that another thread mutates while `save` runs
@@ -32,94 +33,39 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import json
-import os
-import sys
 import time
-import uuid
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._errors import CheckpointError, CheckpointNotFound
+from .._errors import CheckpointError
 from ._protocol import CheckpointInfo, Problem, Restored
+from ._session_approvals import pending_approvals, reconcile_approvals, resubmit
+from ._session_store import audit, open_store
 
 if TYPE_CHECKING:
     from .._session import Session
     from ._store import SessionStore
 
 __all__ = [
-    "AutoCheckpoint",
+    "PROGRESS_MIN_BYTES",
     "RestoreReport",
     "STATE_VERSION",
-    "STORE_ENV",
     "capture",
-    "enable_autocheckpoint",
-    "fresh_name",
-    "open_store",
-    "reconcile_approvals",
     "restore",
     "save",
     "skip_names",
-    "store_url",
 ]
 
 STATE_VERSION = 1
-STORE_ENV = "CAVE_CHECKPOINTS"
-"""A store URL or directory that overrides ``<session dir>/checkpoints``."""
 RESERVED = frozenset({"exit", "quit"})
 PROGRESS_MIN_BYTES = 64 << 20
 """Saves and restores smaller than this show no progress bar (a bar per small turn is noise)."""
-
-_stores: weakref.WeakKeyDictionary[Session, tuple[str, SessionStore]] = (
-    weakref.WeakKeyDictionary()
-)
-_restored_requests: weakref.WeakKeyDictionary[Session, dict[str, str]] = (
-    weakref.WeakKeyDictionary()
-)
-_autos: weakref.WeakKeyDictionary[Session, AutoCheckpoint] = weakref.WeakKeyDictionary()
-
-
-# --- the store -----------------------------------------------------------------------------------
-
-
-def store_url(session: Session) -> str:
-    """``session.checkpoint_store``, ``$CAVE_CHECKPOINTS``, or ``<session dir>/checkpoints``."""
-    url = session.checkpoint_store or os.environ.get(STORE_ENV)
-    return url or str(session.directory / "checkpoints")
-
-
-def open_store(session: Session) -> SessionStore:
-    """The session's store, opened once per location (the signing key is read then)."""
-    url = store_url(session)
-    cached = _stores.get(session)
-    if cached is not None and cached[0] == url:
-        return cached[1]
-    from ._store import SessionStore
-
-    store = SessionStore(url)
-    _stores[session] = (url, store)
-    return store
 
 
 def skip_names(session: Session) -> set[str]:
     """Names the restoring session provides itself: the primitives and ``exit``/``quit``."""
     return set(session.runtime.primitives) | RESERVED
-
-
-def fresh_name(store: SessionStore) -> str:
-    """A name for ``%checkpoint save`` without one: ``cp-<UTC time>``, never an ``auto-`` name."""
-    base = "cp-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    name, n = base, 1
-    while True:
-        try:
-            store.info(name)
-        except CheckpointNotFound:
-            return name
-        except CheckpointError:
-            pass  # a tampered one by that name: do not overwrite it either
-        n += 1
-        name = f"{base}-{n}"
 
 
 # --- capture -------------------------------------------------------------------------------------
@@ -144,7 +90,7 @@ def capture(session: Session) -> tuple[Mapping[str, Any], dict[str, Any]]:
             for name, info in runtime.injected.items()
         },
         "security": security.snapshot() if security is not None else None,
-        "approvals": _pending_approvals(session),
+        "approvals": pending_approvals(session),
         "model": {
             "name": session.model_settings.name,
             "base_url": session.model_settings.base_url,
@@ -194,35 +140,6 @@ def _history_copy(history: list[dict[str, Any]], *, open_turn: bool) -> list[dic
     return messages
 
 
-def _queue(session: Session) -> Any:
-    return getattr(session.approvals, "queue", None)
-
-
-def _pending_approvals(session: Session) -> list[dict[str, Any]]:
-    """Requests this process is waiting on (a subshell save during a turn sees them)."""
-    queue = _queue(session)
-    if queue is None:
-        return []
-    me = str(queue.owner)
-    out = []
-    for r in queue.pending():
-        if r.owner != me or r.capability.startswith("human:"):
-            continue  # another kernel's, or a free-text question nobody will wait for after restore
-        timeout = None if r.deadline is None else max(0.0, r.deadline - r.created_at)
-        out.append(
-            {
-                "id": r.id,
-                "capability": r.capability,
-                "summary": r.summary,
-                "details": dict(r.details),
-                "code_line": r.code_line,
-                "created_at": r.created_at,
-                "timeout": timeout,
-            }
-        )
-    return out
-
-
 # --- save ----------------------------------------------------------------------------------------
 
 
@@ -260,11 +177,6 @@ class _Bar:
             self._bar = None
 
 
-def _audit(session: Session, kind: str, **fields: Any) -> None:
-    if session.audit is not None:
-        session.audit.record(kind, **fields)
-
-
 def save(
     session: Session,
     name: str | None = None,
@@ -282,7 +194,7 @@ def save(
         info = store.save(name, namespace, state, progress=bar, skip=skip_names(session))
     finally:
         bar.close()
-    _audit(
+    audit(
         session,
         "checkpoint.save",
         name=info.name,
@@ -472,7 +384,7 @@ def restore(
         if security is not None and plan.security is not None:
             security.restore(plan.security)
             grants = len(security.grants)
-        pending = _resubmit(session, plan.approvals, name)
+        pending = resubmit(session, plan.approvals, name)
     report = RestoreReport(
         name,
         names,
@@ -483,7 +395,7 @@ def restore(
         tuple(pending),
         restored.info,
     )
-    _audit(
+    audit(
         session,
         "checkpoint.restore",
         name=name,
@@ -498,170 +410,3 @@ def restore(
         duration_s=round(time.perf_counter() - t0, 6),
     )
     return report
-
-
-def _resubmit(
-    session: Session, approvals: list[dict[str, Any]], name: str
-) -> list[tuple[str, str, str]]:
-    """Submit the checkpoint's pending requests again, pending, owned by this process."""
-    queue = _queue(session)
-    if queue is None or not approvals:
-        return []
-    from ..approvals._protocol import ApprovalRequest
-
-    sweep = getattr(session.approvals, "sweep", None)
-    if callable(sweep):
-        sweep(force=True)  # the saving kernel's own requests expire first, if it is gone
-    tracked = _restored_requests.setdefault(session, {})
-    out = []
-    for a in approvals:
-        details = {**dict(a.get("details") or {}), "restored_from": a.get("id"), "checkpoint": name}
-        request = ApprovalRequest(
-            id=uuid.uuid4().hex[:8],
-            capability=str(a["capability"]),
-            summary=str(a["summary"]),
-            details=details,
-            code_line=a.get("code_line"),
-            created_at=time.time(),
-        )
-        record = queue.submit(request, timeout=a.get("timeout"))
-        tracked[record.id] = record.capability
-        out.append((record.id, str(a.get("id")), record.capability))
-        _audit(
-            session,
-            "approval.requested",
-            id=record.id,
-            capability=record.capability,
-            summary=record.summary,
-            state=record.state,
-            restored_from=a.get("id"),
-            checkpoint=name,
-        )
-    if _reconcile_hook not in session.before_turn:
-        session.before_turn.append(_reconcile_hook)
-    return out
-
-
-def reconcile_approvals(session: Session) -> int:
-    """Turn decided requests that came back from a checkpoint into grants; returns how many.
-
-    Runs at the start of each turn (registered by `restore`) and before each save. Nothing waits
-    for such a request, so an approval cannot resume code: it only lets the next attempt through.
-    """
-    tracked = _restored_requests.get(session)
-    queue = _queue(session)
-    security = session.security
-    if not tracked or queue is None or security is None:
-        return 0
-    from .._errors import ApprovalError
-
-    grants = []
-    for rid in list(tracked):
-        try:
-            record = queue.get(rid)
-        except ApprovalError:  # the queue was replaced or cleared: nothing left to honour
-            del tracked[rid]
-            continue
-        if record.pending:
-            continue
-        del tracked[rid]
-        if record.state == "approved" and record.scope in ("once", "session"):
-            grants.append(
-                {
-                    "id": uuid.uuid4().hex[:12],
-                    "capability": record.capability,
-                    "scope": record.scope,
-                    "granted_at": record.decided_at or time.time(),
-                    "request_id": record.id,
-                }
-            )
-    if grants:
-        snapshot = security.snapshot()
-        snapshot["grants"] = [*snapshot.get("grants", ()), *grants]
-        security.restore(snapshot)
-        for g in grants:
-            _audit(
-                session,
-                "grant",
-                capability=g["capability"],
-                scope=g["scope"],
-                grant=g["id"],
-                request=g["request_id"],
-                via="approval of a request restored from a checkpoint",
-            )
-    return len(grants)
-
-
-def _reconcile_hook(session: Session) -> None:
-    reconcile_approvals(session)
-
-
-# --- auto-checkpoints ----------------------------------------------------------------------------
-
-
-class AutoCheckpoint:
-    """Saves ``auto-<seq>`` after each turn (in the turn's thread), keeping the newest ``keep``.
-
-    A failure is printed to stderr (the cell) and audited as ``checkpoint.error``; it never
-    replaces the turn's result. Unpicklable objects are printed when the set of them changes.
-    """
-
-    def __init__(self, keep: int = 20) -> None:
-        if keep < 1:
-            raise ValueError("autocheckpoint_keep must be at least 1")
-        self.keep = keep
-        self.enabled = True
-        self.last: CheckpointInfo | None = None
-        self.last_error: str | None = None
-        self._mark: int | None = None
-        self._unpicklable: tuple[str, ...] = ()
-
-    def note_turn_start(self, session: Session) -> None:
-        self._mark = len(session.history)
-
-    def auto_checkpoint(self, session: Session, completed: bool) -> None:
-        if not self.enabled:
-            return
-        if not completed and self._mark is not None and len(session.history) == self._mark:
-            return  # the turn failed before anything happened
-        try:
-            info = save(session, None, auto=True)
-            store = open_store(session)
-            if store.prune(self.keep):
-                store.gc()
-        except Exception as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            print(
-                f"[cave] auto-checkpoint failed: {self.last_error}\nThe turn's result is kept; "
-                "the previous checkpoints are intact. `%checkpoint save NAME` retries, "
-                "`%checkpoint auto off` stops trying.",
-                file=sys.stderr,
-            )
-            try:
-                _audit(session, "checkpoint.error", auto=True, error=self.last_error[:2000])
-            except Exception:
-                pass
-            return
-        self.last, self.last_error = info, None
-        names = tuple(p.name for p in info.unpicklable)
-        if names and names != self._unpicklable:
-            lines = [f"[cave] auto-checkpoint {info.name} left out what cannot be pickled:"]
-            lines += [f"  {p.name} ({p.type}): {p.reason}" for p in info.unpicklable]
-            print("\n".join(lines), file=sys.stderr)
-        self._unpicklable = names
-
-
-def enable_autocheckpoint(session: Session, *, keep: int = 20) -> AutoCheckpoint:
-    """Checkpoint ``session`` after each of its turns (idempotent; returns the hook's state)."""
-    auto = _autos.get(session)
-    if auto is None:
-        auto = AutoCheckpoint(keep)
-        _autos[session] = auto
-        session.before_turn.append(auto.note_turn_start)
-        session.after_turn.append(auto.auto_checkpoint)
-    auto.keep, auto.enabled = keep, True
-    return auto
-
-
-def autocheckpoint_of(session: Session) -> AutoCheckpoint | None:
-    return _autos.get(session)

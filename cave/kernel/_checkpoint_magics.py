@@ -52,7 +52,7 @@ def _print(text: str) -> None:
 
 def checkpoint_magic(line: str) -> None:
     """``%checkpoint save|list|restore|diff|auto``; ``%checkpoint help`` for the usage."""
-    from ..checkpoint._session_io import open_store
+    from ..checkpoint._session_store import open_store
 
     args = shlex.split(line)
     command, rest = (args[0], args[1:]) if args else ("list", [])
@@ -80,7 +80,8 @@ def checkpoint_magic(line: str) -> None:
 
 
 def _save(session: Any, name: str | None) -> None:
-    from ..checkpoint._session_io import fresh_name, open_store, save
+    from ..checkpoint._session_io import save
+    from ..checkpoint._session_store import fresh_name, open_store
 
     store = open_store(session)
     t0 = time.perf_counter()
@@ -95,7 +96,7 @@ def _save(session: Any, name: str | None) -> None:
 
 
 def _auto(session: Any, setting: str | None) -> None:
-    from ..checkpoint._session_io import autocheckpoint_of, enable_autocheckpoint
+    from ..checkpoint._autocheckpoint import autocheckpoint_of, enable_autocheckpoint
 
     auto = autocheckpoint_of(session)
     if setting is not None:

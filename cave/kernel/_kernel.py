@@ -112,7 +112,7 @@ class CaveKernel(IPythonKernel):
         )
         session.checkpoint_store = self.checkpoints
         if self.autocheckpoint:
-            from ..checkpoint._session_io import enable_autocheckpoint
+            from ..checkpoint._autocheckpoint import enable_autocheckpoint
 
             enable_autocheckpoint(session, keep=self.autocheckpoint_keep)
         return session

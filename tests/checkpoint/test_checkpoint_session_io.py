@@ -22,13 +22,9 @@ from cave._errors import CheckpointError, CheckpointTampered, ConfigError
 from cave._session import Session
 from cave.approvals._kernel_glue import make_channel
 from cave.checkpoint import Restored, SessionStore
-from cave.checkpoint._session_io import (
-    capture,
-    enable_autocheckpoint,
-    open_store,
-    restore,
-    save,
-)
+from cave.checkpoint._autocheckpoint import enable_autocheckpoint
+from cave.checkpoint._session_io import capture, restore, save
+from cave.checkpoint._session_store import open_store
 from cave.security import parse_rule
 from cave.testing import ScriptedModel, reply
 
