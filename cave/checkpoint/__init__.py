@@ -17,7 +17,8 @@ from ._protocol import (
     VerifyReport,
 )
 from ._reducers import register, unregister
-from ._session_io import RestoreReport, capture, restore, save
+from ._session_io import restore, save
+from ._session_state import RestoreReport, capture
 from ._signing import config_dir, load_or_create_secret
 from ._store import SessionStore
 

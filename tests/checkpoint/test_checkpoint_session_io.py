@@ -23,7 +23,8 @@ from cave._session import Session
 from cave.approvals._kernel_glue import make_channel
 from cave.checkpoint import Restored, SessionStore
 from cave.checkpoint._autocheckpoint import enable_autocheckpoint
-from cave.checkpoint._session_io import capture, restore, save
+from cave.checkpoint._session_io import restore, save
+from cave.checkpoint._session_state import capture
 from cave.checkpoint._session_store import open_store
 from cave.security import parse_rule
 from cave.testing import ScriptedModel, reply
@@ -403,3 +404,36 @@ def test_progress_bar_only_for_large_transfers(places, monkeypatch, capsys) -> N
         assert "checkpoint restore" in capsys.readouterr().err
     finally:
         closing([a])
+
+
+def test_restore_audit_record_matches_the_report_for_a_name_and_for_a_loaded_checkpoint(
+    places, monkeypatch
+) -> None:
+    a_place, b_place = places
+    a = a_place.session(monkeypatch)
+    b = b_place.session(monkeypatch)
+    try:
+        ns = a.runtime.namespace
+        lock = threading.Lock()
+        ns.update(x=1, lock=lock)
+        save(a, "base")
+        ns["x"] = 2
+        report = restore(a, "base")
+        record = [r for r in audit_records(a) if r["kind"] == "checkpoint.restore"][-1]
+        assert record["name"] == "base" and record["store"] == open_store(a).url
+        assert record["objects"] == len(report.objects) == 1 and ns["x"] == 1
+        assert record["problems"] == [f"lock: {report.problems[0].reason}"]
+        assert record["kept"] == ["lock"] and list(report.kept) == ["lock"]
+        assert record["messages"] == report.messages and record["grants"] == report.grants
+        assert record["approvals"] == [] and record["checkpoint_audit_head"] is not None
+
+        # A checkpoint loaded elsewhere: its objects are copied in, and no store is recorded.
+        loaded = SessionStore(a_place.store).load("base")
+        b.runtime.namespace["later"] = "made before the restore"
+        report = restore(b, loaded)
+        assert b.runtime.namespace["x"] == 1 and "later" not in b.runtime.namespace
+        assert report.name == "base" and report.objects == ("x",)
+        record = [r for r in audit_records(b) if r["kind"] == "checkpoint.restore"][-1]
+        assert record["name"] == "base" and record["store"] is None and record["objects"] == 1
+    finally:
+        closing([a, b])
