@@ -12,11 +12,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._channel import KernelApprovalChannel
     from ._cli import decide, list_requests
+    from ._console import AutoDenyChannel, ConsoleChannel
     from ._kernel_glue import install, make_channel, session_channel
+    from ._protocol import AnswerChannel, ApprovalChannel, ApprovalRequest, Decision
     from ._queue import AlreadyDecided, ApprovalQueue, ApprovalRecord, UnknownRequest
     from ._widget import ApprovalView
 
 _WHERE = {
+    "AnswerChannel": "._protocol",
+    "ApprovalChannel": "._protocol",
+    "ApprovalRequest": "._protocol",
+    "AutoDenyChannel": "._console",
+    "ConsoleChannel": "._console",
+    "Decision": "._protocol",
     "AlreadyDecided": "._queue",
     "ApprovalQueue": "._queue",
     "ApprovalRecord": "._queue",
@@ -32,9 +40,15 @@ _WHERE = {
 
 __all__ = [
     "AlreadyDecided",
+    "AnswerChannel",
+    "ApprovalChannel",
     "ApprovalQueue",
     "ApprovalRecord",
+    "ApprovalRequest",
     "ApprovalView",
+    "AutoDenyChannel",
+    "ConsoleChannel",
+    "Decision",
     "KernelApprovalChannel",
     "UnknownRequest",
     "decide",

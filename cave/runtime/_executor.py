@@ -110,6 +110,19 @@ _clear_exc_fn: Any = None
 
 def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> int:
     """Schedule ``exc`` in thread ``thread_id`` (or clear a scheduled one when ``exc`` is None)."""
+    _resolve_async_exc()
+    if exc is None:
+        return int(_clear_exc_fn(thread_id, None))
+    return int(_set_exc_fn(thread_id, exc))
+
+
+def _resolve_async_exc() -> None:
+    """Look up ``PyThreadState_SetAsyncExc`` once, before any agent code runs.
+
+    The watchdog and re-fire threads are started inside agent code, so the guard treats them as
+    agent threads and refuses the ``dlsym`` a first lookup would make there: timeouts would
+    never fire. ``Executor.__init__`` calls this, outside any guarded block.
+    """
     global _set_exc_fn, _clear_exc_fn
     if _set_exc_fn is None:
         import ctypes
@@ -122,9 +135,26 @@ def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> int:
         _clear_exc_fn = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(
             ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
         )
-    if exc is None:
-        return int(_clear_exc_fn(thread_id, None))
-    return int(_set_exc_fn(thread_id, exc))
+
+
+class _Disarmed(BaseException):
+    """Private stand-in for a stop that arrived too late; raised and swallowed in ``disarm``."""
+
+
+def _swallow_pending(thread_id: int) -> None:
+    """Replace a stop still scheduled for this (the calling) thread, and let it arrive here.
+
+    Clearing with ``PyThreadState_SetAsyncExc(id, NULL)`` instead leaves CPython 3.11's
+    eval-breaker flag set, after which any thread running with a trace function (pdb, coverage)
+    spins forever. Delivering a private exception clears the flag the normal way.
+    """
+    try:  # delivery can come as soon as the call below returns: schedule inside the try
+        _set_async_exc(thread_id, _Disarmed)
+        for _ in range(1_000_000):  # a backward jump checks the eval breaker: delivery is prompt
+            pass
+    except _Disarmed:
+        return
+    _set_async_exc(thread_id, None)  # not delivered (never seen): clear as a last resort
 
 
 class _RunState:
@@ -183,8 +213,9 @@ class _RunState:
             try:
                 with self.lock:
                     self.active = False
-                    if self.fired:
-                        _set_async_exc(self.thread_id, None)
+                    fired = self.fired
+                if fired:
+                    _swallow_pending(self.thread_id)
                 self.done.set()
                 return
             except (StepTimeout, KeyboardInterrupt):
@@ -411,6 +442,7 @@ class Executor:
         value_chars: int = 2000,
         refire_interval: float = 1.0,
     ) -> None:
+        _resolve_async_exc()  # now, outside the guard: see _resolve_async_exc
         self.namespace = namespace
         self.head_chars = head_chars
         self.tail_chars = tail_chars

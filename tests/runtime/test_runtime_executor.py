@@ -304,11 +304,13 @@ def test_no_late_async_exception_escapes_after_run_returns() -> None:
     # Timeouts that expire before, around and after the moment the code finishes, re-fired every
     # 2 ms: an exception still scheduled (or re-fired) after run() returns would surface in the
     # busy loop below, outside any run.
+    # The code runs 30 ms; timeouts go from 4 ms (always fires, even with the 5 ms GIL switch
+    # interval) to 43 ms (never fires), so both outcomes occur and the edge is crossed in between.
     ex = make(refire_interval=0.002)
-    code = "import time\nt = time.perf_counter()\nwhile time.perf_counter() - t < 0.01:\n    pass"
+    code = "import time\nt = time.perf_counter()\nwhile time.perf_counter() - t < 0.03:\n    pass"
     outcomes = []
     for i in range(40):
-        r = run(code, ex, timeout=0.004 + 0.0003 * i)
+        r = run(code, ex, timeout=0.004 + 0.001 * i)
         outcomes.append(r.timed_out)
         deadline = time.perf_counter() + 0.02
         while time.perf_counter() < deadline:
