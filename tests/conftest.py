@@ -25,7 +25,7 @@ for _var in (
     "OPENAI_BASE_URL",
 ):
     os.environ.pop(_var, None)
-# Kernels auto-checkpoint: keep their signing secret (and any user policy) out of the real ~/.config.
+# Kernels auto-checkpoint: keep their signing secret out of the real ~/.config.
 os.environ["CAVE_CONFIG_DIR"] = str(_DATA / "config")
 
 from cave.kernel._install import write_kernelspec  # noqa: E402
