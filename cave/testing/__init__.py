@@ -10,6 +10,7 @@ from ._kernel_harness import CellResult, KernelHarness
 from ._loopback import RecordedRequest
 from ._openai_server import OpenAIServer
 from ._script import Failure, Reply, Script, load_script, reply
+from ._scripted_kernel import ScriptedKernel
 from ._scripted_model import ScriptedModel
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "RecordedRequest",
     "Reply",
     "Script",
+    "ScriptedKernel",
     "ScriptedModel",
     "load_script",
     "reply",

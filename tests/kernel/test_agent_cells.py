@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,60 +18,25 @@ import pytest
 from cave.testing._anthropic_server import AnthropicServer
 from cave.testing._kernel_harness import KernelHarness
 from cave.testing._script import Failure, Reply, reply
+from cave.testing._scripted_kernel import ScriptedKernel
 
 pytestmark = pytest.mark.slow
 
 
-class Scripted:
-    """One server and one kernel pointed at it; the script is swapped per test."""
-
-    def __init__(self) -> None:
-        self.replies: list[Any] = []
-        self._seen = 0
-        self.server = AnthropicServer(self._next)
-        self.server.start()
-        self.workdir = tempfile.mkdtemp(prefix="cave-agent-cells-")
-        self.kernel = KernelHarness(
-            cwd=self.workdir,
-            env={"ANTHROPIC_BASE_URL": self.server.base_url, "ANTHROPIC_API_KEY": "sk-ant-test"},
-        )
-        self.kernel.start()
-
-    def _next(self, request: dict[str, Any]) -> Any:
-        if not self.replies:
-            return Failure(500, "api_error", "the test script has no reply left")
-        return self.replies.pop(0)
-
-    def script(self, *replies: Any) -> None:
-        self.replies = list(replies)
-        self._seen = len(self.server.requests)
-
-    @property
-    def requests(self) -> list[Any]:
-        """Requests the server received since the last ``script()``."""
-        return self.server.requests[self._seen :]
-
-    def close(self) -> None:
-        self.kernel.stop()
-        self.server.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
-def cave() -> Iterator[Scripted]:
-    scripted = Scripted()
-    try:
+def cave() -> Iterator[ScriptedKernel]:
+    with ScriptedKernel() as scripted:
         yield scripted
-    finally:
-        scripted.close()
 
 
-def _bodies(scripted: Scripted) -> list[str]:
+def _bodies(scripted: ScriptedKernel) -> list[str]:
     return [json.dumps(r.body) for r in scripted.requests]
 
 
-def test_dataframe_turn_shows_manifest_not_data_and_returns_live_result(cave: Scripted) -> None:
-    setup = cave.kernel.execute(
+def test_dataframe_turn_shows_manifest_not_data_and_returns_live_result(
+    cave: ScriptedKernel,
+) -> None:
+    setup = cave.execute(
         "import numpy as np, pandas as pd, cave\n"
         "rng = np.random.default_rng(0)\n"
         "n = 100_000\n"
@@ -98,7 +61,7 @@ def test_dataframe_turn_shows_manifest_not_data_and_returns_live_result(cave: Sc
         ),
         reply("The **fastest-growing** region is `" + "west" + "` (see `result`)."),
     )
-    cell = cave.kernel.execute("%%agent -o result\nwhich region grew fastest?", timeout=120)
+    cell = cave.execute("%%agent -o result\nwhich region grew fastest?", timeout=120)
     assert cell.status == "ok", cell.all_text
 
     bodies = _bodies(cave)
@@ -125,7 +88,7 @@ def test_dataframe_turn_shows_manifest_not_data_and_returns_live_result(cave: Sc
     tokens_in = int(re.search(r"([\d,]+) in /", footer[-1]).group(1).replace(",", ""))  # type: ignore[union-attr]
     assert tokens_in > 0
 
-    check = cave.kernel.execute(
+    check = cave.execute(
         "import pandas as pd\n"
         "assert result is cave.retrieve('result')\n"
         "assert isinstance(result, pd.Series) and len(result) == 4\n"
@@ -134,15 +97,15 @@ def test_dataframe_turn_shows_manifest_not_data_and_returns_live_result(cave: Sc
     assert check.status == "ok", check.all_text
 
 
-def test_variables_persist_between_turns_and_one_line_agent_works(cave: Scripted) -> None:
+def test_variables_persist_between_turns_and_one_line_agent_works(cave: ScriptedKernel) -> None:
     cave.script(
         reply("", "counter = 41"),
         reply("Set counter."),
         reply("", "counter += 1\nprint(counter)"),
         reply("Now 42."),
     )
-    assert cave.kernel.execute("%agent set a counter to 41").status == "ok"
-    second = cave.kernel.execute("%agent add one")
+    assert cave.execute("%agent set a counter to 41").status == "ok"
+    second = cave.execute("%agent add one")
     assert second.status == "ok", second.all_text
     assert "42" in second.stdout
     # The second turn continued the same conversation.
@@ -150,35 +113,35 @@ def test_variables_persist_between_turns_and_one_line_agent_works(cave: Scripted
     assert any("set a counter" in json.dumps(m) for m in messages)
 
 
-def test_retries_529_and_500_then_succeeds(cave: Scripted) -> None:
+def test_retries_529_and_500_then_succeeds(cave: ScriptedKernel) -> None:
     cave.script(
         Failure(529, "overloaded_error", "Overloaded"),
         Failure(500, "api_error", "boom"),
         reply("Fine now."),
     )
-    cell = cave.kernel.execute("%agent hello", timeout=60)
+    cell = cave.execute("%agent hello", timeout=60)
     assert cell.status == "ok", cell.all_text
     assert len(cave.requests) == 3
     assert any("Fine now." in t for t in cell.texts("text/markdown"))
 
 
-def test_persistent_server_error_is_reported_and_kernel_survives(cave: Scripted) -> None:
+def test_persistent_server_error_is_reported_and_kernel_survives(cave: ScriptedKernel) -> None:
     cave.script(*[Failure(400, "invalid_request_error", "messages: bad shape")] * 2)
-    cell = cave.kernel.execute("%agent hello", timeout=60)
+    cell = cave.execute("%agent hello", timeout=60)
     assert cell.status == "error"
     assert cell.error is not None and cell.error["ename"] == "ModelResponseError"
     assert "invalid_request_error" in cell.error["evalue"]
-    assert cave.kernel.execute("1 + 1").status == "ok"
+    assert cave.execute("1 + 1").status == "ok"
 
 
-def test_malformed_tool_input_code_error_and_huge_output(cave: Scripted) -> None:
+def test_malformed_tool_input_code_error_and_huge_output(cave: ScriptedKernel) -> None:
     cave.script(
         Reply(raw_tool_input='{"code": 12'),
         reply("", "1 / 0"),
         reply("", "print('x' * 10_000_000)"),
         reply("Done despite the trouble."),
     )
-    cell = cave.kernel.execute("%agent try things", timeout=120)
+    cell = cave.execute("%agent try things", timeout=120)
     assert cell.status == "ok", cell.all_text
     assert "unusable tool input" in cell.stderr
     assert "ZeroDivisionError" in cell.stderr
@@ -188,10 +151,10 @@ def test_malformed_tool_input_code_error_and_huge_output(cave: Scripted) -> None
     bodies = _bodies(cave)
     assert "ZeroDivisionError" in bodies[2]
     assert "omitted" in bodies[3] and len(bodies[3]) < 200_000
-    assert cave.kernel.execute("print('alive')").stdout.strip() == "alive"
+    assert cave.execute("print('alive')").stdout.strip() == "alive"
 
 
-def test_interrupt_stops_an_infinite_loop_within_a_second(cave: Scripted) -> None:
+def test_interrupt_stops_an_infinite_loop_within_a_second(cave: ScriptedKernel) -> None:
     cave.script(reply("Looping.", "spins = 0\nwhile True:\n    spins += 1"), reply("never sent"))
     sent: dict[str, float] = {}
 
@@ -202,7 +165,7 @@ def test_interrupt_stops_an_infinite_loop_within_a_second(cave: Scripted) -> Non
             sent["interrupt"] = time.monotonic()
             kernel.interrupt()
 
-    cell = cave.kernel.execute("%agent spin", timeout=30, on_message=interrupt_when_code_shows)
+    cell = cave.execute("%agent spin", timeout=30, on_message=interrupt_when_code_shows)
     stopped_after = time.monotonic() - sent["interrupt"]
     assert cell.status == "error"
     assert cell.error is not None and cell.error["ename"] == "TurnInterrupted"
@@ -211,11 +174,11 @@ def test_interrupt_stops_an_infinite_loop_within_a_second(cave: Scripted) -> Non
         stopped_after
     )  # the latency itself is measured in benchmarks/bench_kernel.py
     assert len(cave.requests) == 1  # nothing more was asked of the model
-    after = cave.kernel.execute("import cave\nprint(cave.retrieve('spins') > 0)")
+    after = cave.execute("import cave\nprint(cave.retrieve('spins') > 0)")
     assert after.stdout.strip() == "True", after.all_text
     # The conversation stays valid: the next turn is accepted and records the interruption.
     cave.script(reply("Stopped as asked."))
-    assert cave.kernel.execute("%agent ok?").status == "ok"
+    assert cave.execute("%agent ok?").status == "ok"
     assert "stopped" in json.dumps(cave.requests[-1].body["messages"]).lower()
 
 
@@ -230,8 +193,8 @@ def test_missing_key_says_how_to_set_one_and_kernel_stays_usable(tmp_path: Path)
         assert kernel.execute("print(6 * 7)").stdout.strip() == "42"
 
 
-def test_bad_agent_options_give_usage(cave: Scripted) -> None:
-    cell = cave.kernel.execute("%%agent --max-steps lots\nhi")
+def test_bad_agent_options_give_usage(cave: ScriptedKernel) -> None:
+    cell = cave.execute("%%agent --max-steps lots\nhi")
     assert cell.status == "error"
     assert "usage: %%agent" in cell.all_text
 
