@@ -409,9 +409,8 @@ def test_progress_bar_only_for_large_transfers(places, monkeypatch, capsys) -> N
 def test_restore_audit_record_matches_the_report_for_a_name_and_for_a_loaded_checkpoint(
     places, monkeypatch
 ) -> None:
-    a_place, b_place = places
+    a_place, _ = places
     a = a_place.session(monkeypatch)
-    b = b_place.session(monkeypatch)
     try:
         ns = a.runtime.namespace
         lock = threading.Lock()
@@ -429,11 +428,11 @@ def test_restore_audit_record_matches_the_report_for_a_name_and_for_a_loaded_che
 
         # A checkpoint loaded elsewhere: its objects are copied in, and no store is recorded.
         loaded = SessionStore(a_place.store).load("base")
-        b.runtime.namespace["later"] = "made before the restore"
-        report = restore(b, loaded)
-        assert b.runtime.namespace["x"] == 1 and "later" not in b.runtime.namespace
+        ns.update(x=3, later="made after the first restore")
+        report = restore(a, loaded)
+        assert ns["x"] == 1 and "later" not in ns and ns["lock"] is lock
         assert report.name == "base" and report.objects == ("x",)
-        record = [r for r in audit_records(b) if r["kind"] == "checkpoint.restore"][-1]
+        record = [r for r in audit_records(a) if r["kind"] == "checkpoint.restore"][-1]
         assert record["name"] == "base" and record["store"] is None and record["objects"] == 1
     finally:
-        closing([a, b])
+        closing([a])
