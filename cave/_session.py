@@ -15,16 +15,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ._env import MODEL_ENV, SCRIPT_ENV, SESSION_DIR_ENV
 from ._errors import ConfigError
 from .agent._events import EventSink
 from .agent._loop import Agent, AgentSettings, TurnResult
 from .models._protocol import Model
-
-SCRIPT_ENV = "CAVE_SCRIPT"
-"""Path of a JSON script of replies: the session then uses a *scripted* model (a test fixture)."""
-MODEL_ENV = "CAVE_MODEL"
-SESSION_DIR_ENV = "CAVE_SESSION_DIR"
-"""Where the session keeps its files (audit log, approvals, checkpoints); default <cwd>/.cave."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ._env import RESUME_ENV, SESSION_DIR_ENV, STORE_ENV
 from ._errors import CaveError, ConfigError
 
 
@@ -41,8 +42,6 @@ def _lab(args: argparse.Namespace) -> int:
     return subprocess.call(argv)
 
 
-RESUME_ENV = "CAVE_RESUME"
-STORE_ENV = "CAVE_CHECKPOINTS"
 
 
 def resume_command(
@@ -152,8 +151,6 @@ def _run_notebook(path: Path, args: argparse.Namespace) -> int:
 
 
 def _session_dir(args: argparse.Namespace) -> Path:
-    from ._session import SESSION_DIR_ENV
-
     return Path(args.session_dir or os.environ.get(SESSION_DIR_ENV) or Path.cwd() / ".cave")
 
 

@@ -22,8 +22,7 @@ from ._store import SessionStore
 
 __all__ = ["add_parser", "default_store_url", "format_list", "main"]
 
-STORE_ENV = "CAVE_CHECKPOINTS"
-SESSION_DIR_ENV = "CAVE_SESSION_DIR"
+from .._env import SESSION_DIR_ENV, STORE_ENV
 
 
 def default_store_url(session_dir: str | os.PathLike[str] | None = None) -> str:

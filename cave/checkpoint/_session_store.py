@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = ["STORE_ENV", "audit", "fresh_name", "open_store", "store_url"]
 
-STORE_ENV = "CAVE_CHECKPOINTS"
+from .._env import STORE_ENV
+
 """A store URL or directory that overrides ``<session dir>/checkpoints``."""
 
 _stores: weakref.WeakKeyDictionary[Session, tuple[str, SessionStore]] = (

@@ -28,9 +28,10 @@ _BLOB_DOMAIN = b"cave-checkpoint-blob-v1\x00"
 
 
 def config_dir() -> Path:
-    """``$CAVE_CONFIG_DIR`` or ``~/.config/cave``."""
-    env = os.environ.get("CAVE_CONFIG_DIR")
-    return Path(env) if env else Path.home() / ".config" / "cave"
+    """Where the signing secret lives: see ``cave._env.config_dir``."""
+    from .._env import config_dir as user_config_dir
+
+    return user_config_dir()
 
 
 def load_or_create_secret(directory: Path | None = None) -> bytes:

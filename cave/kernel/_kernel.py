@@ -16,6 +16,7 @@ from ipykernel.ipkernel import IPythonKernel
 from traitlets import Bool, Float, Int, Unicode, default
 
 from .. import __version__
+from .._env import AUTOCHECKPOINT_ENV, AUTOCHECKPOINT_KEEP_ENV, RESUME_ENV, STORE_ENV
 
 
 class CaveKernel(IPythonKernel):
@@ -64,20 +65,20 @@ class CaveKernel(IPythonKernel):
 
     @default("resume")
     def _resume_default(self) -> str | None:
-        return os.environ.get("CAVE_RESUME") or None
+        return os.environ.get(RESUME_ENV) or None
 
     @default("checkpoints")
     def _checkpoints_default(self) -> str | None:
-        return os.environ.get("CAVE_CHECKPOINTS") or None
+        return os.environ.get(STORE_ENV) or None
 
     @default("autocheckpoint")
     def _autocheckpoint_default(self) -> bool:
-        value = os.environ.get("CAVE_AUTOCHECKPOINT", "1").strip().lower()
+        value = os.environ.get(AUTOCHECKPOINT_ENV, "1").strip().lower()
         return value not in ("0", "false", "no", "off")
 
     @default("autocheckpoint_keep")
     def _autocheckpoint_keep_default(self) -> int:
-        value = os.environ.get("CAVE_AUTOCHECKPOINT_KEEP", "20")
+        value = os.environ.get(AUTOCHECKPOINT_KEEP_ENV, "20")
         try:
             return max(1, int(value))
         except ValueError:
