@@ -40,6 +40,7 @@ from ._queue import (
     ApprovalQueue,
     ApprovalRecord,
     Owner,
+    UnknownRequest,
 )
 
 if TYPE_CHECKING:
@@ -132,25 +133,31 @@ class KernelApprovalChannel:
         self.sweep()
         if request.code_line is None and dataclasses.is_dataclass(request):
             request = dataclasses.replace(request, code_line=agent_line())
-        record = self.queue.submit(request, timeout=_timeout_of(request))
         waiter = threading.Event()
         with _WAITERS_LOCK:
-            _WAITERS[record.id] = waiter
-        self._audit("approval.requested", record)
+            _WAITERS[request.id] = waiter
+        record: ApprovalRecord | None = None
         prompt: _StdinPrompt | None = None
+        # Everything from the submit on is inside the try: an interrupt (the stop button's
+        # KeyboardInterrupt, raised between any two bytecodes of this thread) that lands after
+        # the row is committed but before submit returns must still cancel it, so the cancel
+        # goes by the request's id, not by the record we may never have received.
         try:
+            record = self.queue.submit(request, timeout=_timeout_of(request))
+            self._audit("approval.requested", record)
             self._show(record)
             prompt = self._stdin_prompt(record)
             record = self._wait(record, waiter, cancelled, prompt)
         except BaseException as exc:  # noqa: B036 - the stop button arrives as KeyboardInterrupt
-            record = self._cancel(record, f"the turn was stopped ({type(exc).__name__})")
+            record = self._cancel(request.id, f"the turn was stopped ({type(exc).__name__})")
             raise
         finally:
             with _WAITERS_LOCK:
-                _WAITERS.pop(record.id, None)
-            self._settle(record)
-            if record.state != PENDING:
-                self._audit("approval.decided", record)
+                _WAITERS.pop(request.id, None)
+            if record is not None:
+                self._settle(record)
+                if record.state != PENDING:
+                    self._audit("approval.decided", record)
         return decision_for(record)
 
     def deliver(self, request_id: str, outcome: str, *, who: str, channel: str) -> ApprovalRecord:
@@ -188,7 +195,7 @@ class KernelApprovalChannel:
             if self.queue.state(record.id) != PENDING:
                 return self.queue.get(record.id)
             if cancelled.is_set():
-                return self._cancel(record, "the turn was stopped")
+                return self._cancel(record.id, "the turn was stopped") or record
             if record.deadline is not None and time.time() >= record.deadline:
                 expired = self.queue.expire_overdue()
                 for item in expired:
@@ -203,17 +210,24 @@ class KernelApprovalChannel:
                 waiter.wait(self.poll_interval)
             waiter.clear()
 
-    def _cancel(self, record: ApprovalRecord, reason: str) -> ApprovalRecord:
+    def _cancel(self, request_id: str, reason: str) -> ApprovalRecord | None:
+        """Cancel ``request_id`` if it is pending; its row, or None if it was never submitted."""
         for _ in range(3):  # a re-fired interrupt may land in here; the write must still happen
             try:
+                self.queue.state(request_id)  # exact id: never cancel another request by prefix
                 return self.queue.decide(
-                    record.id, "cancel", who="cave", channel="interrupt", reason=reason
+                    request_id, "cancel", who="cave", channel="interrupt", reason=reason
                 )
             except AlreadyDecided as done:
                 return done.record
+            except UnknownRequest:
+                return None
             except (KeyboardInterrupt, Exception):
                 continue
-        return record
+        try:
+            return self.queue.get(request_id)
+        except Exception:
+            return None
 
     def _stdin_answer(
         self, record: ApprovalRecord, prompt: _StdinPrompt, text: str, who: str

@@ -298,17 +298,19 @@ class SessionAuthority:
             finally:
                 done.set()
 
-        with self._lock:
-            self._pending[request.id] = cancelled
+        # One try around the start and the wait: an interrupt that lands right after the helper
+        # thread started (before a nested try was entered) must cancel its request too, or the
+        # channel would wait for a person forever.
         try:
+            with self._lock:
+                self._pending[request.id] = cancelled
             self._start_thread(run)
-            try:
-                while not done.wait(0.05):
-                    pass
-            except BaseException:
-                cancelled.set()  # the stop button: let the channel settle, then re-raise
-                done.wait(5.0)
-                raise
+            while not done.wait(0.05):
+                pass
+        except BaseException:
+            cancelled.set()  # the stop button: let the channel settle, then re-raise
+            done.wait(5.0)
+            raise
         finally:
             with self._lock:
                 self._pending.pop(request.id, None)

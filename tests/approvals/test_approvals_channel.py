@@ -201,3 +201,76 @@ def test_an_expiry_first_seen_by_the_cli_still_reaches_the_audit_log(tmp_path: P
     ]
     channel.sweep(force=True)
     assert len(audit.records) == 1  # recorded once
+
+
+class _InterruptAfterCommit(ApprovalQueue):
+    """Fault injection: the stop button lands after the row is committed, before submit returns
+    (where the stress loop in the test above found it: inside ``submit``'s read-back)."""
+
+    def submit(self, request: Any, *, timeout: float | None = None) -> Any:
+        super().submit(request, timeout=timeout)
+        raise KeyboardInterrupt
+
+
+class _InterruptingAudit(Audit):
+    def record(self, kind: str, /, **fields: Any) -> None:
+        super().record(kind, **fields)
+        if kind == "approval.requested":
+            raise KeyboardInterrupt
+
+
+def test_an_interrupt_inside_submit_after_the_commit_still_cancels(tmp_path: Path) -> None:
+    channel = KernelApprovalChannel(
+        _InterruptAfterCommit(tmp_path / "approvals.db"), audit=Audit()
+    )
+    request = Req()
+    with pytest.raises(KeyboardInterrupt):
+        channel.decide(request, threading.Event())  # type: ignore[arg-type]
+    record = channel.queue.get(request.id)
+    assert record.state == "cancelled" and record.channel == "interrupt"
+    decided = [f for k, f in channel.audit.records if k == "approval.decided"]  # type: ignore[union-attr]
+    assert [f["state"] for f in decided] == ["cancelled"]
+
+
+def test_an_interrupt_before_the_wait_starts_still_cancels(tmp_path: Path) -> None:
+    channel = KernelApprovalChannel(
+        ApprovalQueue.in_directory(tmp_path), audit=_InterruptingAudit()
+    )
+    request = Req()
+    with pytest.raises(KeyboardInterrupt):
+        channel.decide(request, threading.Event())  # type: ignore[arg-type]
+    assert channel.queue.get(request.id).state == "cancelled"
+    assert wake(request.id) is False  # the waiter was unregistered
+
+
+def test_stop_button_right_after_the_request_appears_never_leaves_it_pending(
+    channel: KernelApprovalChannel,
+) -> None:
+    """The flaky window, hit on purpose: interrupt as soon as the row is visible, 20 times."""
+    for _ in range(20):
+        request = Req()
+        box: list[BaseException] = []
+
+        def run(request: Req = request, box: list[BaseException] = box) -> None:
+            try:
+                channel.decide(request, threading.Event())  # type: ignore[arg-type]
+            except BaseException as exc:  # noqa: B036 - we assert on it
+                box.append(exc)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if channel.queue.get(request.id).pending:
+                    break
+            except KeyError:
+                assert time.monotonic() < deadline, "request was never submitted"
+        assert thread.ident is not None
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(thread.ident), ctypes.py_object(KeyboardInterrupt)
+        )
+        thread.join(10)
+        assert not thread.is_alive()
+        assert box and isinstance(box[0], KeyboardInterrupt)
+        assert channel.queue.get(request.id).state == "cancelled"
