@@ -10,12 +10,20 @@ for requests that no rule matches. The decision for one capability:
 
 Grants from approvals are not part of the policy (see ``_grants``); they are consulted after the
 deny rules and before the rest.
+
+An ``ask`` rule may carry a timeout: ``ask fs.write:/data/** timeout=300 on_timeout=deny``. When
+nobody decides within ``timeout`` seconds the request expires and ``on_timeout`` decides: ``deny``
+(the default), or ``allow`` only when written out, which turns the question into a veto window
+(silence is consent). The timeout is part of the rule that decided, so the most specific rule's
+timeout applies; ``allow`` and ``deny`` rules cannot have one.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import os
+import re
 import sys
 import sysconfig
 from collections.abc import Iterable, Mapping
@@ -26,7 +34,15 @@ from typing import Any
 
 from ._capabilities import Capability, Pattern, compile_pattern, expand_kinds, parse_capability
 
-__all__ = ["DEFAULT_SECRETS", "Effect", "Policy", "Rule", "Verdict", "parse_rule"]
+__all__ = [
+    "DEFAULT_SECRETS",
+    "Effect",
+    "Policy",
+    "Rule",
+    "Verdict",
+    "parse_rule",
+    "parse_timeout",
+]
 
 
 class Effect(str, enum.Enum):
@@ -55,26 +71,98 @@ class Rule:
     effect: Effect
     source: str = "session"
     """Where the rule came from: ``default``, ``path/to/cave.toml:12``, ``session``."""
+    timeout: float | None = None
+    """``ask`` only: seconds to wait for a person before ``on_timeout`` decides; None waits."""
+    on_timeout: Effect = Effect.DENY
+    """``ask`` with a timeout only: ``deny`` (default) or ``allow`` (silence is consent)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.effect, Effect):
             object.__setattr__(self, "effect", Effect(self.effect))
+        if not isinstance(self.on_timeout, Effect):
+            object.__setattr__(self, "on_timeout", Effect(self.on_timeout))
         parse_capability(self.capability)  # raises ValueError with the reason
+        if self.timeout is not None:
+            object.__setattr__(self, "timeout", parse_timeout(self.timeout))
+            if self.effect is not Effect.ASK:
+                raise ValueError(
+                    f"timeout= only makes sense on an ask rule, not on {self.effect.value} "
+                    f"{self.capability}; drop it or write ask"
+                )
+        if self.on_timeout is Effect.ASK:
+            raise ValueError("on_timeout must be deny or allow (ask is what timed out)")
+        if self.on_timeout is Effect.ALLOW and self.timeout is None:
+            raise ValueError(
+                f"on_timeout=allow on {self.capability} needs a timeout=SECONDS to wait first"
+            )
 
     def __str__(self) -> str:
-        return f"{self.effect.value} {self.capability}"
+        text = f"{self.effect.value} {self.capability}"
+        if self.timeout is not None:
+            text += f" timeout={self.timeout:g} on_timeout={self.on_timeout.value}"
+        return text
+
+    def options(self) -> dict[str, Any]:
+        """The options beyond capability and effect, as written in TOML (empty when none)."""
+        if self.timeout is None:
+            return {}
+        return {"timeout": self.timeout, "on_timeout": self.on_timeout.value}
+
+
+_OPTION = re.compile(r"^(timeout|on_timeout)=(\S*)$")
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(s|m|h)?\s*$")
+_UNIT = {None: 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_timeout(value: Any) -> float:
+    """Seconds from ``300``, ``2.5``, ``"90s"``, ``"5m"`` or ``"1h"``; ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"timeout must be a number of seconds, not {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if match is None:
+            raise ValueError(
+                f"timeout {value!r} is not a duration; write seconds (300) or 90s, 5m, 1h"
+            )
+        seconds = float(match.group(1)) * _UNIT[match.group(2)]
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, not {value!r}")
+    return seconds
 
 
 def parse_rule(text: str, *, source: str = "session") -> Rule:
-    """``"allow fs.read:/data/**"`` -> Rule; for ``%cave policy allow ...``. Raises ValueError."""
-    effect, _, capability = text.strip().partition(" ")
+    """``"allow fs.read:/data/**"`` -> Rule; for ``%cave policy allow ...``. Raises ValueError.
+
+    Options follow the capability: ``ask net:* timeout=60 on_timeout=deny``. They are read from
+    the end, so a capability may contain spaces (a path) as long as its last word is not one.
+    """
+    effect, _, rest = text.strip().partition(" ")
     try:
         eff = Effect(effect.lower())
     except ValueError:
         raise ValueError(
             f"{effect!r} is not an effect; write allow, ask or deny, then the capability"
         ) from None
-    return Rule(capability.strip(), eff, source)
+    words = rest.strip().split(" ")
+    options: dict[str, str] = {}
+    while len(words) > 1 and re.match(r"^[a-z_]+=", words[-1]):
+        match = _OPTION.match(words[-1])
+        if match is None:
+            raise ValueError(
+                f"unknown option {words[-1]!r}; the options are timeout=SECONDS and "
+                "on_timeout=deny|allow"
+            )
+        if match.group(1) in options:
+            raise ValueError(f"{match.group(1)}= is given twice")
+        options[match.group(1)] = match.group(2)
+        words.pop()
+    on_timeout = options.get("on_timeout", "deny").lower()
+    if on_timeout not in ("allow", "deny"):
+        raise ValueError(f"on_timeout={on_timeout} must be deny or allow")
+    timeout = parse_timeout(options["timeout"]) if "timeout" in options else None
+    return Rule(" ".join(words).strip(), eff, source, timeout, Effect(on_timeout))
 
 
 @dataclass(frozen=True)
@@ -89,7 +177,7 @@ class Verdict:
     def reason(self) -> str:
         if self.rule is None:
             return "no rule matches (the fallback)"
-        return f"rule {self.rule.effect.value} {self.rule.capability} ({self.rule.source})"
+        return f"rule {self.rule} ({self.rule.source})"
 
 
 @dataclass(frozen=True)
@@ -160,17 +248,35 @@ class Policy:
         return {
             "workspace": str(self.workspace),
             "fallback": self.fallback.value,
-            "rules": [[r.capability, r.effect.value, r.source] for r in self.rules],
+            "rules": [
+                [r.capability, r.effect.value, r.source, *([r.options()] if r.options() else [])]
+                for r in self.rules
+            ],
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Policy:
         """Inverse of ``to_dict``; raises ValueError on malformed data."""
         try:
-            rules = tuple(Rule(str(c), Effect(e), str(s)) for c, e, s in data["rules"])
+            rules = tuple(_rule_from_list(item) for item in data["rules"])
             return cls(Path(data["workspace"]), rules, Effect(data.get("fallback", "ask")))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a serialised policy: {exc!r}") from None
+
+
+def _rule_from_list(item: Any) -> Rule:
+    """``[capability, effect, source]`` or ``[..., {"timeout": s, "on_timeout": e}]``."""
+    capability, effect, source, *more = item
+    options: Mapping[str, Any] = more[0] if more else {}
+    if len(more) > 1 or not isinstance(options, Mapping):
+        raise TypeError(f"a rule is [capability, effect, source, options?], not {item!r}")
+    return Rule(
+        str(capability),
+        Effect(effect),
+        str(source),
+        options.get("timeout"),
+        Effect(options.get("on_timeout", "deny")),
+    )
 
 
 def default_rules() -> tuple[Rule, ...]:

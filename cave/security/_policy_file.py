@@ -8,6 +8,13 @@ File format (``cave.toml`` in the project, and ``~/.config/cave/cave.toml`` for 
     "fs.read:/data/**" = "allow"        # capability pattern = allow | ask | deny
     "net:api.github.com:443" = "allow"
     "shell:git" = "ask"
+    # an ask with a timeout: after 300 s without a decision, on_timeout decides (deny by default)
+    "fs.write:/data/**" = { effect = "ask", timeout = 300, on_timeout = "deny" }
+
+A rule's value is an effect, or a table with ``effect`` and the options ``timeout`` (seconds, or
+a string such as ``"90s"``, ``"5m"``, ``"1h"``) and ``on_timeout`` (``"deny"`` or ``"allow"``).
+The table may also be written as a section, ``[policy."fs.write:/data/**"]``, after the plain
+rules (TOML puts every key below a section header into that section).
 
 Layering: the default rules, then the user file, then the project file. A later rule for the
 same capability (as written) replaces an earlier one; otherwise all rules apply together (deny
@@ -25,7 +32,7 @@ import tomllib
 
 from .._errors import PolicyFileError
 from ._capabilities import parse_capability
-from ._policy import Effect, Policy, Rule, default_rules
+from ._policy import Effect, Policy, Rule, default_rules, parse_timeout
 
 __all__ = ["format_policy", "load_policy", "user_policy_file"]
 
@@ -105,14 +112,51 @@ def _parse(
             parse_capability(key)
         except ValueError as exc:
             raise PolicyFileError(str(path), line, str(exc)) from None
-        effect = _effect(path, line, key, value)
-        rule = Rule(key, effect, f"{path}:{line}" if line else str(path))
+        rule = _rule(path, line, key, value)
         try:
             Policy(workspace, (rule,))  # compile it alone, to blame the right line
         except ValueError as exc:
             raise PolicyFileError(str(path), line, f"bad pattern in {key!r}: {exc}") from None
         rules.append(rule)
     return rules, fallback, keep_defaults
+
+
+_RULE_KEYS = ("effect", "timeout", "on_timeout")
+
+
+def _rule(path: Path, line: int | None, key: str, value: Any) -> Rule:
+    """One rule from ``"cap" = "ask"`` or ``"cap" = { effect = "ask", timeout = 300, ... }``."""
+    source = f"{path}:{line}" if line else str(path)
+    if not isinstance(value, dict):
+        return Rule(key, _effect(path, line, key, value), source)
+    unknown = sorted(set(value) - set(_RULE_KEYS))
+    if unknown:
+        raise PolicyFileError(
+            str(path),
+            line,
+            f"{key}: unknown option {unknown[0]!r}; a rule table takes effect, timeout and "
+            "on_timeout",
+        )
+    if "effect" not in value:
+        raise PolicyFileError(
+            str(path), line, f'{key}: the table needs effect = "allow", "ask" or "deny"'
+        )
+    effect = _effect(path, line, f"{key}.effect", value["effect"])
+    timeout = None
+    if "timeout" in value:
+        try:
+            timeout = parse_timeout(value["timeout"])
+        except ValueError as exc:
+            raise PolicyFileError(str(path), line, f"{key}: {exc}") from None
+    on_timeout = value.get("on_timeout", "deny")
+    if not isinstance(on_timeout, str) or on_timeout.lower() not in ("allow", "deny"):
+        raise PolicyFileError(
+            str(path), line, f'{key}: on_timeout = {on_timeout!r} must be "deny" or "allow"'
+        )
+    try:
+        return Rule(key, effect, source, timeout, Effect(on_timeout.lower()))
+    except ValueError as exc:
+        raise PolicyFileError(str(path), line, f"{key}: {exc}") from None
 
 
 def _effect(path: Path, line: int | None, key: str, value: Any) -> Effect:
@@ -133,8 +177,9 @@ def _line_of(path: Path, key: str) -> int | None:
     quoted = re.compile(r"^\s*(['\"])" + re.escape(key) + r"\1\s*=")
     bare = re.compile(r"^\s*" + re.escape(key) + r"\s*=")
     header = re.compile(r"^\s*\[\s*" + re.escape(key) + r"\s*\]")
+    section = re.compile(r"^\s*\[\s*policy\s*\.\s*(['\"])" + re.escape(key) + r"\1\s*\]")
     for number, text in enumerate(lines, start=1):
-        if quoted.match(text) or bare.match(text) or header.match(text):
+        if quoted.match(text) or bare.match(text) or header.match(text) or section.match(text):
             return number
     return None
 
@@ -149,16 +194,22 @@ def format_policy(policy: Policy) -> str:
         k = kind_order.index(kind) if kind in kind_order else len(kind_order)
         return (k, order[rule.effect], rule.capability)
 
+    def shown(rule: Rule) -> str:
+        if rule.timeout is None:
+            return rule.capability
+        return f"{rule.capability} timeout={rule.timeout:g} on_timeout={rule.on_timeout.value}"
+
     lines = [f"Cave policy for {policy.workspace}", ""]
-    width = max([len(r.capability) for r in policy.rules] + [10])
+    width = max([len(shown(r)) for r in policy.rules] + [10])
     lines.append(f"  {'effect':<6}  {'capability':<{width}}  source")
     for rule in sorted(policy.rules, key=key):
-        lines.append(f"  {rule.effect.value:<6}  {rule.capability:<{width}}  {rule.source}")
+        lines.append(f"  {rule.effect.value:<6}  {shown(rule):<{width}}  {rule.source}")
     lines += [
         "",
         f"  anything else: {policy.fallback.value}",
         "  Relative fs patterns are inside the workspace. Deny wins; otherwise the most specific",
         "  rule decides (on a tie, ask beats allow). Change it for this session with",
         "  `%cave policy allow|ask|deny CAPABILITY`, or edit cave.toml and `%cave policy reload`.",
+        "  An ask may time out: `%cave policy ask CAPABILITY timeout=300 [on_timeout=deny|allow]`.",
     ]
     return "\n".join(lines)
