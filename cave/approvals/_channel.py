@@ -16,6 +16,14 @@ Cancellation: the waiter checks the turn's ``cancelled`` event every ``poll_inte
 button also raises ``KeyboardInterrupt`` in the waiting thread (the executor's interrupt). Either
 way the request becomes ``cancelled`` and the exception (or ``Decision.CANCELLED``) propagates.
 
+Timeouts: a request with ``timeout`` (the policy's ``ask ... timeout=N``) gets a deadline in the
+queue; the waiter expires it there when the deadline passes and returns ``Decision.EXPIRED``.
+What an expiry means (deny, or allow) is the security layer's call (``request.on_timeout``).
+
+Questions (``human.ask``): :meth:`KernelApprovalChannel.answer` waits the same way, but the widget
+has a text box with Send / Decline, the stdin prompt takes a line, the CLI and the control message
+carry the text, and the answer comes back from the queue's ``answer`` column.
+
 Not enforced here: *who* may click. Anyone connected to the kernel (or able to write the session
 directory) can approve; the decision records the Jupyter username the frontend claims.
 """
@@ -24,12 +32,14 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import hashlib
 import linecache
 import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .._errors import ApprovalError as _ApprovalError
 from ._kernel_glue import cell_context_for_thread
 from ._queue import (
     APPROVED,
@@ -45,7 +55,7 @@ from ._queue import (
 
 if TYPE_CHECKING:
     from ._protocol import ApprovalRequest, Decision
-    from ._widget import ApprovalView
+    from ._widget import ApprovalView, QuestionView
 
 __all__ = ["KernelApprovalChannel", "UI_MODES", "parse_answer", "wake"]
 
@@ -65,6 +75,7 @@ _ANSWERS = {
     "no": "deny",
 }
 _PROMPT = "Approve {id}? [o]nce / [s]ession / [d]eny: "
+_QUESTION_PROMPT = "[cave] the agent asks ({id}): {question}\nYour answer (empty line declines): "
 
 _WAITERS: dict[str, threading.Event] = {}
 _WAITERS_LOCK = threading.Lock()
@@ -119,17 +130,28 @@ class KernelApprovalChannel:
         self.ui = ui
         self.poll_interval = poll_interval
         self._swept = False
-        self._views: dict[str, ApprovalView] = {}
+        self._views: dict[str, ApprovalView | QuestionView] = {}
 
     # -- the protocol ----------------------------------------------------------------------
     def decide(self, request: ApprovalRequest, cancelled: threading.Event) -> Decision:
         """Persist ``request``, show it, block until a channel answers; see the module doc."""
+        return decision_for(self._in_cell(request, cancelled))
+
+    def answer(self, request: ApprovalRequest, cancelled: threading.Event) -> str | None:
+        """Ask ``request.summary`` as a question; the answer text, or None if declined/expired.
+
+        ``request.capability`` must be a question's (``human:ask``, as ``human.ask`` makes it).
+        """
+        record = self._in_cell(request, cancelled)
+        return record.answer if record.state == APPROVED else None
+
+    def _in_cell(self, request: ApprovalRequest, cancelled: threading.Event) -> ApprovalRecord:
         context = cell_context_for_thread() if self.kernel is not None else None
         if context is not None:
-            return context.run(self._decide, request, cancelled)
-        return self._decide(request, cancelled)
+            return context.run(self._ask, request, cancelled)
+        return self._ask(request, cancelled)
 
-    def _decide(self, request: ApprovalRequest, cancelled: threading.Event) -> Decision:
+    def _ask(self, request: ApprovalRequest, cancelled: threading.Event) -> ApprovalRecord:
         self.sweep()
         if request.code_line is None and dataclasses.is_dataclass(request):
             request = dataclasses.replace(request, code_line=agent_line())
@@ -143,7 +165,9 @@ class KernelApprovalChannel:
         # the row is committed but before submit returns must still cancel it, so the cancel
         # goes by the request's id, not by the record we may never have received.
         try:
-            record = self.queue.submit(request, timeout=_timeout_of(request))
+            record = self.queue.submit(
+                request, timeout=_timeout_of(request), on_timeout=_on_timeout_of(request)
+            )
             self._audit("approval.requested", record)
             self._show(record)
             prompt = self._stdin_prompt(record)
@@ -158,11 +182,17 @@ class KernelApprovalChannel:
                 self._settle(record)
                 if record.state != PENDING:
                     self._audit("approval.decided", record)
-        return decision_for(record)
+        assert record is not None  # the try either assigned it or raised
+        return record
 
-    def deliver(self, request_id: str, outcome: str, *, who: str, channel: str) -> ApprovalRecord:
-        """Record a decision that arrived in this process (widget, control) and wake the waiter."""
-        record = self.queue.decide(request_id, outcome, who=who, channel=channel)
+    def deliver(
+        self, request_id: str, outcome: str, *, who: str, channel: str, answer: str | None = None
+    ) -> ApprovalRecord:
+        """Record a decision that arrived in this process (widget, control) and wake the waiter.
+
+        ``outcome`` ``answer`` with the ``answer`` text answers a question; ``deny`` declines it.
+        """
+        record = self.queue.decide(request_id, outcome, who=who, channel=channel, answer=answer)
         wake(record.id)
         return record
 
@@ -232,25 +262,36 @@ class KernelApprovalChannel:
     def _stdin_answer(
         self, record: ApprovalRecord, prompt: _StdinPrompt, text: str, who: str
     ) -> None:
-        if text == "\x04":  # EOF at the console
-            outcome: str | None = "deny"
+        answer: str | None = None
+        if record.is_question:
+            blank = text == "\x04" or not text.strip()  # EOF or an empty line: decline
+            outcome: str | None = "deny" if blank else "answer"
+            answer = None if blank else text
+        elif text == "\x04":  # EOF at the console
+            outcome = "deny"
         else:
             outcome = parse_answer(text)
         if outcome is None:
             prompt.ask(f"Please answer o, s or d. {_PROMPT.format(id=record.id)}")
             return
         try:
-            self.queue.decide(record.id, outcome, who=who, channel="stdin")
+            self.queue.decide(record.id, outcome, who=who, channel="stdin", answer=answer)
         except AlreadyDecided:
             pass
+        except _ApprovalError as err:  # too long: say so and ask again
+            prompt.ask(f"{err}\n{_question_prompt(record)}")
 
     # -- showing ---------------------------------------------------------------------------
     def _show(self, record: ApprovalRecord) -> None:
         if self.kernel is None or getattr(self.kernel, "shell", None) is None:
             return
-        from ._widget import ApprovalView
+        from ._widget import ApprovalView, QuestionView
 
-        view = ApprovalView(record, lambda outcome: self._clicked(record.id, outcome))
+        view: ApprovalView | QuestionView
+        if record.is_question:
+            view = QuestionView(record, lambda text: self._answered(record.id, text))
+        else:
+            view = ApprovalView(record, lambda outcome: self._clicked(record.id, outcome))
         self._views[record.id] = view
         self._publish(view.bundle(), record.id, update=False)
 
@@ -270,6 +311,20 @@ class KernelApprovalChannel:
             self.deliver(request_id, outcome, who=self.frontend_user(), channel="widget")
         except AlreadyDecided:
             pass
+
+    def _answered(self, request_id: str, text: str | None) -> str | None:
+        """Send / Decline callback of a question (main thread); a problem to show, or None."""
+        who = self.frontend_user()
+        try:
+            if text is None:
+                self.deliver(request_id, "deny", who=who, channel="widget")
+            else:
+                self.deliver(request_id, "answer", who=who, channel="widget", answer=text)
+        except AlreadyDecided:
+            return None
+        except _ApprovalError as err:  # empty or too long: the request stays pending
+            return str(err)
+        return None
 
     def _publish(self, data: dict[str, Any], request_id: str, *, update: bool) -> None:
         """Publish past the executor's display tap: the model should not read our widget."""
@@ -301,7 +356,7 @@ class KernelApprovalChannel:
         if self.ui == "auto" and "cellId" in (parent.get("metadata") or {}):
             return None
         prompt = _StdinPrompt(self.kernel, parent)
-        prompt.ask(_PROMPT.format(id=record.id))
+        prompt.ask(_question_prompt(record) if record.is_question else _PROMPT.format(id=record.id))
         return prompt
 
     # -- audit -----------------------------------------------------------------------------
@@ -314,6 +369,11 @@ class KernelApprovalChannel:
             "summary": record.summary,
             "state": record.state,
         }
+        if record.deadline is not None:
+            fields.update(
+                timeout_s=round(record.deadline - record.created_at, 3),
+                on_timeout=record.on_timeout or "deny",
+            )
         if record.state != PENDING:
             fields.update(
                 scope=record.scope,
@@ -321,6 +381,11 @@ class KernelApprovalChannel:
                 channel=record.channel,
                 reason=record.reason,
                 waited_s=round((record.decided_at or record.created_at) - record.created_at, 3),
+            )
+        if record.answer is not None:  # the text stays in the queue: see docs/approvals.md
+            fields.update(
+                answer_chars=len(record.answer),
+                answer_sha256=hashlib.sha256(record.answer.encode("utf-8")).hexdigest(),
             )
         try:
             self.audit.record(kind, **fields)
@@ -358,6 +423,16 @@ def _timeout_of(request: Any) -> float | None:
     if timeout is None:
         timeout = request.details.get("timeout_s")
     return float(timeout) if timeout is not None else None
+
+
+def _on_timeout_of(request: Any) -> str:
+    """``request.on_timeout`` or ``details["on_timeout"]``: ``allow`` only if it says so."""
+    value = getattr(request, "on_timeout", None) or request.details.get("on_timeout")
+    return "allow" if value == "allow" else "deny"
+
+
+def _question_prompt(record: ApprovalRecord) -> str:
+    return _QUESTION_PROMPT.format(id=record.id, question=record.summary)
 
 
 def _local_user() -> str:

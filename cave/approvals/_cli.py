@@ -1,4 +1,8 @@
-"""``cave approvals list | approve ID | deny ID``: decide from a terminal.
+"""``cave approvals list | approve ID | deny ID | answer ID TEXT``: decide from a terminal.
+
+``answer`` answers a question the agent asked with ``human.ask``; ``deny`` declines one. ``TEXT``
+is the rest of the command line (quote it to keep spaces exactly), or ``-`` to read it from
+standard input (for long or multi-line answers, up to ``MAX_ANSWER_CHARS``).
 
 The terminal shares only the session directory with the kernel: it writes the decision into the
 same SQLite database, and the waiting kernel sees it on its next poll (every 50 ms). So it works for
@@ -17,7 +21,7 @@ from pathlib import Path
 from .._errors import CaveError, ConfigError
 from ._queue import DB_NAME, ApprovalQueue, ApprovalRecord, format_table
 
-__all__ = ["add_parser", "decide", "default_session_dir", "list_requests", "main"]
+__all__ = ["add_parser", "answer", "decide", "default_session_dir", "list_requests", "main"]
 
 SESSION_DIR_ENV = "CAVE_SESSION_DIR"
 
@@ -77,6 +81,25 @@ def decide(
         return queue.decide(request_id, decision, who=who or _local_user(), channel="cli")
 
 
+def answer(
+    session_dir: str | os.PathLike[str] | None,
+    request_id: str,
+    text: str,
+    who: str | None = None,
+) -> ApprovalRecord:
+    """Answer the question ``request_id`` (or a unique prefix) with ``text``.
+
+    Raises ``UnknownRequest``, ``AlreadyDecided``, or ``ApprovalError`` for an empty or too long
+    answer, or a request that is not a question.
+    """
+    from ._channel import _local_user
+
+    with _open(session_dir) as queue:
+        return queue.decide(
+            request_id, "answer", who=who or _local_user(), channel="cli", answer=text
+        )
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``approvals`` to the ``cave`` command's subparsers; the handler is :func:`run`."""
     p = subparsers.add_parser("approvals", help="list or decide the agent's approval requests")
@@ -90,9 +113,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     ok.add_argument("id")
     ok.add_argument("--session", action="store_true", help="approve for the rest of the session")
     ok.add_argument("--who", help="name recorded as the decider (default: your login)")
-    no = sub.add_parser("deny", help="deny a pending request")
+    no = sub.add_parser("deny", help="deny a pending request (declines a question)")
     no.add_argument("id")
     no.add_argument("--who")
+    say = sub.add_parser("answer", help="answer a question the agent asked (human.ask)")
+    say.add_argument("id")
+    say.add_argument(
+        "text", nargs="+", help="the answer (words are joined by spaces); - reads stdin"
+    )
+    say.add_argument("--who")
     p.set_defaults(func=run)
     return p
 
@@ -102,6 +131,11 @@ def run(args: argparse.Namespace) -> int:
     command = args.approvals_command or "list"
     if command == "list":
         print(format_table(list_requests(args.session_dir, limit=getattr(args, "n", 20))))
+        return 0
+    if command == "answer":
+        text = sys.stdin.read() if args.text == ["-"] else " ".join(args.text)
+        record = answer(args.session_dir, args.id, text, args.who)
+        print(f"{record.id}: {record.outcome_text()}")
         return 0
     decision = "deny" if command == "deny" else (
         "approve_session" if args.session else "approve_once"

@@ -7,10 +7,13 @@ The control message (any client can send it on the control channel, like ``inter
 
     msg_type: "cave_approval_decision"
     content:  {"id": "<request id or unique prefix>",
-               "decision": "approve_once" | "approve_session" | "deny",
+               "decision": "approve_once" | "approve_session" | "deny" | "answer",
+               "answer": "<text: answers a question (human.ask); decision may then be omitted>",
                "who": "<optional name; default: the message header's username>"}
     reply:    "cave_approval_decision_reply" with {"status": "ok", "id", "state", "scope"}
               or {"status": "error", "ename", "evalue"}
+
+``deny`` on a question declines it. The reply never echoes the answer.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ OUTCOME_ALIASES = {
     "approve_session": "approve_session",
     "session": "approve_session",
     "deny": "deny",
+    "decline": "deny",
+    "answer": "answer",
 }
 
 APPROVALS_USAGE = """\
@@ -47,9 +52,10 @@ APPROVALS_USAGE = """\
 %approvals -n N             ... the last N
 %approvals approve ID [--session]   decide a pending request here (for example one restored
 %approvals deny ID          from a checkpoint, which no widget shows)
+%approvals answer ID TEXT   answer the agent's question (human.ask); deny ID declines it
 %approvals ui [auto|widget|stdin]   how requests are shown: auto = widget, plus a stdin prompt
                             for frontends that are not notebooks (consoles)
-From a terminal: cave approvals list | approve ID [--session] | deny ID
+From a terminal: cave approvals list | approve ID [--session] | deny ID | answer ID TEXT
 """
 
 
@@ -134,6 +140,19 @@ def approvals_magic(kernel: Any, line: str) -> None:
     from .._errors import ConfigError
     from ._queue import format_table
 
+    words = line.strip().split(None, 2)
+    if words[:1] == ["answer"]:  # the text as typed (shlex would choke on "it's")
+        if len(words) < 3:
+            raise ConfigError(f"usage: %approvals answer ID TEXT\n{APPROVALS_USAGE}")
+        text = words[2]
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            text = text[1:-1]
+        channel = session_channel(kernel)
+        record = channel.deliver(
+            words[1], "answer", who=channel.frontend_user(), channel="magic", answer=text
+        )
+        print(f"{record.id}: {record.outcome_text()}")
+        return
     args = shlex.split(line)
     channel = session_channel(kernel)
     if args and args[0] in ("help", "-h", "--help"):
@@ -183,18 +202,24 @@ def _control_decision(kernel: Any, stream: Any, ident: Any, parent: dict[str, An
     try:
         from .._errors import ApprovalError
 
-        decision = str(content.get("decision", ""))
+        answer = content.get("answer")
+        decision = str(content.get("decision") or ("answer" if answer is not None else ""))
         outcome = OUTCOME_ALIASES.get(decision)
         if outcome is None or not content.get("id"):
+            shown = {k: v for k, v in content.items() if k != "answer"}
             raise ApprovalError(
                 f"{CONTROL_MSG_TYPE} needs 'id' and 'decision' (one of "
-                f"{', '.join(OUTCOME_ALIASES)}); got {dict(content)!r}."
+                f"{', '.join(OUTCOME_ALIASES)}) or 'answer'; got {shown!r}."
             )
+        if outcome != "answer" and answer is not None:
+            raise ApprovalError(f"'answer' goes with decision 'answer', not {decision!r}.")
+        if outcome == "answer" and not isinstance(answer, str):
+            raise ApprovalError("decision 'answer' needs the text in 'answer' (a string).")
         from ._channel import _local_user
 
         who = content.get("who") or parent.get("header", {}).get("username") or _local_user()
         record = session_channel(kernel).deliver(
-            str(content["id"]), outcome, who=str(who), channel="control"
+            str(content["id"]), outcome, who=str(who), channel="control", answer=answer
         )
         reply = {"status": "ok", "id": record.id, "state": record.state, "scope": record.scope}
     except Exception as err:

@@ -30,7 +30,7 @@ class Decision(enum.Enum):
     """Allow this capability for the rest of the session."""
     DENY = "deny"
     EXPIRED = "expired"
-    """Nobody answered in time (counts as deny)."""
+    """Nobody answered in time: the request's ``on_timeout`` decides (deny unless it says allow)."""
     CANCELLED = "cancelled"
     """The turn was stopped while waiting (counts as deny)."""
 
@@ -53,6 +53,12 @@ class ApprovalRequest:
     code_line: str | None = None
     """The line of agent code that asked, when known (display only: agent code can lie)."""
     created_at: float = 0.0
+    timeout: float | None = None
+    """Seconds to wait for a person (the policy's ``ask ... timeout=N``); None waits until
+    someone answers or the turn is stopped. Past it the channel returns ``Decision.EXPIRED``."""
+    on_timeout: str = "deny"
+    """What the security layer does with an expired request: ``deny``, or ``allow`` when the
+    policy says so explicitly. Channels only show it; the security layer applies it."""
 
 
 @runtime_checkable

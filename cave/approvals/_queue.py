@@ -17,6 +17,14 @@ What this module guarantees, exactly:
   :meth:`ApprovalQueue.expire_orphans` (called when a kernel, ``%approvals`` or the CLI opens the
   queue). Liveness is judged on the same host only (pid + process start time, so a reused pid does
   not look alive); a request owned by a kernel on another host is left alone.
+* A request past its deadline (the policy's ``ask ... timeout=N``) is turned into ``expired`` by
+  :meth:`ApprovalQueue.expire_overdue`, with the reason naming the timeout and what the policy
+  does then (``on_timeout``: deny, or allow). The waiting kernel polls for it; so do ``%approvals``
+  and the CLI.
+* A free-text question (``human.ask``, capability ``human:ask``) is answered with the ``answer``
+  outcome: the state becomes ``approved`` and the text is kept in the ``answer`` column, at most
+  ``MAX_ANSWER_CHARS`` characters (a longer answer is refused, not cut). ``deny`` declines it;
+  ``approve_once``/``approve_session`` are refused for a question.
 * The database file is created mode 0600. Anyone who can write it can decide requests: the
   session directory's permissions (0700) are the access control, nothing here authenticates.
 """
@@ -39,6 +47,8 @@ from .._errors import ApprovalError
 
 __all__ = [
     "DB_NAME",
+    "MAX_ANSWER_CHARS",
+    "QUESTION_PREFIX",
     "STATES",
     "AlreadyDecided",
     "ApprovalQueue",
@@ -64,8 +74,17 @@ OUTCOMES: dict[str, tuple[str, str | None]] = {
     "deny": (DENIED, None),
     "expire": (EXPIRED, None),
     "cancel": (CANCELLED, None),
+    "answer": (APPROVED, None),
 }
 """What a caller may ask for -> (new state, grant scope)."""
+
+ON_TIMEOUT = ("deny", "allow")
+QUESTION_PREFIX = "human:"
+"""Capabilities of free-text questions (``human:ask``): answered with text, not approved."""
+MAX_ANSWER_CHARS = 16_384
+"""Longest answer to a question, in characters (about 4,000 tokens for the model). Longer ones
+are refused with a hint (put it in a file in the workspace and answer with its path), never cut:
+a silently shortened answer could change its meaning."""
 
 _MAX_DETAIL_CHARS = 4000
 """A single detail value longer than this is cut when stored (previews are for people)."""
@@ -87,10 +106,18 @@ CREATE TABLE IF NOT EXISTS requests (
     channel TEXT,
     decided_at REAL,
     reason TEXT,
-    audited INTEGER NOT NULL DEFAULT 0
+    audited INTEGER NOT NULL DEFAULT 0,
+    on_timeout TEXT,
+    answer TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_by_state ON requests (state, seq);
 """
+_ADDED_COLUMNS = (
+    ("audited", "INTEGER NOT NULL DEFAULT 0"),
+    ("on_timeout", "TEXT"),
+    ("answer", "TEXT"),
+)
+"""Columns added after the first release: a database from before gets them on open."""
 
 
 class RequestLike(Protocol):
@@ -217,18 +244,44 @@ class ApprovalRecord:
     """Where the decision came from: widget, stdin, control, cli, timeout, interrupt, restart."""
     decided_at: float | None
     reason: str | None
+    on_timeout: str | None = None
+    """``deny`` or ``allow``: what the security layer does when the deadline passes."""
+    answer: str | None = None
+    """The text a person answered to a question (``human:ask``), else None."""
 
     @property
     def pending(self) -> bool:
         return self.state == PENDING
 
+    @property
+    def is_question(self) -> bool:
+        """A free-text question (``human.ask``), answered with text rather than approved."""
+        return self.capability.startswith(QUESTION_PREFIX)
+
+    @property
+    def shown_state(self) -> str:
+        """The state as people read it: ``answered`` / ``declined`` for questions."""
+        if self.is_question and self.state == APPROVED:
+            return "answered"
+        if self.is_question and self.state == DENIED:
+            return "declined"
+        return self.state
+
+    def deadline_text(self) -> str | None:
+        """'expires at 12:05:00, then deny' for a pending request with a timeout, else None."""
+        if self.deadline is None or self.state != PENDING:
+            return None
+        return f"expires at {_clock(self.deadline)}, then {self.on_timeout or 'deny'}"
+
     def outcome_text(self) -> str:
         """'approved for this session by alice via widget at 12:03:04', 'pending', ..."""
         if self.state == PENDING:
             return PENDING
-        what = self.state
-        if self.state == APPROVED:
+        what = self.shown_state
+        if self.state == APPROVED and not self.is_question:
             what = "approved once" if self.scope == "once" else "approved for this session"
+        elif self.state == APPROVED and self.answer is not None:
+            what = f"answered ({len(self.answer):,} characters)"
         parts = [what]
         if self.decided_by:
             parts.append(f"by {self.decided_by}")
@@ -246,7 +299,7 @@ def _clock(t: float) -> str:
 
 _COLUMNS = (
     "seq, id, capability, summary, details, code_line, created_at, deadline, owner, state, scope, "
-    "decided_by, channel, decided_at, reason"
+    "decided_by, channel, decided_at, reason, on_timeout, answer"
 )
 
 
@@ -293,10 +346,9 @@ class ApprovalQueue:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(requests)")}
-            if "audited" not in columns:  # a database from before the column existed
-                self._db.execute(
-                    "ALTER TABLE requests ADD COLUMN audited INTEGER NOT NULL DEFAULT 0"
-                )
+            for name, declaration in _ADDED_COLUMNS:
+                if name not in columns:  # a database from before the column existed
+                    self._db.execute(f"ALTER TABLE requests ADD COLUMN {name} {declaration}")
 
     @classmethod
     def in_directory(
@@ -327,14 +379,27 @@ class ApprovalQueue:
             self._db.execute("COMMIT")
 
     # -- writing ----------------------------------------------------------------------------
-    def submit(self, request: RequestLike, *, timeout: float | None = None) -> ApprovalRecord:
-        """Persist ``request`` as pending (at the end of the FIFO) and return its row."""
+    def submit(
+        self,
+        request: RequestLike,
+        *,
+        timeout: float | None = None,
+        on_timeout: str | None = None,
+    ) -> ApprovalRecord:
+        """Persist ``request`` as pending (at the end of the FIFO) and return its row.
+
+        ``timeout`` (seconds from ``request.created_at``) sets the deadline; ``on_timeout``
+        (default: ``request.on_timeout`` if it has one, else ``deny``) is what it will say then.
+        """
         deadline = request.created_at + timeout if timeout is not None else None
+        then = on_timeout or getattr(request, "on_timeout", None) or "deny"
+        if then not in ON_TIMEOUT:
+            raise ApprovalError(f"on_timeout must be deny or allow, not {then!r}.")
         details = json.dumps(_bounded(dict(request.details)), ensure_ascii=False)
         with self._write() as db:
             db.execute(
                 "INSERT INTO requests (id, capability, summary, details, code_line, created_at, "
-                "deadline, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "deadline, owner, on_timeout) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     request.id,
                     request.capability,
@@ -344,6 +409,7 @@ class ApprovalQueue:
                     request.created_at,
                     deadline,
                     str(self.owner),
+                    then if deadline is not None else None,
                 ),
             )
         return self.get(request.id)
@@ -357,23 +423,50 @@ class ApprovalQueue:
         channel: str,
         reason: str | None = None,
         now: float | None = None,
+        answer: str | None = None,
     ) -> ApprovalRecord:
         """Move a pending request to ``outcome`` (a key of ``OUTCOMES``); first caller wins.
 
-        ``request_id`` may be a unique prefix. Raises :class:`UnknownRequest` or
-        :class:`AlreadyDecided`; on success returns the updated row.
+        ``request_id`` may be a unique prefix. ``answer`` is the text for the ``answer`` outcome
+        (questions only; ``check_answer`` says what is refused). Raises :class:`UnknownRequest`,
+        :class:`AlreadyDecided` or ``ApprovalError``; on success returns the updated row.
         """
         if outcome not in OUTCOMES:
             raise ApprovalError(
                 f"Unknown outcome {outcome!r}; use one of {', '.join(OUTCOMES)}."
             )
+        if outcome == "answer":
+            check_answer(answer)
+        elif answer is not None:
+            raise ApprovalError(f"An answer text goes with the 'answer' outcome, not {outcome!r}.")
         state, scope = OUTCOMES[outcome]
         with self._write() as db:
             full_id = self._resolve(request_id)
+            row = db.execute("SELECT capability FROM requests WHERE id = ?", (full_id,)).fetchone()
+            question = str(row[0]).startswith(QUESTION_PREFIX)
+            if question and outcome in ("approve_once", "approve_session"):
+                raise ApprovalError(
+                    f"Request {full_id} is a question from the agent: answer it with "
+                    f"`cave approvals answer {full_id} TEXT` (or `%approvals answer`), or "
+                    "decline it with `deny`."
+                )
+            if outcome == "answer" and not question:
+                raise ApprovalError(
+                    f"Request {full_id} asks for approval, not for an answer: use approve or deny."
+                )
             changed = db.execute(
                 "UPDATE requests SET state = ?, scope = ?, decided_by = ?, channel = ?, "
-                "decided_at = ?, reason = ? WHERE id = ? AND state = 'pending'",
-                (state, scope, who, channel, time.time() if now is None else now, reason, full_id),
+                "decided_at = ?, reason = ?, answer = ? WHERE id = ? AND state = 'pending'",
+                (
+                    state,
+                    scope,
+                    who,
+                    channel,
+                    time.time() if now is None else now,
+                    reason,
+                    answer,
+                    full_id,
+                ),
             ).rowcount
         record = self.get(full_id)
         if not changed:
@@ -407,7 +500,10 @@ class ApprovalQueue:
             if record.deadline is None or record.deadline > now:
                 continue
             waited = record.deadline - record.created_at
-            reason = f"no decision within {waited:g} s; the policy says deny on timeout"
+            reason = (
+                f"no decision within {waited:g} s; the policy says "
+                f"{record.on_timeout or 'deny'} on timeout"
+            )
             try:
                 expired.append(
                     self.decide(
@@ -492,23 +588,44 @@ class ApprovalQueue:
         return [by_seq[k] for k in sorted(by_seq)]
 
 
+def check_answer(answer: str | None) -> str:
+    """``answer`` if it can be stored as an answer; ``ApprovalError`` saying why not."""
+    if not isinstance(answer, str) or not answer.strip():
+        raise ApprovalError(
+            "An empty answer: type the answer, or decline the question with `deny`."
+        )
+    if len(answer) > MAX_ANSWER_CHARS:
+        raise ApprovalError(
+            f"The answer is {len(answer):,} characters; the limit is {MAX_ANSWER_CHARS:,}. "
+            "Shorten it, or write it to a file in the workspace and answer with the file's path."
+        )
+    return answer
+
+
 def format_table(records: list[ApprovalRecord]) -> str:
-    """A plain-text table for ``%approvals`` and ``cave approvals list``."""
+    """A plain-text table for ``%approvals`` and ``cave approvals list``.
+
+    Answers to questions are shown by length only: an answer may hold something the person
+    typed for the agent alone (a password it asked for), and this table lands in notebooks.
+    """
     if not records:
         return "No approval requests in this session."
     lines = []
     for r in records:
-        head = f"{r.id}  {_clock(r.created_at)}  {r.state:<9}  {r.capability}"
+        head = f"{r.id}  {_clock(r.created_at)}  {r.shown_state:<9}  {r.capability}"
         lines.append(head)
         lines.append(f"    {r.summary}")
         if r.code_line:
             lines.append(f"    asked by: {r.code_line.strip()[:160]}")
+        deadline = r.deadline_text()
+        if deadline:
+            lines.append(f"    {deadline}")
         if r.state != PENDING:
             lines.append(f"    {r.outcome_text()}")
-    pending = sum(1 for r in records if r.pending)
+    pending = [r for r in records if r.pending]
     if pending:
-        lines.append(
-            f"{pending} pending: decide in the notebook, or `cave approvals approve ID` / "
-            "`cave approvals deny ID`."
-        )
+        hint = "`cave approvals approve ID` / `cave approvals deny ID`"
+        if any(r.is_question for r in pending):
+            hint += " (a question: `cave approvals answer ID TEXT`)"
+        lines.append(f"{len(pending)} pending: decide in the notebook, or {hint}.")
     return "\n".join(lines)

@@ -8,6 +8,12 @@ waiting worker thread does the rest).
 
 The display carries a ``text/plain`` rendering too, so frontends that cannot render widgets
 (consoles, ``cave run``, a notebook read later) still say what was asked and how to answer it.
+
+A question from ``human.ask`` gets a :class:`QuestionView` instead: the question, a ``Textarea``,
+**Send** and **Decline**. The frontend syncs the text box to the kernel with a ``comm_msg``
+(``update``) before the click's ``comm_msg`` arrives, so the Send callback reads what was typed.
+The answer itself is not rendered back into the output (only its length): the notebook is saved
+and shared, the answer may be for the agent only.
 """
 
 from __future__ import annotations
@@ -17,9 +23,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._queue import PENDING, ApprovalRecord
+from ._queue import MAX_ANSWER_CHARS, PENDING, ApprovalRecord
 
-__all__ = ["ApprovalView", "BUTTONS", "describe_html", "describe_text"]
+__all__ = ["ApprovalView", "BUTTONS", "QuestionView", "describe_html", "describe_text"]
 
 BUTTONS: tuple[tuple[str, str, str], ...] = (
     ("approve_once", "Approve once", "success"),
@@ -70,7 +76,15 @@ def describe_text(record: ApprovalRecord) -> str:
         lines += [f"    | {line}" for line in preview.splitlines()[:20]]
     if record.code_line:
         lines.append(f"  asked by: {record.code_line.strip()}")
-    if record.state == PENDING:
+    deadline = record.deadline_text()
+    if deadline:
+        lines.append(f"  {deadline}")
+    if record.state == PENDING and record.is_question:
+        lines.append(
+            f"  waiting for an answer: `cave approvals answer {record.id} TEXT` or "
+            f"`cave approvals deny {record.id}` (decline) in a terminal"
+        )
+    elif record.state == PENDING:
         lines.append(
             f"  waiting for a decision: `cave approvals approve {record.id}` or "
             f"`cave approvals deny {record.id}` in a terminal"
@@ -88,9 +102,10 @@ def describe_html(record: ApprovalRecord) -> str:
         f'<td style="text-align:left;font-family:monospace;word-break:break-all">{esc(v)}</td></tr>'
         for k, v in _rows(record.details)
     )
+    title = "The agent asks you" if record.is_question else "Approval needed"
     parts = [
         f'<div class="cave-approval-request" data-request-id="{esc(record.id)}">',
-        f"<div><b>Approval needed</b> &middot; <code>{esc(record.capability)}</code>"
+        f"<div><b>{title}</b> &middot; <code>{esc(record.capability)}</code>"
         f' <span style="color:#888">({esc(record.id)}, asked at {_when(record.created_at)})'
         "</span></div>",
         f'<div style="margin:0.3em 0;font-size:110%">{esc(record.summary)}</div>',
@@ -112,13 +127,20 @@ def describe_html(record: ApprovalRecord) -> str:
     return "".join(parts)
 
 
-def _status_html(record: ApprovalRecord) -> str:
+def _status_html(record: ApprovalRecord, problem: str | None = None) -> str:
     if record.state == PENDING:
-        return (
-            '<span class="cave-approval-status" style="color:#888">Waiting for your decision '
-            f"(or <code>cave approvals approve {html.escape(record.id)}</code> in a terminal)"
-            "</span>"
-        )
+        rid = html.escape(record.id)
+        deadline = record.deadline_text()
+        when = f"; {html.escape(deadline)}" if deadline else ""
+        if record.is_question:
+            how = f"<code>cave approvals answer {rid} TEXT</code>"
+            text = f"Waiting for your answer{when} (or {how} in a terminal)"
+        else:
+            how = f"<code>cave approvals approve {rid}</code>"
+            text = f"Waiting for your decision{when} (or {how} in a terminal)"
+        if problem:
+            text = f'<b style="color:#b02a2a">{html.escape(problem)}</b> {text}'
+        return f'<span class="cave-approval-status" style="color:#888">{text}</span>'
     color = {"approved": "#2a7d2a", "denied": "#b02a2a"}.get(record.state, "#8a6d00")
     return (
         f'<span class="cave-approval-status" data-state="{record.state}" style="color:{color}">'
@@ -179,6 +201,78 @@ class ApprovalView:
         """Show who decided what and when, and stop being clickable."""
         self.record = record
         self.settled = record.state != PENDING
+        for button in self.buttons.values():
+            button.disabled = self.settled
+        self.status.value = _status_html(record)
+
+
+class QuestionView:
+    """A ``human.ask`` question: a text box, Send and Decline. Callbacks run on the main thread.
+
+    ``on_answer(text)`` gets the typed text (Send) or None (Decline) and returns a problem to
+    show (empty, too long) or None. The view has the same ``bundle``/``settle`` as ApprovalView.
+    """
+
+    def __init__(
+        self, record: ApprovalRecord, on_answer: Callable[[str | None], str | None]
+    ) -> None:
+        import ipywidgets as widgets
+
+        self.record = record
+        self._on_answer = on_answer
+        self.details = widgets.HTML(describe_html(record))
+        self.text = widgets.Textarea(
+            placeholder=f"Your answer (up to {MAX_ANSWER_CHARS:,} characters)",
+            layout=widgets.Layout(width="100%", height="5em"),
+        )
+        self.buttons: dict[str, Any] = {
+            "answer": widgets.Button(
+                description="Send", button_style="success", layout=widgets.Layout(width="auto")
+            ),
+            "deny": widgets.Button(
+                description="Decline", button_style="danger", layout=widgets.Layout(width="auto")
+            ),
+        }
+        self.buttons["answer"].on_click(lambda _b: self._clicked(self.text.value))
+        self.buttons["deny"].on_click(lambda _b: self._clicked(None))
+        self.status = widgets.HTML(_status_html(record))
+        self.box = widgets.VBox(
+            [self.details, self.text, widgets.HBox(list(self.buttons.values())), self.status],
+            layout=widgets.Layout(
+                border="1px solid rgba(127,127,127,0.4)", padding="0.4em", margin="0.3em 0"
+            ),
+        )
+        self.box.add_class("cave-approval")
+        self.settled = False
+
+    @property
+    def model_id(self) -> str:
+        return str(self.box.model_id)
+
+    def _clicked(self, text: str | None) -> None:
+        if self.settled:
+            return
+        problem = self._on_answer(text)
+        if problem and not self.settled:
+            self.status.value = _status_html(self.record, problem)
+
+    def bundle(self) -> dict[str, Any]:
+        return {
+            "text/plain": describe_text(self.record),
+            "application/vnd.jupyter.widget-view+json": {
+                "version_major": 2,
+                "version_minor": 0,
+                "model_id": self.model_id,
+            },
+        }
+
+    def settle(self, record: ApprovalRecord) -> None:
+        """Show the outcome, clear the text box (the answer is not kept in the page), lock."""
+        self.record = record
+        self.settled = record.state != PENDING
+        if self.settled:
+            self.text.value = ""
+        self.text.disabled = self.settled
         for button in self.buttons.values():
             button.disabled = self.settled
         self.status.value = _status_html(record)

@@ -11,11 +11,18 @@
 The channel is called on a helper thread (``run_aside``) while the caller waits, so a channel may
 do its own file and socket I/O without that I/O being checked against the agent's policy, and
 the wait stays interruptible (a ``KeyboardInterrupt`` in the waiting thread cancels the request).
+
+An ``ask`` rule with ``timeout=N`` puts the timeout on the request; the channel expires it at the
+deadline and returns ``Decision.EXPIRED``, and the rule's ``on_timeout`` decides (deny, or allow
+when the rule says so). A channel that ignores timeouts is cancelled by the engine itself
+``TIMEOUT_GRACE_S`` after the deadline, and that counts as expired too: the timeout holds for
+every channel, give or take the grace.
 """
 
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import os
 import threading
 import time
@@ -31,9 +38,11 @@ from ._capabilities import FS_KINDS, Capability
 from ._grants import ONCE, SESSION, Grant, GrantBook
 from ._policy import Effect, Policy, Verdict
 
-__all__ = ["Permit", "SessionAuthority", "StartThread"]
+__all__ = ["Permit", "SessionAuthority", "StartThread", "TIMEOUT_GRACE_S"]
 
 T = TypeVar("T")
+TIMEOUT_GRACE_S = 2.0
+"""How long after an ask's deadline the engine cancels a channel that has not expired it."""
 StartThread = Callable[[Callable[[], None]], Any]
 """Starts ``fn`` on a new thread that is *not* agent code (the guard hands over the original)."""
 
@@ -86,13 +95,13 @@ class SessionAuthority:
     def set_policy(self, policy: Policy, *, by: str = "session") -> None:
         old = self._policy
         self._policy = policy
-        before = {(r.capability, r.effect) for r in old.rules}
-        after = {(r.capability, r.effect) for r in policy.rules}
+        before = {str(r) for r in old.rules}
+        after = {str(r) for r in policy.rules}
         self._record(
             "policy.change",
             by=by,
-            added=sorted(f"{e.value} {c}" for c, e in after - before),
-            removed=sorted(f"{e.value} {c}" for c, e in before - after),
+            added=sorted(after - before),
+            removed=sorted(before - after),
             fallback=policy.fallback.value,
             rules=len(policy.rules),
         )
@@ -161,11 +170,20 @@ class SessionAuthority:
         answer = self._aside(
             lambda cancelled: _answer(self._decide, self._answer, request, cancelled), request
         )
-        self._record("human.ask", id=request.id, question=question, answered=answer is not None)
+        answered: dict[str, Any] = {}
+        if answer is not None:  # its length and hash, not the text: see docs/approvals.md
+            answered = {
+                "answer_chars": len(answer),
+                "answer_sha256": hashlib.sha256(answer.encode("utf-8")).hexdigest(),
+            }
+        self._record(
+            "human.ask", id=request.id, question=question, answered=answer is not None, **answered
+        )
         if answer is None:
             raise PermissionError(
-                f"{origin}: nobody answered the question (the channel gave no answer). Continue "
-                "without it, or end the turn and ask in your reply."
+                f"{origin}: nobody answered the question (request {request.id}: the person "
+                "declined it, or it was cancelled or expired). Continue without it, or end the "
+                "turn and ask in your reply."
             )
         return answer
 
@@ -228,11 +246,23 @@ class SessionAuthority:
         code_line: str | None,
         grant_as: str | None,
     ) -> Permit:
-        request = self._request(capability, summary, details, code_line)
+        rule = verdict.rule
+        timeout = rule.timeout if rule is not None else None
+        on_timeout = rule.on_timeout.value if rule is not None and timeout is not None else "deny"
+        request = self._request(capability, summary, details, code_line, timeout, on_timeout)
         started = time.monotonic()
-        decision = self._aside(lambda cancelled: self._decide(request, cancelled), request)
+        timed_out = threading.Event()
+        decision = self._aside(
+            lambda cancelled: self._decide(request, cancelled), request, timeout, timed_out
+        )
+        if timed_out.is_set() and decision in (None, Decision.CANCELLED, Decision.EXPIRED):
+            decision = Decision.EXPIRED  # the channel ignored the deadline; the engine did not
         if not isinstance(decision, Decision):
             decision = Decision.DENY
+        allowed_by_timeout = decision is Decision.EXPIRED and on_timeout == "allow"
+        timing: dict[str, Any] = {}
+        if timeout is not None:
+            timing = {"timeout_s": timeout, "on_timeout": on_timeout}
         self._record(
             "approval",
             id=request.id,
@@ -242,11 +272,25 @@ class SessionAuthority:
             decision=decision.value,
             waited_s=round(time.monotonic() - started, 3),
             asked_because=verdict.reason,
+            **timing,
         )
+        if allowed_by_timeout:
+            # Silence is consent, because the rule says so: this one operation, no grant.
+            return Permit(
+                capability,
+                "timeout",
+                f"nobody answered within {timeout:g} s and the rule says on_timeout=allow "
+                f"({request.id})",
+            )
         if not decision.approved:
             why = {
                 Decision.DENY: "a person denied it",
-                Decision.EXPIRED: "nobody answered in time",
+                Decision.EXPIRED: (
+                    f"nobody answered within the policy's timeout of {timeout:g} s, and the "
+                    "rule says deny on timeout"
+                    if timeout is not None
+                    else "nobody answered in time"
+                ),
                 Decision.CANCELLED: "the request was cancelled (the turn was stopped)",
             }.get(decision, "it was not approved")
             raise PermissionError(
@@ -273,6 +317,8 @@ class SessionAuthority:
         summary: str,
         details: Mapping[str, Any],
         code_line: str | None,
+        timeout: float | None = None,
+        on_timeout: str = "deny",
     ) -> ApprovalRequest:
         return ApprovalRequest(
             id=uuid.uuid4().hex[:8],
@@ -281,10 +327,23 @@ class SessionAuthority:
             details=dict(details),
             code_line=code_line,
             created_at=time.time(),
+            timeout=timeout,
+            on_timeout=on_timeout,
         )
 
-    def _aside(self, ask: Callable[[threading.Event], T], request: ApprovalRequest) -> T | None:
-        """Run ``ask`` on a helper thread and wait; an interrupt here cancels the request."""
+    def _aside(
+        self,
+        ask: Callable[[threading.Event], T],
+        request: ApprovalRequest,
+        timeout: float | None = None,
+        timed_out: threading.Event | None = None,
+    ) -> T | None:
+        """Run ``ask`` on a helper thread and wait; an interrupt here cancels the request.
+
+        With a ``timeout``, a channel still busy ``TIMEOUT_GRACE_S`` after it is cancelled and
+        ``timed_out`` is set (the caller then counts a cancellation as an expiry).
+        """
+        give_up = None if timeout is None else time.monotonic() + timeout + TIMEOUT_GRACE_S
         cancelled = threading.Event()
         done = threading.Event()
         box: list[Any] = []
@@ -306,7 +365,14 @@ class SessionAuthority:
                 self._pending[request.id] = cancelled
             self._start_thread(run)
             while not done.wait(0.05):
-                pass
+                if give_up is None or time.monotonic() < give_up:
+                    continue
+                if timed_out is not None:
+                    timed_out.set()
+                if not cancelled.is_set():
+                    cancelled.set()  # the channel ignored the deadline: stop asking
+                elif time.monotonic() >= give_up + 5.0:
+                    break  # ... and ignores being cancelled too: leave it, decide without it
         except BaseException:
             cancelled.set()  # the stop button: let the channel settle, then re-raise
             done.wait(5.0)

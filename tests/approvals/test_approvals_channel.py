@@ -207,8 +207,8 @@ class _InterruptAfterCommit(ApprovalQueue):
     """Fault injection: the stop button lands after the row is committed, before submit returns
     (where the stress loop in the test above found it: inside ``submit``'s read-back)."""
 
-    def submit(self, request: Any, *, timeout: float | None = None) -> Any:
-        super().submit(request, timeout=timeout)
+    def submit(self, request: Any, **options: Any) -> Any:
+        super().submit(request, **options)
         raise KeyboardInterrupt
 
 

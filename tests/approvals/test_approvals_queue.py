@@ -182,3 +182,74 @@ def test_two_processes_racing_each_request_is_decided_exactly_once(tmp_path: Pat
     assert sum(r.state == "approved" for r in records) == wins[0]
     assert all((r.state == "approved") == (r.decided_by == "approve_once") for r in records)
     assert os.path.exists(tmp_path / "approvals.db-wal")
+
+
+def test_on_timeout_is_stored_and_named_in_the_expiry_reason(tmp_path: Path) -> None:
+    q = ApprovalQueue.in_directory(tmp_path)
+    now = time.time()
+    q.submit(Req("veto", created_at=now - 10), timeout=5, on_timeout="allow")
+    q.submit(Req("strict", created_at=now - 10), timeout=2.5)
+    pending = {r.id: r for r in q.pending()}
+    assert pending["veto"].deadline_text() is not None
+    assert pending["veto"].deadline_text().endswith("then allow")  # type: ignore[union-attr]
+    assert "expires at" in format_table(q.listing()) and "then deny" in format_table(q.listing())
+    reasons = {r.id: r.reason for r in q.expire_overdue(now)}
+    assert reasons == {
+        "veto": "no decision within 5 s; the policy says allow on timeout",
+        "strict": "no decision within 2.5 s; the policy says deny on timeout",
+    }
+    table = format_table(q.listing())
+    assert "expired by cave via timeout" in table and "expires at" not in table
+    with pytest.raises(ApprovalError, match="deny or allow"):
+        q.submit(Req("odd"), timeout=1, on_timeout="ask")
+
+
+def test_a_database_from_before_timeouts_and_answers_gains_the_columns(tmp_path: Path) -> None:
+    raw = sqlite3.connect(tmp_path / "approvals.db")
+    raw.executescript(
+        """
+        CREATE TABLE requests (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+            capability TEXT NOT NULL, summary TEXT NOT NULL, details TEXT NOT NULL,
+            code_line TEXT, created_at REAL NOT NULL, deadline REAL, owner TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending'
+                CHECK (state IN ('pending', 'approved', 'denied', 'expired', 'cancelled')),
+            scope TEXT, decided_by TEXT, channel TEXT, decided_at REAL, reason TEXT);
+        INSERT INTO requests (id, capability, summary, details, created_at, owner, state)
+            VALUES ('old1', 'shell:git', 'run git', '{}', 1.0, 'h@1:1', 'denied');
+        """
+    )
+    raw.close()
+    q = ApprovalQueue.in_directory(tmp_path)
+    assert q.get("old1").state == "denied" and q.get("old1").answer is None
+    q.submit(Req("ask1", capability="human:ask", summary="Which year?"))
+    assert q.decide("ask1", "answer", who="x", channel="cli", answer="1999").answer == "1999"
+
+
+def test_questions_take_answers_and_approvals_take_decisions(tmp_path: Path) -> None:
+    from cave.approvals._queue import MAX_ANSWER_CHARS
+
+    q = ApprovalQueue.in_directory(tmp_path)
+    q.submit(Req("q1", capability="human:ask", summary="Which table?"))
+    q.submit(Req("w1"))
+    with pytest.raises(ApprovalError, match="is a question from the agent: answer it"):
+        q.decide("q1", "approve_once", who="x", channel="cli")
+    with pytest.raises(ApprovalError, match="asks for approval, not for an answer"):
+        q.decide("w1", "answer", who="x", channel="cli", answer="yes")
+    with pytest.raises(ApprovalError, match="empty answer"):
+        q.decide("q1", "answer", who="x", channel="cli", answer="  \n")
+    with pytest.raises(ApprovalError, match=f"the limit is {MAX_ANSWER_CHARS:,}"):
+        q.decide("q1", "answer", who="x", channel="cli", answer="x" * (MAX_ANSWER_CHARS + 1))
+    with pytest.raises(ApprovalError, match="goes with the 'answer' outcome"):
+        q.decide("w1", "deny", who="x", channel="cli", answer="no")
+    assert q.get("q1").pending and q.get("w1").pending  # refusals changed nothing
+    longest = "é" * MAX_ANSWER_CHARS  # the bound is in characters, not bytes
+    record = q.decide("q1", "answer", who="ann", channel="widget", answer=longest)
+    assert record.state == "approved" and record.answer == longest and record.is_question
+    assert record.shown_state == "answered"
+    assert f"answered ({MAX_ANSWER_CHARS:,} characters) by ann via widget" in record.outcome_text()
+    table = format_table(q.listing())
+    assert "é" not in table  # the listing names the length, never the text
+    q.submit(Req("q2", capability="human:ask", summary="Anything else?"))
+    assert "cave approvals answer ID TEXT" in format_table(q.listing())
+    assert q.decide("q2", "deny", who="ann", channel="cli").shown_state == "declined"
