@@ -4,6 +4,7 @@ path, a cancelled turn, the stop button's KeyboardInterrupt, and the policy time
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import subprocess
 import sys
 import threading
@@ -274,3 +275,84 @@ def test_stop_button_right_after_the_request_appears_never_leaves_it_pending(
         assert not thread.is_alive()
         assert box and isinstance(box[0], KeyboardInterrupt)
         assert channel.queue.get(request.id).state == "cancelled"
+
+
+class Answering:
+    """``channel.answer`` running in a thread, as ``human.ask`` calls it."""
+
+    def __init__(self, channel: KernelApprovalChannel, question: str) -> None:
+        self.request = Req(capability="human:ask", summary=question, details={"question": question})
+        self.result: Any = "not returned"
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.channel = channel
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if channel.queue.get(self.request.id).pending:
+                    return
+            except KeyError:
+                pass
+            time.sleep(0.005)
+        raise AssertionError("question was never submitted")
+
+    def _run(self) -> None:
+        self.result = self.channel.answer(self.request, threading.Event())  # type: ignore[arg-type]
+
+    def join(self) -> Any:
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "answer() did not return"
+        return self.result
+
+
+def test_answer_from_the_cli_in_another_process(
+    channel: KernelApprovalChannel, tmp_path: Path
+) -> None:
+    asking = Answering(channel, "Which region?")
+    text = "eu-west-1, and  keep the spacing"
+    cli = subprocess.run(
+        [sys.executable, "-m", "cave.approvals._cli", "--session-dir", str(tmp_path),
+         "answer", asking.request.id[:6], text, "--who", "carol"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert "answered (32 characters) by carol via cli" in cli.stdout
+    assert text not in cli.stdout
+    assert asking.join() == text
+    decided = [f for k, f in channel.audit.records if k == "approval.decided"]  # type: ignore[union-attr]
+    assert decided[0]["answer_chars"] == len(text)
+    assert decided[0]["answer_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    assert text not in repr(channel.audit.records)  # type: ignore[union-attr]
+
+
+def test_a_long_answer_from_stdin_of_the_cli_and_the_limit(
+    channel: KernelApprovalChannel, tmp_path: Path
+) -> None:
+    from cave.approvals._queue import MAX_ANSWER_CHARS
+
+    asking = Answering(channel, "Paste the config")
+    cli = [sys.executable, "-m", "cave.approvals._cli", "--session-dir", str(tmp_path),
+           "answer", asking.request.id, "-"]
+    too_long = subprocess.run(
+        cli, input="x" * (MAX_ANSWER_CHARS + 1), capture_output=True, text=True, timeout=60
+    )
+    assert too_long.returncode == 2 and "the limit is 16,384" in too_long.stderr
+    assert "write it to a file in the workspace" in too_long.stderr
+    config = "a = 1\nb = 2\n" * 1000
+    ok = subprocess.run(cli, input=config, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert asking.join() == config
+
+
+def test_declined_expired_and_wrong_kind_answers(channel: KernelApprovalChannel) -> None:
+    from cave._errors import ApprovalError
+
+    asking = Answering(channel, "Proceed?")
+    with pytest.raises(ApprovalError, match="answer it with"):
+        channel.deliver(asking.request.id, "approve_once", who="x", channel="control")
+    channel.deliver(asking.request.id, "deny", who="x", channel="control")
+    assert asking.join() is None
+    assert channel.queue.get(asking.request.id).shown_state == "declined"
+    timed = Req(capability="human:ask", summary="Quick?", timeout=0.2)
+    assert channel.answer(timed, threading.Event()) is None  # type: ignore[arg-type]
+    assert channel.queue.get(timed.id).state == "expired"

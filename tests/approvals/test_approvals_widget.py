@@ -86,3 +86,53 @@ def test_buttons_call_back_once_then_settle_and_stop_being_clickable(tmp_path: P
     view.buttons["approve_once"].click()  # a stale frontend's late click
     assert clicks == ["deny"]
     assert "denied by alice" in view.bundle()["text/plain"]
+
+
+def test_question_view_sends_the_typed_text_and_shows_problems(tmp_path: Path) -> None:
+    from cave.approvals._widget import QuestionView
+
+    record = _record(tmp_path, {"question": "Which sheet?"}, "human:ask", "Which sheet?", "q1")
+    sent: list[str | None] = []
+
+    def on_answer(text: str | None) -> str | None:
+        sent.append(text)
+        return "An empty answer: type the answer" if text == "" else None
+
+    view = QuestionView(record, on_answer)
+    assert [b.description for b in view.buttons.values()] == ["Send", "Decline"]
+    assert "The agent asks you" in view.details.value
+    assert "cave approvals answer q1 TEXT" in view.bundle()["text/plain"]
+    view.buttons["answer"].click()  # nothing typed yet
+    assert sent == [""] and "An empty answer" in view.status.value
+    view.text.value = "the second one"
+    view.buttons["answer"].click()
+    assert sent == ["", "the second one"]
+    answered = ApprovalQueue.in_directory(tmp_path).decide(
+        "q1", "answer", who="ann", channel="widget", answer="the second one"
+    )
+    view.settle(answered)
+    assert view.text.disabled and view.text.value == "" and view.settled
+    assert "answered (14 characters) by ann via widget" in view.status.value
+    assert "the second one" not in view.bundle()["text/plain"]
+    view.buttons["deny"].click()  # late click on a settled view
+    assert sent == ["", "the second one"]
+
+
+def test_a_timed_request_says_when_it_expires_and_what_happens_then(tmp_path: Path) -> None:
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Timed:
+        id: str = "t1"
+        capability: str = "net:example.com:443"
+        summary: str = "GET https://example.com/"
+        details: dict[str, object] | None = None
+        code_line: str | None = None
+        created_at: float = time.time()
+        on_timeout: str = "allow"
+
+    queue = ApprovalQueue.in_directory(tmp_path)
+    record = queue.submit(Timed(details={}), timeout=300)  # type: ignore[arg-type]
+    assert "then allow" in describe_text(record)
+    view = ApprovalView(record, lambda _o: None)
+    assert "then allow" in view.status.value and "Waiting for your decision" in view.status.value
