@@ -54,6 +54,13 @@ def _rows(details: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [(k, _fmt(details[k])) for k in keys]
 
 
+def _shown_details(record: ApprovalRecord) -> Mapping[str, Any]:
+    """The details worth a row: a question's text is already the summary."""
+    if record.is_question:
+        return {k: v for k, v in record.details.items() if k != "question"}
+    return record.details
+
+
 def _preview(details: Mapping[str, Any]) -> str | None:
     for key in _PREVIEW_KEYS:
         if details.get(key) is not None:
@@ -69,7 +76,7 @@ def _when(t: float) -> str:
 def describe_text(record: ApprovalRecord) -> str:
     """Plain-text version of the widget, for frontends without widgets."""
     lines = [f"[cave] approval {record.id}: {record.capability}", f"  {record.summary}"]
-    lines += [f"  {key}: {value}" for key, value in _rows(record.details)]
+    lines += [f"  {key}: {value}" for key, value in _rows(_shown_details(record))]
     preview = _preview(record.details)
     if preview is not None:
         lines.append("  preview:")
@@ -100,7 +107,7 @@ def describe_html(record: ApprovalRecord) -> str:
     rows = "".join(
         f'<tr><th style="text-align:left;padding-right:1em;font-weight:600">{esc(k)}</th>'
         f'<td style="text-align:left;font-family:monospace;word-break:break-all">{esc(v)}</td></tr>'
-        for k, v in _rows(record.details)
+        for k, v in _rows(_shown_details(record))
     )
     title = "The agent asks you" if record.is_question else "Approval needed"
     parts = [

@@ -3,7 +3,8 @@
 Opens ``examples/02-approvals.ipynb`` on the Cave kernel (the model is the loopback Anthropic
 server, through the real SDK), runs all cells, clicks **Approve once** on the rendered widget and
 checks the cell shows the result. Screenshots before and after the click are saved in the test's
-``tmp_path``.
+``tmp_path``. A second test types an answer to ``human.ask`` into the question's text box and
+presses Send, which proves JupyterLab syncs the box to the kernel before the click arrives.
 """
 
 from __future__ import annotations
@@ -111,12 +112,18 @@ class Lab:
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[tuple[Lab, AnthropicServer, Path]]:
+    yield from _lab(tmp_path, _script, EXAMPLE)
+
+
+def _lab(
+    tmp_path: Path, script: Any, notebook: Path
+) -> Iterator[tuple[Lab, AnthropicServer, Path]]:
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (.ci/run does it)")
     work = tmp_path / "work"
     work.mkdir()
-    shutil.copy(EXAMPLE, work)
-    server = AnthropicServer(_script).start()
+    shutil.copy(notebook, work)
+    server = AnthropicServer(script).start()
     env = {
         "ANTHROPIC_BASE_URL": server.base_url,
         "ANTHROPIC_API_KEY": "sk-ant-test",
@@ -172,3 +179,60 @@ def test_approve_once_in_jupyterlab(lab: tuple[Lab, AnthropicServer, Path]) -> N
     assert len(server.requests) == 2
     assert "wrote 26 bytes" in json.dumps(server.requests[1].body["messages"][-1])
     assert (out / "approvals-widget-approved.png").stat().st_size > 10_000
+
+
+ANSWER = "Use the 2019 sheet; it's the clean one."
+
+
+def _question_script(body: dict[str, Any]) -> Any:
+    """Ask a question with human.ask, then report the answer the code printed."""
+    last = json.dumps(body["messages"][-1])
+    if "tool_result" not in last:
+        return reply("", "a = human.ask('Which sheet should I use?')\nprint('answer:', a)")
+    return reply("Got your answer." if ANSWER.replace("'", "") in last.replace("'", "") else "No.")
+
+
+def test_answer_a_question_in_jupyterlab(tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    notebook = tmp_path / "question.ipynb"
+    cell = {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+            "source": "%%agent\nAsk me which sheet to use."}
+    meta = json.loads(EXAMPLE.read_text())["metadata"]
+    notebook.write_text(json.dumps(
+        {"cells": [cell], "metadata": meta, "nbformat": 4, "nbformat_minor": 5}
+    ))
+    fixture = _lab(tmp_path, _question_script, notebook)
+    jupyter, server, out = next(fixture)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+            )
+            try:
+                page = browser.new_page(viewport={"width": 1300, "height": 900})
+                page.goto(f"{jupyter.url}/lab/tree/{notebook.name}?token={jupyter.token}")
+                page.wait_for_selector("text=Cave (Python 3) | Idle", timeout=90_000)
+                page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+                page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+
+                box = page.locator(".cave-approval textarea")
+                box.wait_for(timeout=90_000)
+                assert "Which sheet should I use?" in page.locator(".cave-approval").inner_text()
+                box.fill(ANSWER)
+                page.locator(".cave-approval button", has_text="Send").click()
+                outputs = page.locator(".jp-OutputArea-output")
+                outputs.filter(has_text="Got your answer.").wait_for(timeout=60_000)
+                page.wait_for_selector("text=Cave (Python 3) | Idle", timeout=60_000)
+                text = "\n".join(outputs.all_inner_texts())
+                disabled = page.locator(".cave-approval button:disabled").count()
+                page.screenshot(path=str(out / "question-answered.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        fixture.close()
+
+    assert f"answered ({len(ANSWER)} characters) by" in text and "via widget" in text
+    assert disabled == 2
+    assert len(server.requests) == 2
+    assert f"answer: {ANSWER}" in json.dumps(server.requests[1].body["messages"][-1])
