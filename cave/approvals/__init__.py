@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._channel import KernelApprovalChannel
-    from ._cli import decide, list_requests
+    from ._cli import answer, decide, list_requests
     from ._console import AutoDenyChannel, ConsoleChannel
     from ._kernel_glue import install, make_channel, session_channel
     from ._protocol import AnswerChannel, ApprovalChannel, ApprovalRequest, Decision
     from ._queue import AlreadyDecided, ApprovalQueue, ApprovalRecord, UnknownRequest
-    from ._widget import ApprovalView
+    from ._widget import ApprovalView, QuestionView
 
 _WHERE = {
     "AnswerChannel": "._protocol",
@@ -30,6 +30,8 @@ _WHERE = {
     "ApprovalRecord": "._queue",
     "ApprovalView": "._widget",
     "KernelApprovalChannel": "._channel",
+    "QuestionView": "._widget",
+    "answer": "._cli",
     "UnknownRequest": "._queue",
     "decide": "._cli",
     "install": "._kernel_glue",
@@ -50,7 +52,9 @@ __all__ = [
     "ConsoleChannel",
     "Decision",
     "KernelApprovalChannel",
+    "QuestionView",
     "UnknownRequest",
+    "answer",
     "decide",
     "install",
     "list_requests",

@@ -23,7 +23,7 @@ from ._queue import DB_NAME, ApprovalQueue, ApprovalRecord, format_table
 
 __all__ = ["add_parser", "answer", "decide", "default_session_dir", "list_requests", "main"]
 
-SESSION_DIR_ENV = "CAVE_SESSION_DIR"
+from .._env import SESSION_DIR_ENV
 
 
 class NoApprovalStore(ConfigError):

@@ -12,6 +12,7 @@ from .._session import current_session
 USAGE = """\
 %cave policy                            the effective policy
 %cave policy allow|ask|deny CAPABILITY  add a rule for this session (e.g. ask net:*.example.com)
+%cave policy ask CAPABILITY timeout=SECONDS [on_timeout=deny|allow]   ask, and decide alone
 %cave policy remove CAPABILITY          drop the session's rule for exactly CAPABILITY
 %cave policy reload                     re-read cave.toml and the user policy file
 Capabilities: fs.read:GLOB fs.write:GLOB fs.delete:GLOB shell:PROGRAM net:HOST[:PORT] env:NAME"""

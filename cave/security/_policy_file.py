@@ -40,9 +40,10 @@ PROJECT_FILE = "cave.toml"
 
 
 def user_policy_file() -> Path:
-    """``$XDG_CONFIG_HOME/cave/cave.toml`` (``~/.config/cave/cave.toml`` by default)."""
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "cave" / PROJECT_FILE
+    """``cave.toml`` in the user's config dir (``cave._env.config_dir``)."""
+    from .._env import config_dir
+
+    return config_dir() / PROJECT_FILE
 
 
 def load_policy(
