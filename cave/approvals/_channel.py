@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .._errors import ApprovalError as _ApprovalError
 from ._kernel_glue import cell_context_for_thread
+from ._owner import Owner
 from ._queue import (
     APPROVED,
     CANCELLED,
@@ -49,7 +50,6 @@ from ._queue import (
     AlreadyDecided,
     ApprovalQueue,
     ApprovalRecord,
-    Owner,
     UnknownRequest,
 )
 

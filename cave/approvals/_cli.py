@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .._errors import CaveError, ConfigError
-from ._queue import DB_NAME, ApprovalQueue, ApprovalRecord, format_table
+from ._queue import DB_NAME, ApprovalQueue, ApprovalRecord
+from ._render import format_table
 
 __all__ = ["add_parser", "answer", "decide", "default_session_dir", "list_requests", "main"]
 

@@ -138,7 +138,7 @@ def install(kernel: Any) -> None:
 def approvals_magic(kernel: Any, line: str) -> None:
     """``%approvals``: list pending and recent requests, or set how they are shown."""
     from .._errors import ConfigError
-    from ._queue import format_table
+    from ._render import format_table
 
     words = line.strip().split(None, 2)
     if words[:1] == ["answer"]:  # the text as typed (shlex would choke on "it's")

@@ -27,13 +27,15 @@ What this module guarantees, exactly:
   ``approve_once``/``approve_session`` are refused for a question.
 * The database file is created mode 0600. Anyone who can write it can decide requests: the
   session directory's permissions (0700) are the access control, nothing here authenticates.
+
+Beside it: ``_schema`` (the table and the upgrade of old databases), ``_owner`` (whether the kernel
+that asked is still running) and ``_render`` (the text table of ``%approvals``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import threading
 import time
@@ -44,6 +46,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .._errors import ApprovalError
+from ._owner import Owner
+from ._render import clock
+from ._schema import COLUMNS, open_database
 
 __all__ = [
     "DB_NAME",
@@ -53,10 +58,8 @@ __all__ = [
     "AlreadyDecided",
     "ApprovalQueue",
     "ApprovalRecord",
-    "Owner",
     "RequestLike",
     "UnknownRequest",
-    "format_table",
 ]
 
 DB_NAME = "approvals.db"
@@ -88,36 +91,6 @@ a silently shortened answer could change its meaning."""
 
 _MAX_DETAIL_CHARS = 4000
 """A single detail value longer than this is cut when stored (previews are for people)."""
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS requests (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    capability TEXT NOT NULL,
-    summary TEXT NOT NULL,
-    details TEXT NOT NULL,
-    code_line TEXT,
-    created_at REAL NOT NULL,
-    deadline REAL,
-    owner TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN {STATES!r}),
-    scope TEXT CHECK (scope IS NULL OR scope IN ('once', 'session')),
-    decided_by TEXT,
-    channel TEXT,
-    decided_at REAL,
-    reason TEXT,
-    audited INTEGER NOT NULL DEFAULT 0,
-    on_timeout TEXT,
-    answer TEXT
-);
-CREATE INDEX IF NOT EXISTS requests_by_state ON requests (state, seq);
-"""
-_ADDED_COLUMNS = (
-    ("audited", "INTEGER NOT NULL DEFAULT 0"),
-    ("on_timeout", "TEXT"),
-    ("answer", "TEXT"),
-)
-"""Columns added after the first release: a database from before gets them on open."""
 
 
 class RequestLike(Protocol):
@@ -166,58 +139,6 @@ class AlreadyDecided(ApprovalError):
             f"Request {record.id} is already {record.outcome_text()}; nothing changed. "
             "Only pending requests can be decided (see `cave approvals list`)."
         )
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The process waiting for a request: enough to tell later whether it is still running."""
-
-    host: str
-    pid: int
-    started: str
-    """Process start time as the kernel counts it (``/proc/PID/stat`` field 22), or ''."""
-
-    @classmethod
-    def this_process(cls) -> Owner:
-        return cls(socket.gethostname(), os.getpid(), _start_time(os.getpid()))
-
-    @classmethod
-    def parse(cls, text: str) -> Owner:
-        host, _, rest = text.rpartition("@")
-        pid, _, started = rest.partition(":")
-        return cls(host, int(pid) if pid.isdigit() else -1, started)
-
-    def __str__(self) -> str:
-        return f"{self.host}@{self.pid}:{self.started}"
-
-    def alive(self) -> bool | None:
-        """True/False on this host; None when the owner is on another host (cannot tell)."""
-        if self.host != socket.gethostname():
-            return None
-        if self.pid <= 0:
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass  # exists, owned by someone else
-        if not self.started:
-            return True
-        return _start_time(self.pid) == self.started
-
-
-def _start_time(pid: int) -> str:
-    """Start time of ``pid`` (Linux), '' where unknown. A zombie counts as not started."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode("ascii", "replace")
-    except OSError:
-        return ""
-    fields = stat[stat.rfind(")") + 2 :].split()
-    if not fields or fields[0] in ("Z", "X"):
-        return "dead"
-    return fields[19] if len(fields) > 19 else ""
 
 
 @dataclass(frozen=True)
@@ -271,7 +192,7 @@ class ApprovalRecord:
         """'expires at 12:05:00, then deny' for a pending request with a timeout, else None."""
         if self.deadline is None or self.state != PENDING:
             return None
-        return f"expires at {_clock(self.deadline)}, then {self.on_timeout or 'deny'}"
+        return f"expires at {clock(self.deadline)}, then {self.on_timeout or 'deny'}"
 
     def outcome_text(self) -> str:
         """'approved for this session by alice via widget at 12:03:04', 'pending', ..."""
@@ -288,19 +209,9 @@ class ApprovalRecord:
         if self.channel:
             parts.append(f"via {self.channel}")
         if self.decided_at is not None:
-            parts.append(f"at {_clock(self.decided_at)}")
+            parts.append(f"at {clock(self.decided_at)}")
         text = " ".join(parts)
         return f"{text} ({self.reason})" if self.reason else text
-
-
-def _clock(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-_COLUMNS = (
-    "seq, id, capability, summary, details, code_line, created_at, deadline, owner, state, scope, "
-    "decided_by, channel, decided_at, reason, on_timeout, answer"
-)
 
 
 def _record(row: tuple[Any, ...]) -> ApprovalRecord:
@@ -332,23 +243,10 @@ class ApprovalQueue:
     def __init__(self, path: str | os.PathLike[str], *, owner: Owner | None = None) -> None:
         self.path = Path(path)
         self.owner = owner or Owner.this_process()
-        if not self.path.exists():
-            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
-            os.close(fd)
         # One connection, shared under a lock: it is opened here, outside agent code, so deciding
         # later opens no file (the in-process guard sees no new `open`).
-        self._db = sqlite3.connect(
-            str(self.path), timeout=10.0, isolation_level=None, check_same_thread=False
-        )
+        self._db = open_database(self.path, STATES)
         self._lock = threading.RLock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(requests)")}
-            for name, declaration in _ADDED_COLUMNS:
-                if name not in columns:  # a database from before the column existed
-                    self._db.execute(f"ALTER TABLE requests ADD COLUMN {name} {declaration}")
 
     @classmethod
     def in_directory(
@@ -527,7 +425,7 @@ class ApprovalQueue:
         """
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM requests WHERE state != 'pending' AND audited = 0 "
+                f"SELECT {COLUMNS} FROM requests WHERE state != 'pending' AND audited = 0 "
                 "ORDER BY seq"
             ).fetchall()
         return [_record(r) for r in rows]
@@ -551,7 +449,7 @@ class ApprovalQueue:
         with self._lock:
             full_id = self._resolve(request_id)
             row = self._db.execute(
-                f"SELECT {_COLUMNS} FROM requests WHERE id = ?", (full_id,)
+                f"SELECT {COLUMNS} FROM requests WHERE id = ?", (full_id,)
             ).fetchone()
         return _record(row)
 
@@ -569,7 +467,7 @@ class ApprovalQueue:
         """Pending requests, oldest first (the FIFO)."""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM requests WHERE state = 'pending' ORDER BY seq"
+                f"SELECT {COLUMNS} FROM requests WHERE state = 'pending' ORDER BY seq"
             ).fetchall()
         return [_record(r) for r in rows]
 
@@ -577,7 +475,7 @@ class ApprovalQueue:
         """The last ``limit`` requests in any state, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM requests ORDER BY seq DESC LIMIT ?", (limit,)
+                f"SELECT {COLUMNS} FROM requests ORDER BY seq DESC LIMIT ?", (limit,)
             ).fetchall()
         return [_record(r) for r in reversed(rows)]
 
@@ -601,31 +499,3 @@ def check_answer(answer: str | None) -> str:
         )
     return answer
 
-
-def format_table(records: list[ApprovalRecord]) -> str:
-    """A plain-text table for ``%approvals`` and ``cave approvals list``.
-
-    Answers to questions are shown by length only: an answer may hold something the person
-    typed for the agent alone (a password it asked for), and this table lands in notebooks.
-    """
-    if not records:
-        return "No approval requests in this session."
-    lines = []
-    for r in records:
-        head = f"{r.id}  {_clock(r.created_at)}  {r.shown_state:<9}  {r.capability}"
-        lines.append(head)
-        lines.append(f"    {r.summary}")
-        if r.code_line:
-            lines.append(f"    asked by: {r.code_line.strip()[:160]}")
-        deadline = r.deadline_text()
-        if deadline:
-            lines.append(f"    {deadline}")
-        if r.state != PENDING:
-            lines.append(f"    {r.outcome_text()}")
-    pending = [r for r in records if r.pending]
-    if pending:
-        hint = "`cave approvals approve ID` / `cave approvals deny ID`"
-        if any(r.is_question for r in pending):
-            hint += " (a question: `cave approvals answer ID TEXT`)"
-        lines.append(f"{len(pending)} pending: decide in the notebook, or {hint}.")
-    return "\n".join(lines)

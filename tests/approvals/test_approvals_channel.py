@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from cave.approvals._channel import KernelApprovalChannel, parse_answer, wake
-from cave.approvals._queue import ApprovalQueue, Owner
+from cave.approvals._owner import Owner
+from cave.approvals._queue import ApprovalQueue
 
 try:
     from cave.approvals._protocol import Decision
