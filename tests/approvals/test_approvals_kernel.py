@@ -21,50 +21,24 @@ from typing import Any
 
 import pytest
 
-from cave.testing import AnthropicServer, KernelHarness, reply
-from cave.testing._script import Failure
+from cave.testing import KernelHarness, ScriptedKernel, reply
 
 pytestmark = pytest.mark.slow
 
 CLICK = {"method": "custom", "content": {"event": "click"}}
 
 
-class Rig:
-    """One loopback model server and one Cave kernel sharing a session directory."""
+class Rig(ScriptedKernel):
+    """A scripted Cave kernel and a directory outside its workspace, where every write asks."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.session_dir = root / "session"
         self.outside = root / "outside"
-        self.workspace = root / "workspace"
-        for d in (self.outside, self.workspace):
+        workspace = root / "workspace"
+        for d in (self.outside, workspace):
             d.mkdir(parents=True, exist_ok=True)
-        self.replies: list[Any] = []
-        self._seen = 0
-        self.server = AnthropicServer(self._next)
-        self.server.start()
-        self.kernel = KernelHarness(
-            env={
-                "ANTHROPIC_BASE_URL": self.server.base_url,
-                "ANTHROPIC_API_KEY": "sk-ant-test",
-                "CAVE_SESSION_DIR": str(self.session_dir),
-            },
-            cwd=self.workspace,
-        )
-        self.kernel.start()
-
-    def _next(self, request: dict[str, Any]) -> Any:
-        if not self.replies:
-            return Failure(500, "api_error", "the test script has no reply left")
-        return self.replies.pop(0)
-
-    def script(self, *replies: Any) -> None:
-        self.replies = list(replies)
-        self._seen = len(self.server.requests)
-
-    @property
-    def requests(self) -> list[Any]:
-        return self.server.requests[self._seen :]
+        # Pinned to where ``session_dir`` says: the kernel inherits the environment, and an
+        # exported CAVE_SESSION_DIR would otherwise move the session (and these tests) into it.
+        super().__init__(workspace=workspace, env={"CAVE_SESSION_DIR": str(workspace / ".cave")})
 
     def tool_results(self) -> str:
         """What the model was sent back after running code, in the last request."""
@@ -75,18 +49,11 @@ class Rig:
         assert cell.status == "ok", cell.all_text
         return cell.stdout
 
-    def close(self) -> None:
-        self.kernel.stop()
-        self.server.stop()
-
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    r = Rig(tmp_path_factory.mktemp("approvals-kernel"))
-    try:
+    with Rig(tmp_path_factory.mktemp("approvals-kernel")) as r:
         yield r
-    finally:
-        r.close()
 
 
 def _write_step(path: Path, text: str = "hello") -> str:
@@ -330,8 +297,7 @@ def test_interrupt_while_waiting_cancels_the_request(rig: Rig) -> None:
 
 
 def test_kernel_killed_while_pending_shows_expired_after_restart(tmp_path: Path) -> None:
-    rig = Rig(tmp_path)
-    try:
+    with Rig(tmp_path) as rig:
         rig.script(reply("", _write_step(rig.outside / "never.txt")), reply("never sent"))
         kc = rig.kernel.kc
         msg_id = kc.execute("%%agent\nwrite")
@@ -353,8 +319,6 @@ def test_kernel_killed_while_pending_shows_expired_after_restart(tmp_path: Path)
         ]
         expired = [r for r in records if r["kind"] == "approval.decided" and r["id"] == rid]
         assert expired and expired[0]["state"] == "expired"
-    finally:
-        rig.close()
 
 
 def test_session_directory_is_private(rig: Rig) -> None:

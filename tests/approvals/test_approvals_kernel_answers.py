@@ -23,11 +23,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    r = Rig(tmp_path_factory.mktemp("approvals-answers"))
-    try:
+    with Rig(tmp_path_factory.mktemp("approvals-answers")) as r:
         yield r
-    finally:
-        r.close()
 
 
 def _audit(rig: Rig) -> list[dict[str, Any]]:
