@@ -57,6 +57,19 @@ class Audit:
         self.records.append((kind, fields))
 
 
+def _wait_submitted(channel: KernelApprovalChannel, request_id: str, what: str) -> None:
+    """Return once ``request_id`` is pending in the channel's queue (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if channel.queue.get(request_id).pending:
+                return
+        except KeyError:
+            pass
+        time.sleep(0.005)
+    raise AssertionError(f"{what} was never submitted")
+
+
 class Waiting:
     """``channel.decide`` running in a thread, as a primitive calls it from the agent's thread."""
 
@@ -68,15 +81,7 @@ class Waiting:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.channel = channel
         self.thread.start()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if channel.queue.get(request.id).pending:
-                    return
-            except KeyError:
-                pass
-            time.sleep(0.005)
-        raise AssertionError("request was never submitted")
+        _wait_submitted(channel, request.id, "request")
 
     def _run(self) -> None:
         try:
@@ -287,15 +292,7 @@ class Answering:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.channel = channel
         self.thread.start()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if channel.queue.get(self.request.id).pending:
-                    return
-            except KeyError:
-                pass
-            time.sleep(0.005)
-        raise AssertionError("question was never submitted")
+        _wait_submitted(channel, self.request.id, "question")
 
     def _run(self) -> None:
         self.result = self.channel.answer(self.request, threading.Event())  # type: ignore[arg-type]

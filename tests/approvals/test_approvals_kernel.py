@@ -204,6 +204,27 @@ def test_several_requests_in_one_step_are_shown_in_order(rig: Rig) -> None:
     assert listing.index(ids[0]) < listing.index(ids[1])  # FIFO
 
 
+def controller(
+    content: Callable[[str], dict[str, Any]], replies: list[dict[str, Any]]
+) -> Callable[[dict[str, Any], KernelHarness], None]:
+    """An on_message hook that sends ``content(request id)`` as a ``cave_approval_decision`` on
+    the control channel for the first request displayed, and keeps the kernel's reply."""
+
+    def on_message(msg: dict[str, Any], kernel: KernelHarness) -> None:
+        ids = request_ids([msg])
+        if ids and not replies:
+            kc = kernel.kc
+            request = kc.session.msg("cave_approval_decision", content(ids[0]))
+            kc.control_channel.send(request)
+            while True:
+                answer = kc.get_control_msg(timeout=10)
+                if answer["parent_header"].get("msg_id") == request["header"]["msg_id"]:
+                    replies.append(answer)
+                    return
+
+    return on_message
+
+
 def _cli(session_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``cave approvals --session-dir DIR ARGS``, as a user types it in another terminal."""
     return subprocess.run(
@@ -237,21 +258,7 @@ def test_control_channel_message_decides(rig: Rig) -> None:
     target = rig.outside / "control.txt"
     rig.script(reply("", _write_step(target)), reply("ok"))
     replies: list[dict[str, Any]] = []
-
-    def over_control(msg: dict[str, Any], kernel: KernelHarness) -> None:
-        ids = request_ids([msg])
-        if ids and not replies:
-            kc = kernel.kc
-            request = kc.session.msg(
-                "cave_approval_decision", {"id": ids[0], "decision": "approve_once"}
-            )
-            kc.control_channel.send(request)
-            while True:
-                answer = kc.get_control_msg(timeout=10)
-                if answer["parent_header"].get("msg_id") == request["header"]["msg_id"]:
-                    replies.append(answer)
-                    return
-
+    over_control = controller(lambda rid: {"id": rid, "decision": "approve_once"}, replies)
     cell = rig.kernel.execute("%%agent\nwrite", on_message=over_control, timeout=90)
     assert cell.status == "ok", cell.all_text
     assert replies[0]["msg_type"] == "cave_approval_decision_reply"

@@ -14,7 +14,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from test_approvals_kernel import CLICK, Rig, Widgets, _cli, _write_step, request_ids
+from test_approvals_kernel import (
+    CLICK,
+    Rig,
+    Widgets,
+    _cli,
+    _write_step,
+    controller,
+    request_ids,
+)
 
 from cave.testing import KernelHarness, reply
 
@@ -151,19 +159,7 @@ def test_human_ask_answered_from_the_cli(rig: Rig) -> None:
 def test_human_ask_answered_over_the_control_channel(rig: Rig) -> None:
     rig.script(reply("", _ask_step("Colour?")), reply("ok"))
     replies: list[dict[str, Any]] = []
-
-    def over_control(msg: dict[str, Any], kernel: KernelHarness) -> None:
-        ids = request_ids([msg])
-        if ids and not replies:
-            kc = kernel.kc
-            request = kc.session.msg("cave_approval_decision", {"id": ids[0], "answer": "teal"})
-            kc.control_channel.send(request)
-            while True:
-                answer = kc.get_control_msg(timeout=10)
-                if answer["parent_header"].get("msg_id") == request["header"]["msg_id"]:
-                    replies.append(answer)
-                    return
-
+    over_control = controller(lambda rid: {"id": rid, "answer": "teal"}, replies)
     cell = rig.kernel.execute("%%agent\nask", on_message=over_control, timeout=90)
     assert cell.status == "ok", cell.all_text
     assert replies[0]["content"]["status"] == "ok", replies[0]["content"]
