@@ -23,6 +23,11 @@ for _var in (
     "CAVE_MODEL",
     "OPENAI_API_KEY",
     "OPENAI_BASE_URL",
+    "CAVE_SESSION_DIR",
+    "CAVE_CHECKPOINTS",
+    "CAVE_RESUME",
+    "CAVE_AUTOCHECKPOINT",
+    "CAVE_AUTOCHECKPOINT_KEEP",
 ):
     os.environ.pop(_var, None)
 # Kernels auto-checkpoint: keep their signing secret out of the real ~/.config.

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .._env import SESSION_DIR_ENV
 from ._anthropic_server import AnthropicServer
 from ._kernel_harness import KernelHarness
 from ._loopback import RecordedRequest
@@ -36,7 +37,7 @@ class ScriptedKernel:
     def start(self) -> ScriptedKernel:
         self.server.start()
         env = {"ANTHROPIC_BASE_URL": self.server.base_url, "ANTHROPIC_API_KEY": "sk-ant-test",
-               **self._env}
+               SESSION_DIR_ENV: str(self.workspace / ".cave"), **self._env}
         self.kernel = KernelHarness(env=env, cwd=self.workspace, **self._harness).start()
         return self
 
@@ -67,7 +68,8 @@ class ScriptedKernel:
 
     @property
     def session_dir(self) -> Path:
-        return self.workspace / ".cave"
+        """The kernel's session dir (pinned, so an exported CAVE_SESSION_DIR cannot leak in)."""
+        return Path(self._env.get(SESSION_DIR_ENV) or self.workspace / ".cave")
 
     def execute(self, code: str, **kwargs: Any) -> Any:
         assert self.kernel is not None, "call start() first"
