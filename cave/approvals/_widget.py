@@ -155,7 +155,29 @@ def _status_html(record: ApprovalRecord, problem: str | None = None) -> str:
     )
 
 
-class ApprovalView:
+class _RequestView:
+    """What both views share: the widget box, the record it shows, and its display data."""
+
+    box: Any
+    record: ApprovalRecord
+
+    @property
+    def model_id(self) -> str:
+        return str(self.box.model_id)
+
+    def bundle(self) -> dict[str, Any]:
+        """The display data: the widget view plus a text rendering for other frontends."""
+        return {
+            "text/plain": describe_text(self.record),
+            "application/vnd.jupyter.widget-view+json": {
+                "version_major": 2,
+                "version_minor": 0,
+                "model_id": self.model_id,
+            },
+        }
+
+
+class ApprovalView(_RequestView):
     """One request's widget. ``on_click(outcome)`` runs on the kernel's main thread."""
 
     def __init__(self, record: ApprovalRecord, on_click: Callable[[str], None]) -> None:
@@ -184,25 +206,10 @@ class ApprovalView:
         self.box.add_class("cave-approval")
         self.settled = False
 
-    @property
-    def model_id(self) -> str:
-        return str(self.box.model_id)
-
     def _clicked(self, outcome: str) -> None:
         if self.settled:  # a late click from a stale view: the decision is already made
             return
         self._on_click(outcome)
-
-    def bundle(self) -> dict[str, Any]:
-        """The display data: the widget view plus a text rendering for other frontends."""
-        return {
-            "text/plain": describe_text(self.record),
-            "application/vnd.jupyter.widget-view+json": {
-                "version_major": 2,
-                "version_minor": 0,
-                "model_id": self.model_id,
-            },
-        }
 
     def settle(self, record: ApprovalRecord) -> None:
         """Show who decided what and when, and stop being clickable."""
@@ -213,7 +220,7 @@ class ApprovalView:
         self.status.value = _status_html(record)
 
 
-class QuestionView:
+class QuestionView(_RequestView):
     """A ``human.ask`` question: a text box, Send and Decline. Callbacks run on the main thread.
 
     ``on_answer(text)`` gets the typed text (Send) or None (Decline) and returns a problem to
@@ -252,26 +259,12 @@ class QuestionView:
         self.box.add_class("cave-approval")
         self.settled = False
 
-    @property
-    def model_id(self) -> str:
-        return str(self.box.model_id)
-
     def _clicked(self, text: str | None) -> None:
         if self.settled:
             return
         problem = self._on_answer(text)
         if problem and not self.settled:
             self.status.value = _status_html(self.record, problem)
-
-    def bundle(self) -> dict[str, Any]:
-        return {
-            "text/plain": describe_text(self.record),
-            "application/vnd.jupyter.widget-view+json": {
-                "version_major": 2,
-                "version_minor": 0,
-                "model_id": self.model_id,
-            },
-        }
 
     def settle(self, record: ApprovalRecord) -> None:
         """Show the outcome, clear the text box (the answer is not kept in the page), lock."""
