@@ -111,13 +111,28 @@ def _safe_write(stream: TextIO, s: str) -> None:
 
 
 class TeeStream(io.TextIOBase):
-    """A text stream that feeds a :class:`Capture` and, while echo lasts, the original stream."""
+    """A text stream that feeds a :class:`Capture` and, while echo lasts, the original stream.
 
-    def __init__(self, capture: Capture, original: TextIO | None, name: str) -> None:
+    Writes from *bystander* threads (threads that were already running when the step began: a
+    user's background thread, a kernel subshell) go straight to the original stream: they are not
+    the agent's output, so the model must not read them. A thread the agent starts is captured. An
+    ident reused by a new thread after a bystander ends is treated as a bystander (its output is
+    shown but not captured): the cost of not tracking threads one by one.
+    """
+
+    def __init__(self, capture: Capture, original: TextIO | None, name: str,
+                 bystanders: frozenset[int] = frozenset()) -> None:
         super().__init__()
         self._capture = capture
         self._original = original
         self._name = name
+        self._bystanders = bystanders
+
+    def __getattr__(self, name: str) -> Any:
+        """Anything else (ipykernel's ``set_parent``, ...) is the original stream's."""
+        if self._original is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._original, name)
 
     @property
     def name(self) -> str:
@@ -156,7 +171,12 @@ class TeeStream(io.TextIOBase):
     def write(self, s: Any) -> int:
         if not isinstance(s, str):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        if s:
+        if not s:
+            return 0
+        if threading.get_ident() in self._bystanders:
+            if self._original is not None:
+                _safe_write(self._original, s)
+        else:
             self._capture.write(s, self._original)
         return len(s)
 

@@ -501,8 +501,10 @@ class Executor:
                 outer_active = _ACTIVE.get(state.thread_id)
                 _ACTIVE[state.thread_id] = state
             old_out, old_err = sys.stdout, sys.stderr
-            sys.stdout = TeeStream(capture, old_out, "<stdout>")
-            sys.stderr = TeeStream(capture, old_err, "<stderr>")
+            bystanders = frozenset(t.ident for t in threading.enumerate()
+                                   if t.ident is not None and t.ident != state.thread_id)
+            sys.stdout = TeeStream(capture, old_out, "<stdout>", bystanders)
+            sys.stderr = TeeStream(capture, old_err, "<stderr>", bystanders)
             shell = _active_shell()
             tap = _DisplayTap(shell, capture, echo) if shell is not None else None
             watchdog: threading.Thread | None = None
