@@ -28,19 +28,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _disk import GIB, drop_caches  # noqa: E402
 from _table import write_table  # noqa: E402
-
-GIB = 1 << 30
-
-
-def drop_caches() -> bool:
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def turn_times(root: Path, turns: int, auto: bool) -> list[float]:
