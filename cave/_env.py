@@ -27,6 +27,19 @@ CONFIG_DIR_ENV = "CAVE_CONFIG_DIR"
 """The user's Cave config directory (checkpoint signing secret, user policy)."""
 
 
+def session_dir(explicit: str | os.PathLike[str] | None = None,
+                workspace: str | os.PathLike[str] | None = None) -> Path:
+    """``explicit``, else ``$CAVE_SESSION_DIR``, else ``<workspace or cwd>/.cave``.
+
+    The kernel and every ``cave`` subcommand resolve it this way, so a terminal in the notebook's
+    directory finds the kernel's audit log, approvals and checkpoints.
+    """
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(SESSION_DIR_ENV)
+    return Path(env) if env else Path(workspace or Path.cwd()) / ".cave"
+
+
 def config_dir() -> Path:
     """``$CAVE_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/cave``, else ``~/.config/cave``."""
     explicit = os.environ.get(CONFIG_DIR_ENV)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ._env import MODEL_ENV, SCRIPT_ENV, SESSION_DIR_ENV
+from ._env import MODEL_ENV, SCRIPT_ENV, session_dir
 from ._errors import ConfigError
 from .agent._events import EventSink
 from .agent._loop import Agent, AgentSettings, TurnResult
@@ -106,7 +106,7 @@ class Session:
     @property
     def directory(self) -> Path:
         """The session directory, created on first use with mode 0700 (it holds the audit log)."""
-        path = Path(os.environ.get(SESSION_DIR_ENV) or self.workspace / ".cave")
+        path = session_dir(workspace=self.workspace)
         if not path.exists():
             path.mkdir(parents=True, mode=0o700)
         return path
@@ -188,10 +188,11 @@ class Session:
         echo: bool = True,
     ) -> TurnResult:
         """Run one turn in the calling thread. One turn at a time per session."""
-        if not self._lock.acquire(blocking=False):
-            raise ConfigError(
-                "An agent turn is already running in this session; wait or interrupt it."
-            )
+        with self.exclusive("run the next agent cell"):
+            return self._turn(prompt, on_event, settings=settings, echo=echo)
+
+    def _turn(self, prompt: str, on_event: EventSink | None, *,
+              settings: AgentSettings | None, echo: bool) -> TurnResult:
         completed = False
         try:
             self.ensure_security()
@@ -212,10 +213,7 @@ class Session:
             return result
         finally:
             self._active = None
-            try:
-                self._run_hooks(self.after_turn, completed)
-            finally:
-                self._lock.release()
+            self._run_hooks(self.after_turn, completed)
 
     def _run_hooks(self, hooks: list[Callable[..., None]], *args: Any) -> None:
         for hook in list(hooks):
@@ -260,8 +258,6 @@ AUDIT_FILE = "audit.jsonl"
 
 def default_channel(session: Session) -> Any:
     """Outside the kernel: ask on the terminal if there is one, else wait for `cave approvals`."""
-    import sys
-
     if sys.stdin is not None and sys.stdin.isatty():
         from .approvals._console import ConsoleChannel
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ._env import RESUME_ENV, SESSION_DIR_ENV, STORE_ENV
+from ._env import RESUME_ENV, STORE_ENV, session_dir
 from ._errors import CaveError, ConfigError
 
 
@@ -150,16 +150,12 @@ def _run_notebook(path: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-def _session_dir(args: argparse.Namespace) -> Path:
-    return Path(args.session_dir or os.environ.get(SESSION_DIR_ENV) or Path.cwd() / ".cave")
-
-
 def _audit(args: argparse.Namespace) -> int:
     """Show the audit log, or verify its hash chain (exit 1 if it does not verify)."""
     from ._session import AUDIT_FILE
     from .security import format_records, verify
 
-    path = _session_dir(args) / AUDIT_FILE
+    path = session_dir(args.session_dir) / AUDIT_FILE
     if not path.exists():
         print(
             f"cave: no audit log at {path}; pass --session-dir (a kernel's <cwd>/.cave)",

@@ -24,7 +24,7 @@ from ._render import format_table
 
 __all__ = ["add_parser", "answer", "decide", "default_session_dir", "list_requests", "main"]
 
-from .._env import SESSION_DIR_ENV
+from .._env import SESSION_DIR_ENV, session_dir
 
 
 class NoApprovalStore(ConfigError):
@@ -41,7 +41,7 @@ class NoApprovalStore(ConfigError):
 
 def default_session_dir() -> Path:
     """``$CAVE_SESSION_DIR``, else ``./.cave`` (what a kernel started here uses)."""
-    return Path(os.environ.get(SESSION_DIR_ENV) or Path.cwd() / ".cave")
+    return session_dir()
 
 
 def _open(session_dir: str | os.PathLike[str] | None) -> ApprovalQueue:

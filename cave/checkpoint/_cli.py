@@ -23,13 +23,13 @@ from ._store import SessionStore
 __all__ = ["add_parser", "default_store_url", "format_list", "main"]
 
 from .._env import SESSION_DIR_ENV, STORE_ENV
+from .._env import session_dir as resolve_session_dir
 
 
 def default_store_url(session_dir: str | os.PathLike[str] | None = None) -> str:
     if os.environ.get(STORE_ENV) and session_dir is None:
         return os.environ[STORE_ENV]
-    base = Path(session_dir or os.environ.get(SESSION_DIR_ENV) or Path.cwd() / ".cave")
-    return str(base / "checkpoints")
+    return str(resolve_session_dir(session_dir) / "checkpoints")
 
 
 def _size(n: int) -> str:

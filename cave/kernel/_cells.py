@@ -100,13 +100,9 @@ def rewrite_agent_cell(lines: list[str]) -> list[str]:
     ]
 
 
-def _session() -> Session:
-    return current_session()
-
-
 async def agent_cell(line: str, body: str) -> None:
     """Run one agent turn for the current cell; returns when the turn is over."""
-    session = _session()
+    session = current_session()
     options = parse_agent_args(line, body)
     _apply_model_option(session, options)
     from ._render import CellRenderer
@@ -137,7 +133,7 @@ async def agent_cell(line: str, body: str) -> None:
 
 def run_agent_sync(line: str, body: str) -> None:
     """The same turn, blocking, for frontends without the Cave kernel's async path."""
-    session = _session()
+    session = current_session()
     options = parse_agent_args(line, body)
     _apply_model_option(session, options)
     from ._render import CellRenderer
