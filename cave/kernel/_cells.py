@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -102,16 +103,9 @@ def rewrite_agent_cell(lines: list[str]) -> list[str]:
 
 async def agent_cell(line: str, body: str) -> None:
     """Run one agent turn for the current cell; returns when the turn is over."""
-    session = current_session()
-    options = parse_agent_args(line, body)
-    _apply_model_option(session, options)
-    from ._render import CellRenderer
-
-    renderer = CellRenderer()
-    loop = asyncio.get_running_loop()
+    session, options, turn = _prepare(line, body)
     ctx = contextvars.copy_context()
-    call = partial(session.ask, options.prompt, renderer, settings=_settings(session, options))
-    future = loop.run_in_executor(None, ctx.run, call)
+    future = asyncio.get_running_loop().run_in_executor(None, ctx.run, turn)
     try:
         await asyncio.shield(future)
     except asyncio.CancelledError:
@@ -133,28 +127,27 @@ async def agent_cell(line: str, body: str) -> None:
 
 def run_agent_sync(line: str, body: str) -> None:
     """The same turn, blocking, for frontends without the Cave kernel's async path."""
-    session = current_session()
-    options = parse_agent_args(line, body)
-    _apply_model_option(session, options)
-    from ._render import CellRenderer
-
+    session, options, turn = _prepare(line, body)
     try:
-        session.ask(options.prompt, CellRenderer(), settings=_settings(session, options))
+        turn()
     except KeyboardInterrupt:
         session.cancel()
         raise
     _publish_output(session, options)
 
 
-def _settings(session: Session, options: AgentCellOptions) -> Any:
-    return session.agent_settings.with_limits(
-        max_steps=options.max_steps, code_timeout=options.timeout
-    )
+def _prepare(line: str, body: str) -> tuple[Session, AgentCellOptions, Callable[[], Any]]:
+    """Parse the cell, apply ``--model``, and bind the turn (rendered into this cell) to run."""
+    from ._render import CellRenderer
 
-
-def _apply_model_option(session: Session, options: AgentCellOptions) -> None:
+    session = current_session()
+    options = parse_agent_args(line, body)
     if options.model and options.model != session.model_settings.name:
         session.set_model(settings=session.model_settings.with_name(options.model))
+    settings = session.agent_settings.with_limits(
+        max_steps=options.max_steps, code_timeout=options.timeout
+    )
+    return session, options, partial(session.ask, options.prompt, CellRenderer(), settings=settings)
 
 
 def _publish_output(session: Session, options: AgentCellOptions) -> None:
