@@ -35,18 +35,9 @@ def clean_keys(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     for provider in ("anthropic", "anthropic_auth_token"):
         _credentials.forget_key(provider)
-    before = set(threading.enumerate())
     yield
     for provider in ("anthropic", "anthropic_auth_token"):
         _credentials.forget_key(provider)
-    deadline = time.monotonic() + 3.0
-    while True:
-        extra = [t.name for t in threading.enumerate()
-                 if t not in before and t.name.startswith("cave-anthropic")]
-        if not extra or time.monotonic() > deadline:
-            break
-        time.sleep(0.01)
-    assert extra == []
 
 
 def make(server: AnthropicServer, **kw) -> AnthropicModel:

@@ -22,20 +22,6 @@ MODEL = "claude-sonnet-5-5"
 HI = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture(autouse=True)
-def no_leaked_threads():
-    before = set(threading.enumerate())
-    yield
-    deadline = time.monotonic() + 3.0
-    while True:
-        extra = [t.name for t in threading.enumerate()
-                 if t not in before and t.name.startswith("cave-anthropic")]
-        if not extra or time.monotonic() > deadline:
-            break
-        time.sleep(0.01)
-    assert extra == []
-
-
 def client(server: AnthropicServer, key: str = "test-key", **kw) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=server.base_url, api_key=key, **kw)
 

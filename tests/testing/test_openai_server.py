@@ -20,20 +20,6 @@ HI = [{"role": "user", "content": "hi"}]
 TOOLS = [{"type": "function", "function": {"name": "python", "parameters": {"type": "object"}}}]
 
 
-@pytest.fixture(autouse=True)
-def no_leaked_threads():
-    before = set(threading.enumerate())
-    yield
-    deadline = time.monotonic() + 3.0
-    while True:
-        extra = [t.name for t in threading.enumerate()
-                 if t not in before and t.name.startswith(("cave-openai", "cave-anthropic"))]
-        if not extra or time.monotonic() > deadline:
-            break
-        time.sleep(0.01)
-    assert extra == []
-
-
 def post(server: OpenAIServer, body: object, headers: dict[str, str] | None = None,
          path: str = "/chat/completions") -> httpx.Response:
     return httpx.post(server.base_url + path, json=body, headers=headers, timeout=10)

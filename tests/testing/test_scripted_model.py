@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -18,20 +16,6 @@ from cave.testing._scripted_model import ScriptedModel
 
 REQUEST = ModelRequest(system=[{"type": "text", "text": "You run Python."}],
                        messages=[{"role": "user", "content": "What is 6*7?"}])
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_threads():
-    before = set(threading.enumerate())
-    yield
-    deadline = time.monotonic() + 3.0
-    while True:
-        extra = [t.name for t in threading.enumerate()
-                 if t not in before and t.name.startswith("cave-anthropic")]
-        if not extra or time.monotonic() > deadline:
-            break
-        time.sleep(0.01)
-    assert extra == []
 
 
 def test_reply_with_text_and_code():
