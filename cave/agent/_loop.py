@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._errors import MaxStepsReached, TurnInterrupted, TurnStopped
 from ..models._protocol import Model, ModelReply, ToolCall, Usage
@@ -31,6 +31,9 @@ from ._events import (
     ToolInputRejected,
     TurnFinished,
 )
+
+if TYPE_CHECKING:  # the security package costs ~0.1 s to import; the loop needs only the type
+    from ..security._audit import AuditSink
 
 
 @dataclass(frozen=True)
@@ -67,10 +70,6 @@ class Runtime(Protocol):
         self, code: str, *, timeout: float | None = ..., echo: bool = ..., label: str = ...
     ) -> Any: ...
     def interrupt(self) -> None: ...
-
-
-class AuditSink(Protocol):
-    def record(self, kind: str, /, **fields: Any) -> None: ...
 
 
 class _NullAudit:

@@ -37,7 +37,7 @@ import linecache
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from .._errors import ApprovalError as _ApprovalError
 from ._kernel_glue import cell_context_for_thread
@@ -54,6 +54,7 @@ from ._queue import (
 )
 
 if TYPE_CHECKING:
+    from ..security._audit import AuditSink
     from ._protocol import ApprovalRequest, Decision
     from ._widget import ApprovalView, QuestionView
 
@@ -93,10 +94,6 @@ def wake(request_id: str) -> bool:
 def parse_answer(text: str) -> str | None:
     """A stdin answer -> an outcome (``approve_once`` / ``approve_session`` / ``deny``) or None."""
     return _ANSWERS.get(text.strip().lower())
-
-
-class AuditSink(Protocol):
-    def record(self, kind: str, /, **fields: Any) -> None: ...
 
 
 def decision_for(record: ApprovalRecord) -> Decision:
