@@ -28,7 +28,6 @@ __all__ = [
     "bounded_repr",
     "build_manifest",
     "describe",
-    "describe_primitive",
     "type_name",
 ]
 
@@ -450,24 +449,6 @@ def describe(name: str, obj: Any, description: str | None = None) -> str:
     except Exception as exc:  # a recogniser tripped on a hostile object
         body = [f"<description failed: {_error_text(exc)}>"]
     return "\n".join([header, *("  " + _cut(line, 1000) for line in body)])
-
-
-def describe_primitive(name: str, obj: Any) -> str:
-    """A primitive: its signature, or for a namespace object its public methods' signatures."""
-    if callable(obj) and not isinstance(obj, type):
-        doc = _first_doc_line(obj)
-        return f"{name}{_signature(obj)}" + (f": {doc}" if doc else "")
-    lines = [f"{name}: {_first_doc_line(obj) or type_name(obj)}"]
-    public = [a for a in dir(type(obj)) if not a.startswith("_")][:20]
-    for attr in public:
-        try:
-            member = getattr(obj, attr)
-        except Exception:
-            continue
-        if callable(member):
-            doc = _first_doc_line(member)
-            lines.append(f"  {name}.{attr}{_signature(member)}" + (f": {doc}" if doc else ""))
-    return "\n".join(lines)
 
 
 def build_manifest(

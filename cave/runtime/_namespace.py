@@ -28,7 +28,7 @@ from typing import Any
 
 from .._errors import NameNotFound, RuntimeStateError, TypeChangeRefused
 from ._executor import ExecutionResult, Executor
-from ._manifest import build_manifest, describe_primitive, type_name
+from ._manifest import build_manifest, type_name
 
 __all__ = ["AgentRuntime", "InjectedInfo"]
 
@@ -235,10 +235,6 @@ class AgentRuntime:
             if (value := self.namespace.get(name, missing)) is not missing
         ]
         return build_manifest(items, variables=self.agent_variables() if variables else ())
-
-    def describe_primitives(self) -> str:
-        """One line per primitive (or per method of a primitive namespace), with signatures."""
-        return "\n".join(describe_primitive(n, o) for n, o in self._primitives.items())
 
     def run(
         self,

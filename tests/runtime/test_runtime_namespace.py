@@ -177,27 +177,6 @@ def test_manifest_has_descriptions_and_variables() -> None:
     assert AgentRuntime().manifest().endswith("(no objects injected)")
 
 
-def test_describe_primitives() -> None:
-    class Files:
-        """File access under the policy."""
-
-        def read(self, path: str) -> bytes:
-            """Read a file."""
-            return b""
-
-    def ask(question: str) -> str:
-        """Ask the human."""
-        return ""
-
-    rt = AgentRuntime()
-    rt.add_primitive("fs", Files())
-    rt.add_primitive("ask", ask)
-    text = rt.describe_primitives()
-    assert "fs: File access under the policy." in text
-    assert "fs.read(path: str) -> bytes: Read a file." in text
-    assert "ask(question: str) -> str: Ask the human." in text
-
-
 def test_runtime_never_imports_pandas_numpy_or_ipython() -> None:
     import subprocess
     import sys
