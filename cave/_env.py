@@ -23,6 +23,8 @@ AUTOCHECKPOINT_ENV = "CAVE_AUTOCHECKPOINT"
 """``0`` turns the checkpoint after each agent turn off."""
 AUTOCHECKPOINT_KEEP_ENV = "CAVE_AUTOCHECKPOINT_KEEP"
 """How many automatic checkpoints to keep (default 20)."""
+WRITE_TRACKING_ENV = "CAVE_CHECKPOINT_WRITE_TRACKING"
+"""``0`` stops checkpoints asking the kernel which large buffers were written (they are hashed)."""
 CONFIG_DIR_ENV = "CAVE_CONFIG_DIR"
 """The user's Cave config directory (checkpoint signing secret, user policy)."""
 

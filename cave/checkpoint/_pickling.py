@@ -67,28 +67,6 @@ class Pickled:
         return sum(len(p) if isinstance(p, bytes) else p.nbytes for p in self.parts())
 
 
-def fingerprint(parts: Iterable[bytes | memoryview]) -> str:
-    """A fast content fingerprint of a payload (xxh3-128; blake2b when xxhash is missing).
-
-    It decides only whether an object changed since the last checkpoint; integrity and
-    authenticity rest on SHA-256 and HMAC, never on this. xxh3 runs at memory bandwidth
-    (1 GiB in ~33 ms here); hashing on two threads measured no faster, so it stays serial.
-    """
-    try:
-        import xxhash
-    except ImportError:  # pragma: no cover - xxhash is a dependency; this keeps saves working
-        import hashlib
-
-        h: Any = hashlib.blake2b(digest_size=16)
-        prefix = "b2:"
-    else:
-        h = xxhash.xxh3_128()
-        prefix = "x3:"
-    for part in parts:
-        h.update(part)
-    return prefix + h.hexdigest()
-
-
 def _cloudpickler() -> type:
     import cloudpickle
 

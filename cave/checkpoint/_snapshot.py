@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import _pickling
+from . import _fingerprint, _pickling
 from ._protocol import Problem
 
 # Values whose identity carries no meaning (interned, cached or immutable scalars): never turned
@@ -113,7 +113,7 @@ def snapshot(
         Entry(
             [(by_id[j], type_name(objs[j])) for j in grouped.get(i, [i])],
             p,
-            _pickling.fingerprint(p.parts()),
+            _fingerprint.fingerprint(p.parts()),
         )
         for i, p in pickled.items()
     ]

@@ -10,8 +10,9 @@ Guarantees, exactly:
 * A crash at any instant of `save` leaves every earlier checkpoint intact and restorable (local
   store: blobs fsynced and renamed before the manifest's SQLite transaction commits).
 * An object whose pickled form is unchanged since the newest checkpoint is not written again:
-  its metadata is re-pickled (out-of-band buffers are only hashed, in place, with xxh3) and the
-  fingerprint matched against the newest manifest.
+  its metadata is re-pickled and its fingerprint matched against the newest manifest. Large
+  out-of-band buffers are hashed in place with xxh3, or not at all when the kernel reports their
+  pages unwritten since the last hash (`_fingerprint`, `_write_tracking`).
 
 Not guaranteed: a consistent snapshot while other threads mutate the namespace during `save`
 (the kernel saves between turns); secrecy (blobs are signed, not encrypted: anyone who can read
@@ -30,7 +31,7 @@ from collections.abc import Collection, Mapping, MutableMapping
 from typing import Any
 
 from .._errors import CheckpointError, CheckpointNotFound, CheckpointTampered
-from . import _manifest, _pickling, _snapshot
+from . import _fingerprint, _manifest, _pickling, _snapshot
 from ._errors import CheckpointIncomplete, InvalidCheckpointName
 from ._local import LocalBackend
 from ._progress import Progress
@@ -166,7 +167,7 @@ class SessionStore:
             entries, problems = _snapshot.snapshot(namespace, skip)
             state_pickled = _pickling.Pickled(state_json, [])
             todo = [(e.fp, e.pickled) for e in entries]
-            todo.append((_pickling.fingerprint(state_pickled.parts()), state_pickled))
+            todo.append((_fingerprint.fingerprint(state_pickled.parts()), state_pickled))
             to_write = [p.size for fp, p in todo if fp not in known]
             written = blobs_written = 0
             located: dict[str, tuple[str, int]] = {}
