@@ -53,6 +53,7 @@ def _iowr(kind: int, nr: int, size: int) -> int:
 
 _UFFDIO_API = _iowr(0xAA, 0x3F, 24)
 _UFFDIO_REGISTER = _iowr(0xAA, 0x00, 32)
+_UFFDIO_UNREGISTER = (2 << 30) | (16 << 16) | (0xAA << 8) | 0x01  # _IOR(0xAA, 1, uffdio_range)
 _PAGEMAP_SCAN = _iowr(ord("f"), 16, 96)
 _PAGE_IS_WPALLOWED = 1 << 0
 _PAGE_IS_WRITTEN = 1 << 1
@@ -131,6 +132,19 @@ class WriteTracker:
             except OSError:
                 return False
         return True
+
+    def unwatch(self, address: int, length: int) -> None:
+        """Stop tracking the range: its pages take no more faults (and may become huge pages
+        again). A neighbour sharing an edge page then reads as not `untouched`: hashed, safely."""
+        if os.getpid() != self._pid:
+            return
+        start, end = self._pages(address, length)
+        with self._lock:
+            try:
+                span = (ctypes.c_uint64 * 2)(start, end - start)
+                self._ioctl(self._uffd, _UFFDIO_UNREGISTER, span)
+            except OSError:
+                pass
 
     def untouched(self, address: int, length: int) -> bool:
         """True if no page of the range was written, and all stayed protected, since `watch`."""

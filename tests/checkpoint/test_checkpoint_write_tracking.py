@@ -207,3 +207,29 @@ def test_forked_child_does_not_trust_the_parents_cache():
     os.waitpid(pid, 0)
     assert answer == b"1"
     assert _fingerprint.buffer_digest(view(arr)) == truth(arr)  # the parent's data is unchanged
+
+
+@needs_tracking
+def test_a_buffer_written_between_saves_stops_being_tracked_until_it_settles(hashed):
+    tracker = _write_tracking.tracker()
+    arr = np.random.default_rng(4).random(8 * MB // 8)
+    key = (arr.ctypes.data, arr.nbytes)
+    _fingerprint.buffer_digest(view(arr))
+    assert _fingerprint._known[key].watched and tracker.untouched(*key)
+
+    arr[7] = 1.25  # written while tracked: hashed, and tracking is dropped
+    assert _fingerprint.buffer_digest(view(arr)) == truth(arr)
+    assert not _fingerprint._known[key].watched
+    assert not tracker.untouched(*key)  # unregistered: no page is protected any more
+
+    arr[8] = 2.5  # still changing: hashed again, still untracked
+    hashed["bytes"] = 0
+    assert _fingerprint.buffer_digest(view(arr)) == truth(arr) and hashed["bytes"] == arr.nbytes
+    assert not _fingerprint._known[key].watched
+
+    assert _fingerprint.buffer_digest(view(arr)) == truth(arr)  # unchanged since: tracked again
+    assert _fingerprint._known[key].watched
+    hashed["bytes"] = 0
+    assert _fingerprint.buffer_digest(view(arr)) == truth(arr) and hashed["bytes"] == 0
+    arr[9] = 3.75
+    assert _fingerprint.buffer_digest(view(arr)) == truth(arr)  # and a write is still seen
