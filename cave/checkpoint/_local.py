@@ -7,11 +7,12 @@
       blobs/tmp/                 files being written; a crash leaves them for gc
       lock                       flock: saves share it, gc takes it alone
 
-A save writes each new blob to tmp/, fsyncs it, renames it into place and fsyncs the directory;
-only then does one SQLite transaction (synchronous=FULL) insert the small blobs and the signed
-manifest. A crash at any instant therefore leaves either the old set of manifests or the new one,
-and every blob that a committed manifest names is complete on disk. Small payloads live in SQLite
-because a file each costs an fsync each: 100 small objects took ~0.15 s of fsyncs as files.
+A save writes each new blob to tmp/ (large ones with O_DIRECT, see `_blobio`), fsyncs it, renames
+it into place and fsyncs the directory; only then does one SQLite transaction (synchronous=FULL)
+insert the small blobs and the signed manifest. A crash at any instant therefore leaves either the
+old set of manifests or the new one, and every blob that a committed manifest names is complete on
+disk. Small payloads live in SQLite because a file each costs an fsync each: 100 small objects took
+~0.15 s of fsyncs as files.
 """
 
 from __future__ import annotations
@@ -166,10 +167,9 @@ class LocalBackend:
         tmp = self.tmp_dir / f"{os.getpid()}-{os.urandom(8).hex()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            digest = _blobio.pwrite_hashed(
-                fd, _blobio.HEADER, parts, on_bytes, lambda: os.fdatasync(fd)
+            digest, _direct = _blobio.write_file(
+                fd, parts, on_bytes, lambda d: _blobio.header(signer.blob_tag(d, length), length)
             )
-            os.pwrite(fd, _blobio.header(signer.blob_tag(digest, length), length), 0)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -237,8 +237,7 @@ class LocalBackend:
             actual = os.fstat(f.fileno()).st_size - _blobio.HEADER
             if actual != length:
                 raise ValueError(f"blob holds {actual} payload bytes, its header says {length}")
-            buf = _blobio.allocate(length)
-            sha = _blobio.pread_hashed(f.fileno(), _blobio.HEADER, buf, on_bytes)
+            buf, sha, _direct = _blobio.read_file(f.fileno(), length, on_bytes)
         return tag, buf, sha
 
     def blobs(self) -> Iterator[tuple[str, int, float]]:
