@@ -197,3 +197,29 @@ def test_store_round_trip_of_a_large_array(tmp_path, monkeypatch, direct_io):
     assert np.array_equal(restored["big"], big) and restored["small"] == [1, 2]
     restored["big"][0] = -1.0  # writable, and not shared with the saved array
     assert big[0] != -1.0
+
+
+def test_many_blob_files_read_at_once_each_get_their_own_bytes_and_errors(tmp_path):
+    backend = LocalBackend(tmp_path / "store")
+    signer = Signer(b"k" * 32, backend.session_id())
+    sizes = [300 << 10, BLOCK + 5, (1 << 20) + 3, BLOCK + 4096, 2 * BLOCK + 1, 400 << 10, BLOCK]
+    datas = [os.urandom(n) for n in sizes]
+    written = [backend.write_blob([d[:10], memoryview(d)[10:]], signer, lambda n: None)
+               for d in datas]  # fmt: skip
+    assert all(new for _digest, new in written)  # all files (> INLINE_MAX), none in SQLite
+    digests = [digest for digest, _new in written]
+    missing, short = digests[1], digests[5]
+    (backend.blob_dir / missing[:2] / missing).unlink()
+    os.truncate(backend.blob_dir / short[:2] / short, _blobio.HEADER + sizes[5] - 1)
+    counts: list[int] = []
+    out = backend.read_blobs(digests, counts.append)
+    assert set(out) == set(digests)
+    assert isinstance(out[missing], FileNotFoundError)
+    assert isinstance(out[short], ValueError)  # its header says one byte more than it holds
+    for digest, data in zip(digests, datas, strict=True):
+        if digest in (missing, short):
+            continue
+        tag, payload, sha = out[digest]  # type: ignore[misc]
+        assert sha.hex() == digest and bytes(payload) == data
+        assert signer.check_blob(sha, len(data), tag)
+    assert sum(counts) == sum(len(d) for d in datas) - sizes[1] - sizes[5]
