@@ -8,23 +8,24 @@ SHA-256, and unlike a plain SHA-256 of one stream its blocks can be hashed in pa
 stream runs at about disk speed, which would make saving and restoring CPU-bound.
 
 Local blob files of `DIRECT_MIN` bytes or more move with O_DIRECT (`write_file`, `read_file`):
-copying through the page cache cost about as much CPU as SHA-256 itself (~0.7 core-s per GiB each
-way on the test VM), and with two cores that copy, not the disk, bounded saves and restores. A
-save copies the file's bytes into a few page-aligned bounce buffers (user-space memcpy: ~0.05 s
-per GiB) and writes `CHUNK`-sized pieces, `DEPTH` in flight, while the hashing pool hashes the
-payload straight from the objects' memory; the first page, which holds the header and so the
-digest, is written last. A restore reads the whole file into one page-aligned private mapping,
-`DEPTH` reads in flight, hashes each 8 MiB block as soon as the reads under it have landed, and
-returns the payload as a view at offset 64 (the format is unchanged; payload offsets of buffers
-are 64-byte aligned, and so stay 64-byte aligned in memory). Each byte is read once, into the
-memory that is then hashed and unpickled. Where the filesystem refuses O_DIRECT (EINVAL when
-setting the flag or on a transfer), or with ``direct_io = False``, the same files move through
-the page cache: each 8 MiB block hashed and written (or read and hashed) by one task of the
-two-thread pool, ``os.pwrite`` / ``os.preadv`` at its offset. ``hashlib`` and file I/O release
-the GIL.
+through the page cache, the kernel's copy cost about as much CPU as SHA-256 itself (~0.7 core-s
+per GiB each way on the 2-core test VM) and bounded saves and restores. A save copies the file's
+bytes into page-aligned bounce buffers (memcpy: ~0.05 s per GiB) and writes `CHUNK`-sized pieces,
+`DEPTH` in flight, while the hashing pool hashes the payload in the objects' own memory; the first
+page, holding the header and so the digest, is written last. A restore reads the whole file into
+one page-aligned private mapping, `DEPTH` reads in flight, hashes each 8 MiB block once the reads
+under it have landed, and returns the payload as a view at offset 64. Each byte is read once, into
+the memory that is hashed and then unpickled. Where the filesystem refuses O_DIRECT (EINVAL on
+setting the flag or on a transfer), or with ``direct_io = False``, the same files move through the
+page cache: each block hashed and written (or read and hashed) by one task of the two-thread
+pool, ``os.pwrite`` / ``os.preadv`` at its offset. ``hashlib`` and file I/O release the GIL.
 
-Rejected: a 4 KiB header (a new blob version) to page-align payloads on disk. Reading the header
-along with the payload costs nothing, and one format keeps local and object-store blobs alike.
+Rejected: a 4 KiB header (a blob version 2) to page-align payloads on disk. Reading the 64-byte
+header along with the payload costs nothing; the payload's buffers, 64-byte aligned within it,
+stay 64-byte aligned in memory; and one format keeps old, local and object-store blobs alike.
+Not done: using the page cache when a blob happens to be cached (a direct read of a cached 1 GiB
+blob took 0.70 s against 0.62 s buffered); blobs written with O_DIRECT are never cached, and
+probing with ``RWF_NOWAIT`` starts readahead of what is not.
 """
 
 from __future__ import annotations
@@ -51,11 +52,11 @@ SYNC_EVERY = 256 << 20
 ALIGN = 4096
 """O_DIRECT transfers start, end and sit in memory at multiples of this (a page; >= any block)."""
 CHUNK = 4 << 20
-"""Bytes per O_DIRECT transfer; measured as fast as 8 MiB with DEPTH in flight, half the memory."""
+"""Bytes per O_DIRECT transfer (as fast as 8 MiB ones on the test VM, half the buffer memory)."""
 DEPTH = 8
 """O_DIRECT transfers in flight: one at a time read 1 GiB in ~0.9 s on the test VM, 8 in ~0.5 s."""
 DIRECT_MIN = BLOCK
-"""Blob payloads at least this large use O_DIRECT; smaller ones are a block or less of work."""
+"""Payloads at least this large move with O_DIRECT; smaller ones are a block or less of work."""
 direct_io = True
 """Set False to move every blob through the page cache (tests use it to run the fallback)."""
 _LAYOUT = struct.Struct("<8sII32sQ8x")
@@ -92,7 +93,7 @@ def _hash_pool() -> ThreadPoolExecutor:
 
 
 def _io_pool() -> ThreadPoolExecutor:
-    """Threads that mostly wait for O_DIRECT transfers (separate from hashing, which is CPU)."""
+    """Threads that mostly wait for O_DIRECT transfers (hashing, which is CPU, has its own)."""
     global _io
     with _pool_lock:
         if _io is None:
@@ -104,31 +105,59 @@ def _sha(view: Any) -> bytes:
     return hashlib.sha256(view).digest()
 
 
-def _blocks(parts: Iterable[bytes | memoryview]) -> Iterator[memoryview]:
-    """The payload cut into consecutive BLOCK-sized views; only blocks that straddle two parts
-    are copied (once per boundary, at most BLOCK bytes)."""
-    pending: list[memoryview] = []
-    have = 0
-    for part in parts:
-        view = memoryview(part).cast("B") if isinstance(part, memoryview) else memoryview(part)
+def _combine(block_digests: Iterable[bytes]) -> bytes:
+    return hashlib.sha256(b"".join(block_digests)).digest()
+
+
+class _Payload:
+    """A payload given as parts, addressed by payload offset without joining (copying) them."""
+
+    def __init__(self, parts: Iterable[bytes | memoryview]) -> None:
+        self.views = [
+            v
+            for v in (memoryview(p).cast("B") if isinstance(p, memoryview) else memoryview(p)
+                      for p in parts)
+            if v.nbytes
+        ]  # fmt: skip
+        self.starts = []
         pos = 0
-        if pending:
-            take = min(BLOCK - have, view.nbytes)
-            pending.append(view[:take])
-            have += take
-            pos = take
-            if have < BLOCK:
-                continue
-            yield memoryview(b"".join(pending))
-            pending, have = [], 0
-        while view.nbytes - pos >= BLOCK:
-            yield view[pos : pos + BLOCK]
-            pos += BLOCK
-        if pos < view.nbytes:
-            pending.append(view[pos:])
-            have = view.nbytes - pos
-    if pending:
-        yield memoryview(b"".join(pending))
+        for view in self.views:
+            self.starts.append(pos)
+            pos += view.nbytes
+        self.length = pos
+        self.blocks = range(-(-pos // BLOCK))
+
+    def pieces(self, start: int, end: int) -> Iterator[memoryview]:
+        i = bisect.bisect_right(self.starts, start) - 1
+        while start < end:
+            view, base = self.views[i], self.starts[i]
+            stop = min(end - base, view.nbytes)
+            yield view[start - base : stop]
+            start = base + stop
+            i += 1
+
+    def block(self, index: int) -> Iterator[memoryview]:
+        return self.pieces(index * BLOCK, min((index + 1) * BLOCK, self.length))
+
+    def copy_into(self, dst: memoryview, start: int) -> None:
+        pos = 0
+        for piece in self.pieces(start, start + dst.nbytes):
+            dst[pos : pos + piece.nbytes] = piece
+            pos += piece.nbytes
+
+    def block_digest(self, index: int) -> bytes:
+        h = hashlib.sha256()
+        for piece in self.block(index):
+            h.update(piece)
+        return h.digest()
+
+
+def digest_of(parts: Iterable[bytes | memoryview]) -> bytes:
+    """The blob digest of a payload given as parts (see the module docstring)."""
+    payload = _Payload(parts)
+    if len(payload.blocks) <= 1:
+        return _combine(payload.block_digest(i) for i in payload.blocks)
+    return _combine(_hash_pool().map(payload.block_digest, payload.blocks))
 
 
 def _each(fn: Callable[[Any], Any], items: Iterable[Any]) -> Generator[Any, None, None]:
@@ -139,21 +168,16 @@ def _each(fn: Callable[[Any], Any], items: Iterable[Any]) -> Generator[Any, None
         for future in futures:
             yield future.result()
     finally:
-        for future in futures:
-            future.cancel()
-        wait(futures)
+        _finish(futures)
 
 
-def _combine(block_digests: Iterable[bytes]) -> bytes:
-    return hashlib.sha256(b"".join(block_digests)).digest()
+def _finish(futures: list[Future[Any]]) -> None:
+    for future in futures:
+        future.cancel()
+    wait(futures)
 
 
-def digest_of(parts: Iterable[bytes | memoryview]) -> bytes:
-    """The blob digest of a payload given as parts (see the module docstring)."""
-    blocks = list(_blocks(parts))
-    if len(blocks) <= 1:
-        return _combine(_sha(b) for b in blocks)
-    return _combine(_hash_pool().map(_sha, blocks))
+# --- through the page cache -------------------------------------------------------------------
 
 
 def pwrite_hashed(
@@ -169,32 +193,30 @@ def pwrite_hashed(
     thread calls ``sync`` (an fdatasync) every `SYNC_EVERY` bytes written, so writeback overlaps
     the rest of the work instead of all happening in the final fsync.
     """
+    payload = _Payload(parts)
 
-    def block(item: tuple[int, memoryview]) -> bytes:
-        start, view = item
-        digest = _sha(view)
-        done = 0
-        while done < view.nbytes:
-            done += os.pwrite(fd, view[done:], offset + start + done)
-        return digest
+    def block(index: int) -> bytes:
+        pos = offset + index * BLOCK
+        for piece in payload.block(index):
+            done = 0
+            while done < piece.nbytes:
+                done += os.pwrite(fd, piece[done:], pos + done)
+            pos += piece.nbytes
+        return payload.block_digest(index)
 
-    items: list[tuple[int, memoryview]] = []
-    pos = 0
-    for view in _blocks(parts):
-        items.append((pos, view))
-        pos += view.nbytes
-    if len(items) <= 1:
-        digests = [block(item) for item in items]
-        on_bytes(pos)
+    if len(payload.blocks) <= 1:
+        digests = [block(i) for i in payload.blocks]
+        on_bytes(payload.length)
         return _combine(digests)
     digests = []
     unsynced = 0
-    results = _each(block, items)
+    results = _each(block, payload.blocks)
     try:
-        for (_start, view), digest in zip(items, results, strict=True):
+        for index, digest in zip(payload.blocks, results, strict=True):
             digests.append(digest)
-            on_bytes(view.nbytes)
-            unsynced += view.nbytes
+            n = min(BLOCK, payload.length - index * BLOCK)
+            on_bytes(n)
+            unsynced += n
             if sync is not None and unsynced >= SYNC_EVERY:
                 sync()
                 unsynced = 0
@@ -305,7 +327,7 @@ def read_hashed(
     return _combine(f.result() for f in futures)
 
 
-# --- whole local blob files, with O_DIRECT where the filesystem takes it --------------------------
+# --- whole local blob files, with O_DIRECT where the filesystem takes it ------------------------
 
 
 class _Refused(Exception):
@@ -331,6 +353,15 @@ def _set_direct(fd: int, on: bool) -> bool:
     return True
 
 
+def _transfer(call: Callable[..., int], *args: Any) -> int:
+    try:
+        return call(*args)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            raise _Refused from exc
+        raise
+
+
 def _preallocate(fd: int, length: int) -> None:
     """Reserve the file's blocks so that parallel O_DIRECT writes are overwrites: ext4 serialises
     writes that extend a file or fill holes. Best effort, and never glibc's posix_fallocate
@@ -345,13 +376,20 @@ def _preallocate(fd: int, length: int) -> None:
     fallocate(fd, 0, 0, length)  # a failure just leaves the file unreserved
 
 
-def _transfer(call: Callable[..., int], *args: Any) -> int:
-    try:
-        return call(*args)
-    except OSError as exc:
-        if exc.errno == errno.EINVAL:
-            raise _Refused from exc
-        raise
+def _bounce_buffers(size: int) -> memoryview:
+    """Private memory to write from, in 2 MiB pages where the kernel allows, faulted in up front.
+
+    On the test VM the same O_DIRECT writes took 0.69 s per GiB from 4 KiB pages and 0.53 s
+    from huge pages (the disk's speed). Only DEPTH x CHUNK bytes (32 MiB) are faulted in per
+    blob, so the first-touch cost that keeps restore buffers in 4 KiB pages (`_private`) is
+    small here.
+    """
+    mem = _private(size)
+    for advice in (getattr(mmap, "MADV_HUGEPAGE", None), _MADV_POPULATE_WRITE):
+        if advice is not None:
+            with contextlib.suppress(OSError):  # an older kernel: faulted in as they are used
+                mem.madvise(advice)
+    return memoryview(mem)
 
 
 class _Tally:
@@ -373,68 +411,6 @@ class _Tally:
     def restart(self) -> None:
         with self._lock:
             self._seen = 0
-
-
-class _Payload:
-    """The payload as consecutive views of its parts, addressable by payload offset."""
-
-    def __init__(self, parts: Iterable[bytes | memoryview]) -> None:
-        self.views = [
-            v
-            for v in (memoryview(p).cast("B") if isinstance(p, memoryview) else memoryview(p)
-                      for p in parts)
-            if v.nbytes
-        ]  # fmt: skip
-        self.starts = []
-        pos = 0
-        for view in self.views:
-            self.starts.append(pos)
-            pos += view.nbytes
-        self.length = pos
-
-    def pieces(self, start: int, end: int) -> Iterator[memoryview]:
-        i = bisect.bisect_right(self.starts, start) - 1
-        while start < end:
-            view, base = self.views[i], self.starts[i]
-            stop = min(end - base, view.nbytes)
-            yield view[start - base : stop]
-            start = base + stop
-            i += 1
-
-    def copy_into(self, dst: memoryview, start: int) -> None:
-        pos = 0
-        for piece in self.pieces(start, start + dst.nbytes):
-            dst[pos : pos + piece.nbytes] = piece
-            pos += piece.nbytes
-
-    def block_digest(self, index: int) -> bytes:
-        """SHA-256 of 8 MiB block ``index``, fed piece by piece (no copy where it spans parts)."""
-        h = hashlib.sha256()
-        for piece in self.pieces(index * BLOCK, min((index + 1) * BLOCK, self.length)):
-            h.update(piece)
-        return h.digest()
-
-
-def _bounce_buffers(size: int) -> memoryview:
-    """Private memory to write from, in 2 MiB pages where the kernel allows, faulted in up front.
-
-    On the test VM the same O_DIRECT writes took 0.69 s per GiB from 4 KiB pages and 0.53 s
-    from huge pages (the disk's speed). Only DEPTH x CHUNK bytes (32 MiB) are faulted in per
-    blob, so the first-touch cost that keeps restore buffers in 4 KiB pages (`_private`) is
-    small here.
-    """
-    mem = _private(size)
-    for advice in (getattr(mmap, "MADV_HUGEPAGE", None), _MADV_POPULATE_WRITE):
-        if advice is not None:
-            with contextlib.suppress(OSError):  # an older kernel: faulted in as they are used
-                mem.madvise(advice)
-    return memoryview(mem)
-
-
-def _finish(futures: list[Future[Any]]) -> None:
-    for future in futures:
-        future.cancel()
-    wait(futures)
 
 
 def _write_direct(
@@ -463,8 +439,7 @@ def _write_direct(
             free.put(buf)
         return end - start
 
-    blocks = range(-(-payload.length // BLOCK))
-    hashes = [_hash_pool().submit(payload.block_digest, i) for i in blocks]
+    hashes = [_hash_pool().submit(payload.block_digest, i) for i in payload.blocks]
     writes = [_io_pool().submit(put, at) for at in chunks]
     try:
         for future in writes:
