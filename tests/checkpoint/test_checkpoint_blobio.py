@@ -21,6 +21,8 @@ def test_digest_is_independent_of_part_boundaries_and_matches_the_definition(tmp
         cuts = sorted(set(cuts))
         parts = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
         assert _blobio.digest_of([memoryview(p) for p in parts]) == spec
+    empty_parts = [b"", data[:5], memoryview(b""), memoryview(data)[5:block], b"", data[block:]]
+    assert _blobio.digest_of(empty_parts) == spec
     path = tmp_path / "blob"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:

@@ -4,6 +4,7 @@ it does not, and both ways write and read the same version-1 files with the same
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import itertools
 import mmap
@@ -223,3 +224,13 @@ def test_many_blob_files_read_at_once_each_get_their_own_bytes_and_errors(tmp_pa
         assert sha.hex() == digest and bytes(payload) == data
         assert signer.check_blob(sha, len(data), tag)
     assert sum(counts) == sum(len(d) for d in datas) - sizes[1] - sizes[5]
+
+
+def test_a_descriptor_the_kernel_will_not_make_direct_is_left_as_it_was(tmp_path):
+    fd = os.open(tmp_path, os.O_RDONLY)  # directories take no O_DIRECT (EINVAL from fcntl)
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        assert _blobio._set_direct(fd, True) is False
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) == flags
+    finally:
+        os.close(fd)
