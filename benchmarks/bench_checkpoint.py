@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _disk import GIB, drop_caches  # noqa: E402
 from _table import write_table  # noqa: E402
 
-from cave.checkpoint import SessionStore, _fingerprint, _write_tracking  # noqa: E402
+from cave.checkpoint import SessionStore  # noqa: E402
 
 
 def namespace(gib: float) -> dict[str, Any]:
@@ -86,6 +86,10 @@ def main() -> None:
 
     import cloudpickle
     import dill
+
+    # Not module globals: dill.dump_session pickles this script's globals, and the tracker holds
+    # ctypes function pointers, which cannot be pickled.
+    from cave.checkpoint import _fingerprint, _write_tracking
 
     work = Path(tempfile.mkdtemp(prefix="cave-bench-", dir=args.dir))
     secret = os.urandom(32)

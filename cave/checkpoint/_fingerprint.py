@@ -36,6 +36,8 @@ class _Known:
     owner: weakref.ref[Any] | None
     digest: bytes
     watched: bool
+    edges: tuple[bytes, bytes]
+    """Copies of the partial pages at the buffer's ends, which the kernel does not track."""
 
 
 _known: dict[tuple[int, int], _Known] = {}
@@ -66,10 +68,19 @@ def _forget(key: tuple[int, int], entry: _Known) -> None:
             del _known[key]
 
 
-def _remember(key: tuple[int, int], owner: Any, digest: bytes, watched: bool) -> _Known | None:
+def _edges(view: memoryview, address: int) -> tuple[bytes, bytes]:
+    start, end = _write_tracking.inner_pages(address, view.nbytes)
+    head = max(0, min(start - address, view.nbytes))
+    tail = max(head, end - address)
+    return bytes(view[:head]), bytes(view[tail:])
+
+
+def _remember(
+    key: tuple[int, int], owner: Any, digest: bytes, watched: bool, edges: tuple[bytes, bytes]
+) -> _Known | None:
     """A cache entry that removes itself when ``owner`` dies; None if ``owner`` cannot be
     weakly referenced (``bytes``): such buffers are hashed every time."""
-    entry = _Known(None, digest, watched)
+    entry = _Known(None, digest, watched, edges)
 
     def gone(_ref: weakref.ref[Any]) -> None:
         _forget(key, entry)
@@ -103,10 +114,16 @@ def buffer_digest(view: memoryview) -> bytes:
         known = _known.get(key)
     if known is not None and (known.owner is None or known.owner() is not owner):
         known = None
-    if known is not None and known.watched and tracker.untouched(*key):
+    if (
+        known is not None
+        and known.watched
+        and tracker.untouched(*key)
+        and _edges(view, address) == known.edges
+    ):
         return known.digest
-    # Protect first, hash second: a write racing the hash shows at the next check.
+    # Protect and copy the edges first, hash second: a write racing the hash shows next time.
     watched = (known is None or not known.watched) and tracker.watch(*key)
+    edges = _edges(view, address)
     h, _prefix = _hasher()
     h.update(view)
     digest: bytes = h.digest()
@@ -115,7 +132,7 @@ def buffer_digest(view: memoryview) -> bytes:
         watched = False
     elif known is not None and known.watched and not watched:
         tracker.unwatch(*key)  # written while tracked
-    entry = _remember(key, owner, digest, watched)
+    entry = _remember(key, owner, digest, watched, edges)
     with _known_lock:
         if entry is not None:
             _known[key] = entry

@@ -97,9 +97,12 @@ class WriteTracker:
             raise OSError(err, os.strerror(err))
         return result
 
-    @staticmethod
-    def _pages(address: int, length: int) -> tuple[int, int]:
-        return address & ~(PAGE - 1), (address + length + PAGE - 1) & ~(PAGE - 1)
+    def _pages(self, address: int, length: int) -> tuple[int, int] | None:
+        """The whole pages to track, or None (no whole page, or we are a forked child)."""
+        start, end = inner_pages(address, length)
+        if end <= start or os.getpid() != self._pid:
+            return None
+        return start, end
 
     def _scan(self, start: int, end: int, flags: int, *, find_untracked: bool) -> int:
         vec = (_Region * 1)()
@@ -116,13 +119,12 @@ class WriteTracker:
         return self._ioctl(self._pagemap, _PAGEMAP_SCAN, arg)
 
     def watch(self, address: int, length: int) -> bool:
-        """Protect ``[address, address + length)`` so that later writes show; False if the kernel
-        cannot track this memory (file-backed, shared, or we are a forked child)."""
-        if os.getpid() != self._pid:
+        """Protect the whole pages of ``[address, address + length)`` so that later writes show;
+        False if the kernel cannot track this memory (file-backed, shared, a forked child)."""
+        pages = self._pages(address, length)
+        if pages is None or not _private_anonymous(*pages):
             return False
-        start, end = self._pages(address, length)
-        if not _private_anonymous(start, end):
-            return False
+        start, end = pages
         with self._lock:
             try:
                 reg = (ctypes.c_uint64 * 4)(start, end - start, _UFFDIO_REGISTER_MODE_WP, 0)
@@ -135,10 +137,11 @@ class WriteTracker:
 
     def unwatch(self, address: int, length: int) -> None:
         """Stop tracking the range: its pages take no more faults (and may become huge pages
-        again). A neighbour sharing an edge page then reads as not `untouched`: hashed, safely."""
-        if os.getpid() != self._pid:
+        again)."""
+        pages = self._pages(address, length)
+        if pages is None:
             return
-        start, end = self._pages(address, length)
+        start, end = pages
         with self._lock:
             try:
                 span = (ctypes.c_uint64 * 2)(start, end - start)
@@ -147,15 +150,27 @@ class WriteTracker:
                 pass
 
     def untouched(self, address: int, length: int) -> bool:
-        """True if no page of the range was written, and all stayed protected, since `watch`."""
-        if os.getpid() != self._pid:
+        """True if no whole page of the range was written, and all stayed protected, since
+        `watch` (the partial pages at its ends are the caller's to compare)."""
+        pages = self._pages(address, length)
+        if pages is None:
             return False
-        start, end = self._pages(address, length)
+        start, end = pages
         with self._lock:
             try:
                 return self._scan(start, end, 0, find_untracked=True) == 0
             except OSError:
                 return False
+
+
+def inner_pages(address: int, length: int) -> tuple[int, int]:
+    """The whole pages inside ``[address, address + length)``: the part the kernel tracks.
+
+    The partial pages at either end are shared with neighbouring allocations (malloc writes its
+    chunk headers there all the time), so tracking them would report writes that are not the
+    buffer's; callers compare those few edge bytes themselves.
+    """
+    return (address + PAGE - 1) & ~(PAGE - 1), (address + length) & ~(PAGE - 1)
 
 
 def _private_anonymous(start: int, end: int) -> bool:

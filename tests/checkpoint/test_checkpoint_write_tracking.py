@@ -14,6 +14,7 @@ import xxhash
 from cave.checkpoint import SessionStore, _fingerprint, _write_tracking
 
 MB = 1 << 20
+PAGE_ITEMS = _write_tracking.PAGE // 8
 SECRET = b"w" * 32
 
 
@@ -79,8 +80,10 @@ def test_every_kind_of_write_is_seen():
     assert tracker.untouched(address, length)
 
     writes = {
-        "first element": lambda: arr.__setitem__(0, 1.5),
-        "last element": lambda: arr.__setitem__(-1, 2.5),
+        # The kernel tracks the whole pages inside the buffer; the partial pages at its ends are
+        # shared with malloc's bookkeeping and compared byte for byte by the caller instead.
+        "first whole page": lambda: arr.__setitem__(PAGE_ITEMS, 1.5),
+        "last whole page": lambda: arr.__setitem__(-PAGE_ITEMS - 1, 2.5),
         "numpy in place": lambda: arr.__imul__(1.0000001),
         "another thread": lambda: _in_thread(lambda: arr.__setitem__(len(arr) // 2, 3.5)),
         "the kernel (readinto)": lambda: _readinto(view(arr)[4 * MB : 4 * MB + 16]),
@@ -101,6 +104,19 @@ def _in_thread(fn) -> None:
 def _readinto(target: memoryview) -> None:
     with open("/proc/self/cmdline", "rb", buffering=0) as f:
         assert f.readinto(target) > 0
+
+
+@needs_tracking
+def test_writes_to_the_partial_pages_at_either_end_are_seen(hashed):
+    for offset in (0, 3, 8):  # heap and mmap arrays start at various offsets within a page
+        raw = np.random.default_rng(offset).random(8 * MB // 8 + 1024)
+        arr = raw[offset : offset + 8 * MB // 8]
+        for index in (0, 1, -2, -1):
+            _fingerprint.buffer_digest(view(arr))
+            arr[index] += 1.0
+            hashed["bytes"] = 0
+            assert _fingerprint.buffer_digest(view(arr)) == truth(arr), (offset, index)
+            assert hashed["bytes"] == arr.nbytes
 
 
 @needs_tracking
