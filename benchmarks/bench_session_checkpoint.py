@@ -5,6 +5,8 @@
    20 turns every turn also prunes and collects). The namespace holds 10 injected objects (small
    lists and a 1,000-row DataFrame) plus what the agent made; the conversation grows each turn.
    Baseline in the same run: the turn without auto-checkpoint.
+   The same with a 1 GiB DataFrame injected and never changed, with the kernel's write tracking
+   on and off (``CAVE_CHECKPOINT_WRITE_TRACKING=0``): off, every auto-checkpoint reads the frame.
 2. Resume of a 1 GiB DataFrame plus 100 small objects in a new kernel (``CAVE_RESUME``): time from
    starting the kernel to the reply of its first cell, against a plain kernel start in the same
    run; and `restore()` alone in this process. The page cache is dropped before every start and
@@ -32,7 +34,7 @@ from _disk import GIB, drop_caches  # noqa: E402
 from _table import write_table  # noqa: E402
 
 
-def turn_times(root: Path, turns: int, auto: bool) -> list[float]:
+def turn_times(root: Path, turns: int, auto: bool, big: Any = None) -> list[float]:
     import pandas as pd
 
     from cave._session import Session
@@ -52,6 +54,8 @@ def turn_times(root: Path, turns: int, auto: bool) -> list[float]:
     for i in range(9):
         session.runtime.inject(f"obj{i}", list(range(100)), f"object {i}")
     session.runtime.inject("frame", pd.DataFrame({"a": range(1000), "b": 1.5}), "a frame")
+    if big is not None:
+        session.runtime.inject("big", big, "a large frame the turns never change")
     if auto:
         enable_autocheckpoint(session, keep=20)
     times = []
@@ -63,6 +67,15 @@ def turn_times(root: Path, turns: int, auto: bool) -> list[float]:
     finally:
         session.security.close()
     return times
+
+
+def tracking(on: bool) -> None:
+    """Switch the kernel write tracking for the saves that follow (a fresh tracker either way)."""
+    from cave.checkpoint import _fingerprint, _write_tracking
+
+    os.environ["CAVE_CHECKPOINT_WRITE_TRACKING"] = "1" if on else "0"
+    _write_tracking._tracker, _write_tracking._tried = None, False
+    _fingerprint._known.clear()
 
 
 def big_namespace(gib: float) -> dict[str, Any]:
@@ -123,11 +136,30 @@ def main() -> None:
              len(added) > 20 else None, max(added[20:]) * 1e3 if len(added) > 20 else None, ""),
         ]
 
+        # -- 1b. the same with an unchanged 1 GiB frame, write tracking on and off ---------
+        ns = big_namespace(args.gib)
+        big_turns = max(5, args.turns // 2)
+        by_tracking = {}
+        for on in (True, False):
+            tracking(on)
+            where = root / f"big-{'on' if on else 'off'}"
+            where.mkdir()
+            by_tracking[on] = turn_times(where, big_turns, True, ns["frame"])[1:]  # 1st: full save
+            shutil.rmtree(where)
+        tracking(True)
+        base = med(off)
+        rows += [
+            (f"auto-checkpoint added per turn, unchanged {args.gib:g} GiB frame injected, "
+             "write tracking on (ms)", (med(by_tracking[True]) - base) * 1e3,
+             (max(by_tracking[True]) - base) * 1e3, f"turns 2-{big_turns}; the first saves it"),
+            ("the same, write tracking off (ms)", (med(by_tracking[False]) - base) * 1e3,
+             (max(by_tracking[False]) - base) * 1e3, "every save reads the frame"),
+        ]
+
         # -- 2. resume 1 GiB in a new kernel ---------------------------------------------
         from cave.checkpoint import SessionStore
 
         store_dir = root / "bigstore"
-        ns = big_namespace(args.gib)
         t0 = time.perf_counter()
         SessionStore(store_dir).save("big", ns, {"version": 1, "history": [], "injected": {}})
         save_s = time.perf_counter() - t0
