@@ -164,11 +164,21 @@ class SessionAuthority:
         with self._lock:
             self._grants.put_back(permit.grant)
 
-    def ask_human(self, question: str, *, origin: str = "human.ask") -> str:
-        """Put a free-text question to the person; PermissionError if nobody answers."""
-        request = self._request(Capability("human", "ask"), question, {"question": question}, None)
+    def ask_human(
+        self, question: str, *, origin: str = "human.ask", timeout: float | None = None
+    ) -> str:
+        """Put a free-text question to the person; PermissionError if nobody answers (within
+        ``timeout`` seconds, when given: the request expires in the queue like a policy ask)."""
+        request = self._request(
+            Capability("human", "ask"), question, {"question": question}, None, timeout
+        )
+        timed_out = threading.Event()
+        started = time.monotonic()
         answer = self._aside(
-            lambda cancelled: _answer(self._decide, self._answer, request, cancelled), request
+            lambda cancelled: _answer(self._decide, self._answer, request, cancelled),
+            request,
+            timeout,
+            timed_out,
         )
         answered: dict[str, Any] = {}
         if answer is not None:  # its length and hash, not the text: see docs/approvals.md
@@ -176,14 +186,21 @@ class SessionAuthority:
                 "answer_chars": len(answer),
                 "answer_sha256": hashlib.sha256(answer.encode("utf-8")).hexdigest(),
             }
+        if timeout is not None:
+            answered["timeout_s"] = timeout
         self._record(
             "human.ask", id=request.id, question=question, answered=answer is not None, **answered
         )
         if answer is None:
+            why = (
+                f"nobody answered within {timeout:g} s"
+                if timeout is not None
+                and (timed_out.is_set() or time.monotonic() - started >= timeout)
+                else "the person declined it, or it was cancelled or expired"
+            )
             raise PermissionError(
-                f"{origin}: nobody answered the question (request {request.id}: the person "
-                "declined it, or it was cancelled or expired). Continue without it, or end the "
-                "turn and ask in your reply."
+                f"{origin}: nobody answered the question (request {request.id}: {why}). "
+                "Continue without it, or end the turn and ask in your reply."
             )
         return answer
 

@@ -355,8 +355,8 @@ def env_get(ctx: _OpContext, name: str) -> str | None:
     )
 
 
-def human_ask(ctx: _OpContext, question: str) -> str:
-    return ctx.authority.ask_human(question)
+def human_ask(ctx: _OpContext, question: str, timeout: float | None = None) -> str:
+    return ctx.authority.ask_human(question, timeout=timeout)
 
 
 _OPS: dict[str, Callable[..., Any]] = {

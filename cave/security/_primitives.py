@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import json as _json
 import linecache
+import math
 import os
 import subprocess
 import sys
@@ -224,9 +225,17 @@ class Human(_Primitive):
 
     __slots__ = ()
 
-    def ask(self, question: str) -> str:
-        """Ask the user a question and wait for their answer (a str)."""
-        return str(_call(self._handle, "human.ask", (_text(question, "question"),)))
+    def ask(self, question: str, *, timeout: float | None = None) -> str:
+        """Ask the user a question and wait for their answer (a str); with ``timeout`` seconds,
+        PermissionError if nobody answers by then."""
+        wait = None
+        if timeout is not None:
+            wait = float(timeout)
+            if not math.isfinite(wait) or wait <= 0:
+                raise ValueError(
+                    f"human.ask timeout must be a positive number of seconds, not {timeout!r}"
+                )
+        return str(_call(self._handle, "human.ask", (_text(question, "question"), wait)))
 
 
 def _signature(fn: Any) -> str:

@@ -129,6 +129,23 @@ def test_human_ask_answered_in_the_widgets_text_box(rig: Rig) -> None:
     assert asked[0]["answered"] is True and asked[0]["answer_chars"] == len(typed)
 
 
+def test_human_ask_with_a_timeout_expires_and_the_agent_sees_permission_error(rig: Rig) -> None:
+    step = "a = human.ask('Which sheet?', timeout=1)\nprint('the answer was:', a)"
+    rig.script(reply("", step), reply("Nobody answered."))
+    widgets = Widgets()
+    cell = rig.kernel.execute("%%agent\nask", on_message=lambda m, _k: widgets.see(m), timeout=90)
+    assert cell.status == "ok", cell.all_text
+    seen = rig.tool_results()
+    assert "PermissionError" in seen and "nobody answered within 1 s" in seen
+    assert "the answer was" not in seen
+    ((rid, _model),) = widgets.shown
+    texts = "\n".join(cell.texts())
+    assert "then deny" in texts  # the widget said when, before it happened
+    assert re.search(r"expired by cave via timeout at .*no decision within 1 s", texts)
+    asked = [r for r in _audit(rig) if r["kind"] == "human.ask" and r["id"] == rid]
+    assert asked[0]["answered"] is False and asked[0]["timeout_s"] == 1
+
+
 def test_human_ask_declined_raises_permission_error(rig: Rig) -> None:
     rig.script(reply("", _ask_step("May I?")), reply("You declined."))
     cell = rig.kernel.execute(

@@ -256,6 +256,14 @@ def test_human_ask_through_an_answer_channel(s: Session) -> None:
     assert s.run("human.ask('again?')").denied  # no answer
 
 
+def test_human_ask_timeout_must_be_positive(s: Session) -> None:
+    for bad in ("0", "-1", "float('nan')", "float('inf')"):
+        out = s.run(f"human.ask('q?', timeout={bad})")
+        assert isinstance(out.error, ValueError), bad
+        assert "positive number of seconds" in str(out.error)
+    assert not s.channel.requests  # nothing was asked
+
+
 # -- privileges ----------------------------------------------------------------------------
 def test_agent_code_cannot_change_policy_or_grants(s: Session) -> None:
     out = s.run("sec.with_policy(sec.policy.with_fallback('allow'))", sec=s.security)
