@@ -6,8 +6,10 @@ characters and a ring of the last ``tail_chars``, so printing 10 MB costs 10 MB 
 :class:`TeeStream` objects that feed it; both share one lock, so writes from threads that agent
 code starts are kept whole and in order.
 
-Not captured: writes to file descriptors 1 and 2 below Python (C extensions, ``os.write(1, ...)``,
-subprocesses that inherit the descriptors) and writes to ``sys.__stdout__``.
+Writes to file descriptors 1 and 2 below Python (C extensions, ``os.write(1, ...)``, subprocesses
+that inherit the descriptors) are captured by :mod:`._fd_capture` and fed to the same
+:class:`Capture`. Not captured: writes to ``sys.__stdout__`` that stay in its Python buffer
+(flushed ones reach fd 1 and are captured).
 """
 
 from __future__ import annotations
@@ -70,21 +72,30 @@ class Capture:
         """Record ``s`` for the model and echo it to ``original`` while the budget lasts."""
         with self.lock:
             self._record(s)
-            if not self.echo or original is None or self._echo_cut:
-                return
-            room = self.echo_chars - self._echoed
-            if len(s) <= room:
-                self._echoed += len(s)
-                _safe_write(original, s)
-                return
-            self._echo_cut = True
-            _safe_write(original, s[:room])
-            self._echoed = self.echo_chars
-            _safe_write(
-                original,
-                f"\n[output truncated in the notebook after {self.echo_chars:,} characters; "
-                "the model still sees the head and the tail]\n",
-            )
+            self._echo(s, original)
+
+    def echo_only(self, s: str, original: TextIO | None) -> None:
+        """Echo text already recorded with :meth:`note` (fd output whose echo had to wait)."""
+        with self.lock:
+            self._echo(s, original)
+
+    # Called with self.lock held.
+    def _echo(self, s: str, original: TextIO | None) -> None:
+        if not self.echo or original is None or self._echo_cut:
+            return
+        room = self.echo_chars - self._echoed
+        if len(s) <= room:
+            self._echoed += len(s)
+            _safe_write(original, s)
+            return
+        self._echo_cut = True
+        _safe_write(original, s[:room])
+        self._echoed = self.echo_chars
+        _safe_write(
+            original,
+            f"\n[output truncated in the notebook after {self.echo_chars:,} characters; "
+            "the model still sees the head and the tail]\n",
+        )
 
     def note(self, s: str) -> None:
         """Record text for the model only (display summaries); the notebook shows the display."""
@@ -167,6 +178,16 @@ class TeeStream(io.TextIOBase):
         # Like StringIO: code that wants a descriptor (subprocess, faulthandler) must not get the
         # kernel's, which would bypass the capture.
         raise io.UnsupportedOperation("captured stream has no file descriptor")
+
+    @property
+    def wrapped(self) -> TextIO | None:
+        """The stream this one echoes to."""
+        return self._original
+
+    def write_as_step(self, s: str) -> None:
+        """Capture ``s`` as the step's output, whichever thread calls (fd output read for it)."""
+        if s:
+            self._capture.write(s, self._original)
 
     def write(self, s: Any) -> int:
         if not isinstance(s, str):

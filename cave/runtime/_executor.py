@@ -23,7 +23,9 @@ Stopping a run, stated exactly:
 ``sys.stdout``/``sys.stderr`` are process-wide, so runs are serialised process-wide by a re-entrant
 lock: two runtimes used from two threads take turns. Output that *other* threads write during a run
 is captured too (this is how threads started by agent code are captured); output a thread writes
-after the run ends goes to the notebook, not to the model.
+after the run ends goes to the notebook, not to the model. File descriptors 1 and 2 are redirected
+for the run as well (:mod:`._fd_capture`): C extensions, ``os.write(1, ...)`` and child processes
+reach the model; there, any thread's writes during the run are the run's output.
 
 Each step's source stays in ``linecache`` for the life of the process (as IPython keeps its cells),
 so a function defined in step 3 still shows its source in a traceback at step 40.
@@ -45,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._capture import Capture, TeeStream
+from ._fd_capture import FdCapture, prepare
 from ._manifest import bounded_repr
 
 __all__ = ["ExecutionResult", "Executor", "StepTimeout", "interrupt_thread"]
@@ -429,6 +432,14 @@ class _DisplayTap:
 # --------------------------------------------------------------------------- executor
 
 
+def _start_fd_capture(capture: Capture, out: Any, err: Any) -> FdCapture | None:
+    """Fds 1 and 2 into ``capture`` for this run; None (today's behaviour) if that fails."""
+    try:
+        return FdCapture.start(capture, out, err)
+    except Exception:
+        return None
+
+
 class Executor:
     """Runs code in one namespace; see the module docstring for what stopping guarantees."""
 
@@ -443,6 +454,7 @@ class Executor:
         refire_interval: float = 1.0,
     ) -> None:
         _resolve_async_exc()  # now, outside the guard: see _resolve_async_exc
+        prepare()  # likewise: fflush and the fd pump are set up outside agent code
         self.namespace = namespace
         self.head_chars = head_chars
         self.tail_chars = tail_chars
@@ -495,41 +507,48 @@ class Executor:
         error: BaseException | None = None
         start = time.perf_counter()
         with _RUN_LOCK:
-            state = _RunState(threading.get_ident(), self.refire_interval)
-            outer, self._state = self._state, state
-            with _ACTIVE_LOCK:
-                outer_active = _ACTIVE.get(state.thread_id)
-                _ACTIVE[state.thread_id] = state
             old_out, old_err = sys.stdout, sys.stderr
-            bystanders = frozenset(t.ident for t in threading.enumerate()
-                                   if t.ident is not None and t.ident != state.thread_id)
-            sys.stdout = TeeStream(capture, old_out, "<stdout>", bystanders)
-            sys.stderr = TeeStream(capture, old_err, "<stderr>", bystanders)
-            shell = _active_shell()
-            tap = _DisplayTap(shell, capture, echo) if shell is not None else None
-            watchdog: threading.Thread | None = None
+            # Before the run is registered, so no stop can land half way through the set-up.
+            fds = _start_fd_capture(capture, old_out, old_err)
             try:
-                try:
-                    if timeout is not None:
-                        watchdog = threading.Thread(
-                            target=state.watch, args=(timeout,), name="cave-timeout", daemon=True
-                        )
-                        watchdog.start()
-                    value_repr = self._run_code(code, filename, echo, tap)
-                finally:
-                    state.disarm()
-            except BaseException as exc:  # noqa: B036 - agent code must never take the kernel down
-                error = exc
-            finally:
-                if tap is not None:
-                    tap.restore()
-                sys.stdout, sys.stderr = old_out, old_err
+                state = _RunState(threading.get_ident(), self.refire_interval)
+                outer, self._state = self._state, state
                 with _ACTIVE_LOCK:
-                    if outer_active is not None:
-                        _ACTIVE[state.thread_id] = outer_active
-                    else:
-                        _ACTIVE.pop(state.thread_id, None)
-                self._state = outer
+                    outer_active = _ACTIVE.get(state.thread_id)
+                    _ACTIVE[state.thread_id] = state
+                bystanders = frozenset(t.ident for t in threading.enumerate()
+                                       if t.ident is not None and t.ident != state.thread_id)
+                out = fds.target(1, old_out) if fds is not None else old_out
+                err = fds.target(2, old_err) if fds is not None else old_err
+                sys.stdout = TeeStream(capture, out, "<stdout>", bystanders)
+                sys.stderr = TeeStream(capture, err, "<stderr>", bystanders)
+                shell = _active_shell()
+                tap = _DisplayTap(shell, capture, echo) if shell is not None else None
+                watchdog: threading.Thread | None = None
+                try:
+                    try:
+                        if timeout is not None:
+                            watchdog = threading.Thread(target=state.watch, args=(timeout,),
+                                                        name="cave-timeout", daemon=True)
+                            watchdog.start()
+                        value_repr = self._run_code(code, filename, echo, tap)
+                    finally:
+                        state.disarm()
+                except BaseException as exc:  # noqa: B036 - agent code must never take the kernel down
+                    error = exc
+                finally:
+                    if tap is not None:
+                        tap.restore()
+                    sys.stdout, sys.stderr = old_out, old_err
+                    with _ACTIVE_LOCK:
+                        if outer_active is not None:
+                            _ACTIVE[state.thread_id] = outer_active
+                        else:
+                            _ACTIVE.pop(state.thread_id, None)
+                    self._state = outer
+            finally:
+                if fds is not None:
+                    fds.stop()  # after disarm: nothing can interrupt the restore
         if watchdog is not None:
             watchdog.join()
         duration = time.perf_counter() - start
