@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import threading
+from collections.abc import Callable
 from typing import Any, TextIO
 
 __all__ = ["Capture", "TeeStream"]
@@ -132,12 +133,15 @@ class TeeStream(io.TextIOBase):
     """
 
     def __init__(self, capture: Capture, original: TextIO | None, name: str,
-                 bystanders: frozenset[int] = frozenset()) -> None:
+                 bystanders: frozenset[int] = frozenset(),
+                 before_write: Callable[[str], None] | None = None) -> None:
         super().__init__()
         self._capture = capture
         self._original = original
         self._name = name
         self._bystanders = bystanders
+        self._before_write = before_write
+        """Called with each captured write first: takes in fd output written before it."""
 
     def __getattr__(self, name: str) -> Any:
         """Anything else (ipykernel's ``set_parent``, ...) is the original stream's."""
@@ -197,8 +201,10 @@ class TeeStream(io.TextIOBase):
         if threading.get_ident() in self._bystanders:
             if self._original is not None:
                 _safe_write(self._original, s)
-        else:
-            self._capture.write(s, self._original)
+            return len(s)
+        if self._before_write is not None:
+            self._before_write(s)
+        self._capture.write(s, self._original)
         return len(s)
 
     def writelines(self, lines: Any) -> None:

@@ -520,8 +520,9 @@ class Executor:
                                        if t.ident is not None and t.ident != state.thread_id)
                 out = fds.target(1, old_out) if fds is not None else old_out
                 err = fds.target(2, old_err) if fds is not None else old_err
-                sys.stdout = TeeStream(capture, out, "<stdout>", bystanders)
-                sys.stderr = TeeStream(capture, err, "<stderr>", bystanders)
+                sync = fds.sync if fds is not None else None
+                sys.stdout = TeeStream(capture, out, "<stdout>", bystanders, sync)
+                sys.stderr = TeeStream(capture, err, "<stderr>", bystanders, sync)
                 shell = _active_shell()
                 tap = _DisplayTap(shell, capture, echo) if shell is not None else None
                 watchdog: threading.Thread | None = None

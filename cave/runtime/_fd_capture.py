@@ -18,12 +18,14 @@ Stated exactly:
   writing to those descriptors during the step is captured and shown to the model. (Python-level
   writes to ``sys.stdout`` by threads that existed before the step still pass through uncaptured,
   see :class:`~._capture.TeeStream`; descriptors carry no thread identity.)
-* **Order** is kept within each descriptor. Between the two descriptors, and between Python-level
-  and fd-level writes, the order is the order in which the pump read the data, which may differ
-  from a terminal's. Everything a step wrote is in its output, in per-fd order, when ``run``
-  returns. A nested run first takes in what the outer step wrote so far. C stdio writing to a pipe
-  is block-buffered, so ``printf`` output arrives in blocks or at the step's end (``fflush``), as
-  it already does under ipykernel.
+* **Order** is kept within each descriptor. Before each line a step prints at Python level, the
+  step takes in what is already in the pipes (one ``poll(0)``, ~0.6 us per printed line), so
+  ``print``, ``os.write(1, ...)``, ``print`` reach the model in that order. Not guaranteed: the
+  order of fd 1 against fd 2 output written between two prints (each pipe is read whole in
+  turn), and, for threads writing at the same moment, anything finer than what the pipes saw.
+  Everything a step wrote is in its output when ``run`` returns. A nested run first takes in what
+  the outer step wrote so far. C stdio writing to a pipe is block-buffered, so ``printf`` output
+  arrives in blocks or at the step's end (``fflush``), as it already does under ipykernel.
 * **A child still running when the step ends** (``Popen`` without waiting, ``cmd &``) keeps the
   pipe's write end: what it writes between steps goes to the notebook stream of the last step
   (not to the model), and what it writes while a later step runs is that step's output.
@@ -312,6 +314,8 @@ class FdCapture:
         self._deferred: list[tuple[int, str]] = []
         self._deferred_chars = 0
         self._deferred_lock = threading.Lock()
+        self._line_start = True
+        self._poll: Any = None
         self.ctx = contextvars.copy_context()
         """The step's context: ipykernel keeps the cell's parent header in a ContextVar."""
 
@@ -350,6 +354,33 @@ class FdCapture:
         finally:
             for pipe in pipes:
                 pipe.lock.release()
+
+    def sync(self, s: str) -> None:
+        """Before a Python-level write: take in fd output already in the pipes, to keep order.
+
+        Checked once per line (when the last Python-level write ended a line) with one
+        ``poll(0)``; the pipes are read only when they hold data.
+        """
+        if not self._line_start:
+            self._line_start = s.endswith("\n")
+            return
+        self._line_start = s.endswith("\n")
+        poll = self._poll
+        if poll is None:
+            poller = select.poll()
+            for fd in self._saved:
+                poller.register(self._pump.pipes[fd].r, select.POLLIN)
+            poll = self._poll = poller.poll
+        try:
+            if not poll(0):
+                return
+        except RuntimeError:  # two threads polling at once: the pump reads it soon anyway
+            return
+        for fd in sorted(self._saved):
+            pipe = self._pump.pipes[fd]
+            with pipe.lock:
+                if _active and _active[-1] is self:
+                    pipe.read_into(self, _DRAIN_READS)
 
     def target(self, fd: int, default: TextIO | None) -> TextIO | None:
         """Where Python-level writes for ``fd`` should echo during the step."""

@@ -127,6 +127,17 @@ def test_order_within_a_descriptor_and_python_prints_kept() -> None:
     assert "py\n" in r.output
 
 
+def test_python_prints_and_fd_writes_keep_their_order() -> None:
+    # Without the sync before each printed line the fd output would trail every print.
+    code = (
+        "import os\nprint('a')\nos.write(1, b'b\\n')\nprint('c')\n"
+        "os.write(2, b'd\\n')\nprint('e')"
+    )
+    ex = make()
+    outputs = {run(code, ex).output for _ in range(50)}
+    assert outputs == {"a\nb\nc\nd\ne\n"}
+
+
 def test_invalid_utf8_is_replaced_not_fatal() -> None:
     r = run("import os\nos.write(1, b'bad \\xff byte\\n')")
     assert r.error is None
