@@ -57,6 +57,11 @@ from typing import Any, TextIO
 
 from ._capture import Capture, TeeStream
 
+try:
+    import fcntl
+except ImportError:  # Windows: no fd capture (FdCapture.start returns None there)
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = ["FdCapture", "prepare"]
 
 _CHUNK = 65536
@@ -204,13 +209,23 @@ def _trusted(stream: Any, depth: int = 0) -> bool:
     return iostream is not None and kind is iostream.OutStream
 
 
+def _above_stdio(fd: int) -> int:
+    """``fd`` moved to a number above 2: with fd 1 or 2 closed, ``pipe()`` would hand it out."""
+    if fd > 2:
+        return fd
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
+
+
 class _Pipe:
     """One of the pump's two pipes (for fd 1 or fd 2). Read only with ``lock`` held."""
 
     def __init__(self, pump: _Pump, fd: int) -> None:
         self.pump = pump
         self.fd = fd
-        self.r, self.w = os.pipe()
+        self.r, self.w = (_above_stdio(x) for x in os.pipe())
         os.set_blocking(self.r, False)  # the pump and a step's end both read it
         self.lock = threading.Lock()
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -388,7 +403,7 @@ class FdCapture:
 
     def _redirect(self, fd: int, stream: TextIO | None) -> None:
         try:
-            saved = os.dup(fd)
+            saved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
         except OSError:
             return  # fd closed: leave it alone
         try:

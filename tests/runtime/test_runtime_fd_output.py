@@ -238,6 +238,31 @@ def test_fds_restored_after_error_timeout_and_interrupt() -> None:
     assert os.write(1, b"") == 0
 
 
+_CLOSED_FD_SCRIPT = r"""
+import json, os, sys
+from cave.runtime._executor import Executor
+os.close(1)  # no fd 1 at all: that descriptor is left alone, fd 2 is still captured
+ex = Executor({"__name__": "a"})
+r = ex.run("import os\nos.write(2, b'two\\n')\nprint('py')", echo=False)
+try:
+    os.fstat(1)
+    fd1 = "open"
+except OSError:
+    fd1 = "closed"
+with open(sys.argv[1], "w") as f:
+    json.dump({"output": r.output, "error": r.error, "fd1": fd1}, f)
+"""
+
+
+def test_a_closed_fd_1_is_left_alone_and_fd_2_still_captured(tmp_path: Any) -> None:
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, "-c", _CLOSED_FD_SCRIPT, str(out)],
+                          capture_output=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
+    result = json.loads(out.read_text())
+    assert result == {"output": "two\npy\n", "error": None, "fd1": "closed"}
+
+
 def test_nested_run_output_reaches_both_captures() -> None:
     outer = make()
     inner = make()
