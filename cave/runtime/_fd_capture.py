@@ -380,6 +380,8 @@ class FdCapture:
             self._line_start = s.endswith("\n")
             return
         self._line_start = s.endswith("\n")
+        if not _active or _active[-1] is not self:
+            return  # an outer step's tee, written through a nested run's echo: do not read here
         poll = self._poll
         if poll is None:
             poller = select.poll()
