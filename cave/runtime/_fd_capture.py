@@ -9,9 +9,9 @@ code) decodes what arrives (UTF-8, bad bytes replaced) and hands it to the runni
 any output) and the notebook shows it once, live. When the step ends (normally, on error, timeout
 or interrupt) C stdio is flushed, the saved descriptors are put back, and the step's own thread
 reads what is left in the pipes before the step's output is read. The pipes and the pump live as
-long as the process, so a step pays for a few ``dup``/``dup2`` calls and no thread start (measured
-~30 us per trivial step; a thread per step cost ~190 us). If the first executor is created inside
-agent code, the pump starts there and is an agent thread for life (checked by the guard).
+long as the process, so a step pays for a few ``dup``/``dup2`` calls and no thread start: measured
++30 us per trivial step (a reader thread started per step measured +120 to +190 us). If the first
+executor is created inside agent code, the pump starts there and is an agent thread for life.
 
 Stated exactly:
 
