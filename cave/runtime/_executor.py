@@ -534,7 +534,13 @@ class Executor:
                             watchdog.start()
                         value_repr = self._run_code(code, filename, echo, tap)
                     finally:
-                        state.disarm()
+                        # Inline, not a helper function: a re-fired stop can be delivered on entry
+                        # to a call, before disarm's own try; here it lands in this try instead.
+                        while state.active:
+                            try:
+                                state.disarm()
+                            except BaseException:  # noqa: B036 - a late stop; disarm again
+                                pass
                 except BaseException as exc:  # noqa: B036 - agent code must never take the kernel down
                     error = exc
                 finally:
