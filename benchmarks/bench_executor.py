@@ -1,7 +1,8 @@
 """Executor overhead: ``x = 1`` through ``Executor.run`` vs plain ``exec`` of the compiled code.
 
 The overhead is what every agent step pays on top of its code: parse and compile with a
-registered filename, swapping stdout/stderr for the capture tee, the run lock, the result. Rows
+registered filename, swapping stdout/stderr for the capture tee, pointing fds 1 and 2 at the
+capture's pipes (a row turns that off to show its share), the run lock, the result. Rows
 with a timeout add the watchdog thread; ``AgentRuntime.run`` adds re-binding the primitives. A
 second table compares 10 MB of printing through the capture with ``exec`` into a ``StringIO``.
 All in one process, interleaved, so noise hits every row alike.
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _table import write_table  # noqa: E402
 
+from cave.runtime import _executor  # noqa: E402
 from cave.runtime._executor import Executor  # noqa: E402
 from cave.runtime._namespace import AgentRuntime  # noqa: E402
 
@@ -67,6 +69,20 @@ def exec_to_stringio(code: str) -> Callable[[], object]:
     return go
 
 
+def without_fd_capture(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with fds 1 and 2 left alone (output below Python not captured for the model)."""
+    real = _executor._start_fd_capture
+
+    def go() -> object:
+        _executor._start_fd_capture = lambda *_a, **_k: None
+        try:
+            return fn()
+        finally:
+            _executor._start_fd_capture = real
+
+    return go
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3000)
@@ -81,6 +97,9 @@ def main() -> None:
             "exec(compiled) (baseline)": plain_exec(TRIVIAL),
             "compile + exec": compile_and_exec(TRIVIAL),
             "Executor.run(echo=False)": lambda: executor.run(TRIVIAL, echo=False),
+            "Executor.run(echo=False), fd capture off": without_fd_capture(
+                lambda: executor.run(TRIVIAL, echo=False)
+            ),
             "Executor.run(echo=False, timeout=60)": lambda: executor.run(
                 TRIVIAL, echo=False, timeout=60
             ),
