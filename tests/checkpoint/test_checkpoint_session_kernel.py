@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from cave.testing import AnthropicServer, KernelHarness, reply
@@ -398,3 +399,42 @@ def test_s3_save_on_one_kernel_resume_on_another(tmp_path: Path, model: Model) -
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+
+
+def test_in_place_edits_between_turns_reach_the_auto_checkpoints(
+    tmp_path: Path, model: Model
+) -> None:
+    """Kernel write tracking in a real kernel: an injected 16 MB array edited in place by the
+    user between agent turns. Every edit lands in the next auto-checkpoint; a turn without an
+    edit reads nothing again (the array's digest came from the kernel's page tracking)."""
+    from cave.checkpoint import SessionStore
+    from cave.checkpoint._signing import load_or_create_secret
+
+    k = kernel(tmp_path, "track", model)
+    try:
+        ok(k, "import cave, numpy as np\narr = np.zeros(2_000_000)\ncave.inject('arr', arr, '')")
+        edits = [None, "arr[123] = 42.0", "arr[-1] = 7.0", None, "arr[1_000_000] = -1.0"]
+        for turn, edit in enumerate(edits, 1):
+            if edit is not None:
+                ok(k, edit)
+            model.script(reply(f"turn {turn}"))
+            cell = ok(k, f"%%agent\nturn {turn}")
+            assert f"turn {turn}" in cell.all_text
+        cached = ok(k, "from cave.checkpoint import _fingerprint as f\nprint(f.cached_buffers())")
+        assert int(cached.stdout.strip()) >= 1  # the kernel process tracks the array's pages
+    finally:
+        k.stop()
+
+    store = SessionStore(tmp_path / "store", secret=load_or_create_secret(tmp_path / "config"))
+    autos = [info for info in store.list() if info.name.startswith("auto-")]
+    assert len(autos) == len(edits)
+    expected = np.zeros(2_000_000)
+    for info, edit in zip(autos, edits, strict=True):
+        if edit is not None:
+            exec(edit, {"arr": expected})
+        saved = store.load(info.name).namespace["arr"]
+        np.testing.assert_array_equal(saved, expected, err_msg=f"{info.name} after {edit!r}")
+        if info is autos[0]:
+            assert info.changes.added == ("arr",), info
+        else:
+            assert ("arr" in info.changes.changed) == (edit is not None), info
