@@ -196,20 +196,27 @@ def _private_anonymous(start: int, end: int) -> bool:
 
 _tracker: WriteTracker | None = None
 _tried = False
+unavailable = ""
+"""Why `tracker()` returned None (the kernel's refusal, or the environment switch), if it did."""
 _tracker_lock = threading.Lock()
 
 
 def tracker() -> WriteTracker | None:
     """This process's tracker, or None where page-write tracking is unavailable or turned off."""
-    global _tracker, _tried
+    global _tracker, _tried, unavailable
     with _tracker_lock:
         if _tracker is not None and _tracker._pid != os.getpid():
             _tracker, _tried = None, False  # a forked child: its own descriptors, if ever needed
         if not _tried:
             _tried = True
-            if os.environ.get(WRITE_TRACKING_ENV, "1") != "0":
+            _tracker, unavailable = None, ""
+            if os.environ.get(WRITE_TRACKING_ENV, "1") == "0":
+                unavailable = f"{WRITE_TRACKING_ENV}=0"
+            else:
                 try:
                     _tracker = WriteTracker()
-                except (OSError, KeyError, AttributeError):
-                    _tracker = None
+                except KeyError:
+                    unavailable = f"no userfaultfd syscall number for {platform.machine()}"
+                except (OSError, AttributeError) as exc:
+                    unavailable = f"{type(exc).__name__}: {exc}"
         return _tracker

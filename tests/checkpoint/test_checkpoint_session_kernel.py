@@ -421,7 +421,10 @@ def test_in_place_edits_between_turns_reach_the_auto_checkpoints(
             cell = ok(k, f"%%agent\nturn {turn}")
             assert f"turn {turn}" in cell.all_text
         cached = ok(k, "from cave.checkpoint import _fingerprint as f\nprint(f.cached_buffers())")
-        assert int(cached.stdout.strip()) >= 1  # the kernel process tracks the array's pages
+        from cave.checkpoint import _write_tracking
+
+        if _write_tracking.tracker() is not None:  # same machine: the kernel tracks pages too
+            assert int(cached.stdout.strip()) >= 1
     finally:
         k.stop()
 
