@@ -47,11 +47,12 @@ _known_lock = threading.Lock()
 def _owner(view: memoryview) -> Any:
     """The object that owns the memory behind ``view`` (following NumPy's ``.base`` chain)."""
     obj = view.obj
-    while True:
+    for _ in range(64):  # bounded: a foreign ``base`` attribute could form a cycle
         nxt = obj.obj if isinstance(obj, memoryview) else getattr(obj, "base", None)
         if nxt is None or nxt is obj:
             return obj
         obj = nxt
+    return obj
 
 
 def _address(view: memoryview) -> int | None:

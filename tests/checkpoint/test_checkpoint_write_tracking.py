@@ -248,3 +248,17 @@ def test_a_buffer_written_between_saves_stops_being_tracked_until_it_settles(has
     assert _fingerprint.buffer_digest(view(arr)) == truth(arr) and hashed["bytes"] == 0
     arr[9] = 3.75
     assert _fingerprint.buffer_digest(view(arr)) == truth(arr)  # and a write is still seen
+
+
+def test_owner_lookup_stops_on_a_cycle_of_base_attributes():
+    class Odd:
+        pass
+
+    a, b = Odd(), Odd()
+    a.base, b.base = b, a
+
+    class Exporter(bytearray):
+        base = a
+
+    view = memoryview(Exporter(16))
+    assert _fingerprint._owner(view) in (a, b)  # returns instead of looping forever
