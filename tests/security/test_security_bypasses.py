@@ -8,21 +8,12 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from security_helpers import Session, make_session
 
 from cave.security import verify
-
-
-@pytest.fixture
-def s(tmp_path: Path) -> Iterator[Session]:
-    session = make_session(tmp_path)
-    yield session
-    session.security.close()
-    session.log.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,6 @@ from security_helpers import ScriptedChannel, Session, make_session
 from cave.approvals._protocol import Decision
 from cave.security import Effect, Rule
 from cave.security import _guard as guard_module
-
-
-@pytest.fixture
-def s(tmp_path: Path) -> Iterator[Session]:
-    session = make_session(tmp_path)
-    yield session
-    session.security.close()
-    session.log.close()
 
 
 def outside_file(tmp_path: Path) -> Path:

@@ -20,14 +20,6 @@ from cave.security import AuditLog, Effect, Policy, Rule, Security, verify
 ONCE, SESSION, DENY = Decision.APPROVE_ONCE, Decision.APPROVE_SESSION, Decision.DENY
 
 
-@pytest.fixture
-def s(tmp_path: Path) -> Iterator[Session]:
-    session = make_session(tmp_path)
-    yield session
-    session.security.close()
-    session.log.close()
-
-
 # -- fs ------------------------------------------------------------------------------------
 def test_fs_read_write_list_inside_the_workspace_without_asking(s: Session) -> None:
     out = s.run(
