@@ -9,7 +9,6 @@ how a pending approval ends up in a checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import re
 import subprocess
@@ -347,58 +346,38 @@ def test_failed_resume_is_reported_and_the_kernel_starts_fresh(
         k.stop()
 
 
-def test_s3_save_on_one_kernel_resume_on_another(tmp_path: Path, model: Model) -> None:
-    import signal
-    import socket
+def test_s3_save_on_one_kernel_resume_on_another(
+    tmp_path: Path, model: Model, s3_endpoint: str
+) -> None:
     import uuid
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "no moto server"
-                time.sleep(0.1)
-        aws = {
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-        import boto3
+    import boto3
 
-        bucket = f"cave-{uuid.uuid4().hex[:12]}"
-        boto3.client(
-            "s3", endpoint_url=endpoint, region_name="us-east-1",
-            aws_access_key_id="testing", aws_secret_access_key="testing",
-        ).create_bucket(Bucket=bucket)
-        url = f"s3://{bucket}/sessions/demo"
-        a = kernel(tmp_path, "s3a", model, CAVE_CHECKPOINTS=url, **aws)
-        try:
-            ok(a, "import cave, numpy as np\ncave.inject('arr', np.arange(100_000.0), 'numbers')")
-            assert "Saved checkpoint 'handoff'" in ok(a, "%checkpoint save handoff").stdout
-        finally:
-            a.stop()
-        b = kernel(tmp_path, "s3b", model, CAVE_CHECKPOINTS=url, CAVE_RESUME="handoff", **aws)
-        try:
-            first = ok(b, "import cave\nprint(cave.retrieve('arr').sum())")
-            assert "Restored checkpoint 'handoff'" in first.stdout, first.all_text
-            assert str(float(sum(range(100_000)))) in first.stdout
-        finally:
-            b.stop()
+    aws = {
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    bucket = f"cave-{uuid.uuid4().hex[:12]}"
+    boto3.client(
+        "s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    ).create_bucket(Bucket=bucket)
+    url = f"s3://{bucket}/sessions/demo"
+    a = kernel(tmp_path, "s3a", model, CAVE_CHECKPOINTS=url, **aws)
+    try:
+        ok(a, "import cave, numpy as np\ncave.inject('arr', np.arange(100_000.0), 'numbers')")
+        assert "Saved checkpoint 'handoff'" in ok(a, "%checkpoint save handoff").stdout
     finally:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
+        a.stop()
+    b = kernel(tmp_path, "s3b", model, CAVE_CHECKPOINTS=url, CAVE_RESUME="handoff", **aws)
+    try:
+        first = ok(b, "import cave\nprint(cave.retrieve('arr').sum())")
+        assert "Restored checkpoint 'handoff'" in first.stdout, first.all_text
+        assert str(float(sum(range(100_000)))) in first.stdout
+    finally:
+        b.stop()
 
 
 def test_in_place_edits_between_turns_reach_the_auto_checkpoints(
