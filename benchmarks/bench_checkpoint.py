@@ -36,32 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _disk import GIB, drop_caches  # noqa: E402
+from _namespaces import big_frame_namespace  # noqa: E402
 from _table import write_table  # noqa: E402
 
 from cave.checkpoint import SessionStore  # noqa: E402
-
-
-def namespace(gib: float) -> dict[str, Any]:
-    import numpy as np
-    import pandas as pd
-
-    cols = 16
-    rows = int(gib * GIB) // 8 // cols
-    rng = np.random.default_rng(0)
-    ns: dict[str, Any] = {
-        "big": pd.DataFrame(rng.random((rows, cols)), columns=[f"c{i}" for i in range(cols)])
-    }
-    for i in range(100):
-        kind = i % 4
-        if kind == 0:
-            ns[f"small{i}"] = {"id": i, "tags": ["a", "b", "c"], "score": i / 7}
-        elif kind == 1:
-            ns[f"small{i}"] = list(range(i * 10))
-        elif kind == 2:
-            ns[f"small{i}"] = f"text {i} " * 20
-        else:
-            ns[f"small{i}"] = np.arange(i * 100, dtype=np.float64)
-    return ns
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -93,7 +71,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="cave-bench-", dir=args.dir))
     secret = os.urandom(32)
-    ns = namespace(args.gib)
+    ns = big_frame_namespace(args.gib)
     nbytes = int(ns["big"].memory_usage(index=False).sum())
     size_gib = nbytes / GIB
     cold = drop_caches()

@@ -30,7 +30,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _disk import GIB, drop_caches  # noqa: E402
+from _disk import drop_caches  # noqa: E402
+from _namespaces import big_frame_namespace  # noqa: E402
 from _table import write_table  # noqa: E402
 
 
@@ -78,21 +79,6 @@ def tracking(on: bool) -> None:
     _fingerprint._known.clear()
 
 
-def big_namespace(gib: float) -> dict[str, Any]:
-    import numpy as np
-    import pandas as pd
-
-    cols = 16
-    rows = int(gib * GIB) // 8 // cols
-    rng = np.random.default_rng(0)
-    ns: dict[str, Any] = {
-        "frame": pd.DataFrame(rng.random((rows, cols)), columns=[f"c{i}" for i in range(cols)])
-    }
-    for i in range(100):
-        ns[f"small_{i}"] = {"i": i, "values": list(range(20)), "name": f"object {i}"}
-    return ns
-
-
 def first_cell(env: dict[str, str], cwd: Path) -> tuple[float, str]:
     from cave.testing import KernelHarness
 
@@ -137,14 +123,14 @@ def main() -> None:
         ]
 
         # -- 1b. the same with an unchanged 1 GiB frame, write tracking on and off ---------
-        ns = big_namespace(args.gib)
+        ns = big_frame_namespace(args.gib)
         big_turns = max(5, args.turns // 2)
         by_tracking = {}
         for on in (True, False):
             tracking(on)
             where = root / f"big-{'on' if on else 'off'}"
             where.mkdir()
-            by_tracking[on] = turn_times(where, big_turns, True, ns["frame"])[1:]  # 1st: full save
+            by_tracking[on] = turn_times(where, big_turns, True, ns["big"])[1:]  # 1st: full save
             shutil.rmtree(where)
         tracking(True)
         base = med(off)
