@@ -1,0 +1,131 @@
+"""Confinement as the OS enforces it: each action in a fresh, really confined process.
+
+Every "denied" row has a control (the same action unconfined succeeds, or is harmless to run),
+so none of these tests can pass because the action was impossible anyway.
+"""
+
+from __future__ import annotations
+
+import errno
+import platform
+import signal
+
+import pytest
+from confinement_fixtures import World, needs_strict, world  # noqa: F401 - fixture
+
+pytestmark = [
+    needs_strict,
+    pytest.mark.skipif(platform.machine() != "x86_64", reason="helper uses x86_64 numbers"),
+]
+
+ALLOWED = [
+    "read_ro", "rw_tree", "proc_self", "dev_null", "socketpair_and_pipe", "kill_self",
+    "personality_query",
+]
+
+# action -> errno: EACCES comes from Landlock (files), EPERM from seccomp or Landlock scopes.
+DENIED = {
+    "write_ro": errno.EACCES,
+    "create_in_ro": errno.EACCES,
+    "read_outside": errno.EACCES,
+    "write_outside": errno.EACCES,
+    "proc_parent_mem": errno.EACCES,
+    "proc_parent_environ": errno.EACCES,
+    "proc_1": errno.EACCES,
+    "tcp_connect": errno.EPERM,
+    "af_inet_socket": errno.EPERM,
+    "af_inet6_udp": errno.EPERM,
+    "af_netlink": errno.EPERM,
+    "unix_dgram": errno.EPERM,
+    "abstract_connect": errno.EPERM,
+    "kill_parent": errno.EPERM,
+    "ptrace_parent": errno.EPERM,
+    "vm_write_parent": errno.EPERM,
+    "io_uring_setup": errno.EPERM,
+    "bpf": errno.EPERM,
+    "userfaultfd": errno.EPERM,
+    "unshare_user": errno.EPERM,
+    "clone_newuser": errno.EPERM,
+    "mount": errno.EPERM,
+    "keyctl": errno.EPERM,
+    "memfd_exec": errno.EPERM,
+    "execve": errno.EPERM,
+    "subprocess": errno.EPERM,
+    "personality_set": errno.EPERM,
+    "prlimit_parent": errno.EPERM,
+    "ioctl_tiocsti": errno.EPERM,
+    "thread_read_outside": errno.EACCES,
+    "thread_socket": errno.EPERM,
+}
+
+# Denied actions that are safe to run unconfined in the test process's child: they succeed.
+CONTROLS = ["read_outside", "write_outside", "proc_parent_environ", "proc_1", "tcp_connect",
+            "af_inet_socket", "unix_dgram", "abstract_connect", "kill_parent", "subprocess",
+            "thread_read_outside", "thread_socket", "prlimit_parent"]
+
+
+@pytest.mark.parametrize("action", ALLOWED)
+def test_allowed_inside_the_confinement(world: World, action: str) -> None:  # noqa: F811
+    result = world.run(action)
+    assert result["ok"], result
+
+
+@pytest.mark.parametrize("action", sorted(DENIED))
+def test_denied_by_the_os(world: World, action: str) -> None:  # noqa: F811
+    result = world.run(action)
+    assert result["ok"] is False, result
+    assert result["errno"] == DENIED[action], result
+    assert result["type"] in ("PermissionError", "OSError", "SubprocessError"), result
+
+
+@pytest.mark.parametrize("action", CONTROLS)
+def test_control_the_same_action_unconfined_succeeds(world: World, action: str) -> None:  # noqa: F811
+    result = world.run(action, spec=None)
+    assert result["ok"], result
+
+
+def test_process_vm_writev_leaves_the_parent_buffer_intact(world: World) -> None:  # noqa: F811
+    assert world.run("vm_write_parent")["errno"] == errno.EPERM
+    assert world.buffer.value == b"original"
+    control = world.run("vm_write_parent", spec=None)  # proves the address is right
+    assert control["ok"], control
+    assert world.buffer.value == b"PWNEDnal"
+    world.buffer.value = b"original"
+
+
+def test_x32_syscalls_kill_the_process(world: World) -> None:  # noqa: F811
+    result = world.run("x32_getpid")
+    assert result["returncode"] == -signal.SIGSYS, result
+
+
+def test_numpy_and_pandas_import_and_compute_with_default_read_only_paths(
+    world: World,  # noqa: F811
+) -> None:
+    confined = world.run("numpy_pandas")
+    assert confined["ok"], confined
+    assert confined["value"] == world.run("numpy_pandas", spec=None)["value"]
+
+
+def test_memory_limit_caps_allocation(world: World) -> None:  # noqa: F811
+    spec = {**world.spec, "memory_limit": 1 << 30}
+    assert world.run("allocate", spec=spec, allocate=1 << 20)["ok"]
+    big = world.run("allocate", spec=spec, allocate=2 << 30)
+    assert big["type"] == "MemoryError", big
+
+
+@pytest.mark.parametrize(("action", "code"), [
+    ("read_outside", errno.EACCES), ("proc_parent_mem", errno.EACCES),
+    ("tcp_connect", errno.EACCES), ("abstract_connect", errno.EPERM),
+    ("kill_parent", errno.EPERM),
+])
+def test_landlock_alone_holds(world: World, action: str, code: int) -> None:  # noqa: F811
+    """Without seccomp, socket() works and connect() is reached: Landlock denies it by itself."""
+    result = world.run(action, layers="landlock")
+    assert (result["ok"], result["errno"]) == (False, code), result
+
+
+@pytest.mark.parametrize("action", ["tcp_connect", "abstract_connect", "ptrace_parent",
+                                    "execve", "io_uring_setup"])
+def test_seccomp_alone_holds(world: World, action: str) -> None:  # noqa: F811
+    result = world.run(action, layers="seccomp")
+    assert (result["ok"], result["errno"]) == (False, errno.EPERM), result
