@@ -78,7 +78,7 @@ print("READ:", open("/etc/hostname").read() != "")
 
 def test_unsupported_machine_refuses_and_confines_nothing() -> None:
     proc = _python(_REFUSED_THEN_UNCONFINED, **{SIMULATE_ENV: "no Landlock in this test"})
-    assert "REFUSED: Strict mode cannot be enforced" in proc.stdout, proc
+    assert "REFUSED: Strict mode's OS confinement cannot be enforced" in proc.stdout, proc
     assert "simulated: no Landlock in this test" in proc.stdout
     assert "guard mode" in proc.stdout  # the message names the way out
     assert "NO_NEW_PRIVS: 0" in proc.stdout and "READ: True" in proc.stdout
