@@ -42,9 +42,12 @@ from typing import ClassVar
 from .._errors import StrictModeUnavailable
 from . import _landlock, _seccomp
 
-#: Landlock ABI strict mode needs: 6 (Linux 6.12) scopes signals and abstract unix sockets to the
-#: worker's own domain; before it, the worker could signal the kernel that spawned it.
-MIN_LANDLOCK_ABI = 6
+#: Landlock ABI strict mode needs: 3 (Linux 6.2) is the first to handle truncation; without it a
+#: read-only file could be emptied. Below ABI 6 (Linux 6.12), which scopes signals and abstract
+#: unix sockets, seccomp stands in: signals only to the worker's own pid, and no connect() at all.
+#: Below ABI 4 (no TCP rules) seccomp's socket() and connect() rules keep TCP closed.
+MIN_LANDLOCK_ABI = 3
+SCOPED_ABI = 6
 
 SIMULATE_ENV = "CAVE_STRICT_SIMULATE_UNSUPPORTED"
 
@@ -74,6 +77,9 @@ class ConfinementSpec:
     own_proc: bool = True
     """Grant read access to this process's own ``/proc/<pid>`` (threads, status, maps, fds)."""
 
+    landlock_abi_cap: int | None = None
+    """Use at most this Landlock ABI, as an older kernel would (tests of the fallbacks)."""
+
     NOTHING: ClassVar[ConfinementSpec]
     """No file at all beyond the devices: for processes that already imported what they need."""
 
@@ -84,6 +90,11 @@ class ConfinementSpec:
                     f"ConfinementSpec paths must be absolute strings, got {path!r}: "
                     "pass os.path.abspath(path)"
                 )
+        if self.landlock_abi_cap is not None and self.landlock_abi_cap < MIN_LANDLOCK_ABI:
+            raise ValueError(
+                f"landlock_abi_cap {self.landlock_abi_cap} is below the minimum strict mode can "
+                f"enforce ({MIN_LANDLOCK_ABI})"
+            )
         if self.memory_limit is not None and self.memory_limit <= 0:
             raise ValueError(f"memory_limit must be a positive byte count, got {self.memory_limit}")
 
@@ -128,10 +139,17 @@ class StrictSupport:
             lines = [f"strict mode: NOT available on this machine ({head})"]
             lines += [f"  * {r}" for r in self.reasons]
             return "\n".join(lines)
+        if self.landlock_abi >= SCOPED_ABI:
+            scoped = "TCP (Landlock), abstract unix sockets and signals (Landlock scopes)"
+        else:
+            scoped = (
+                "TCP, abstract unix sockets and signals (seccomp, standing in for Landlock "
+                f"ABI {SCOPED_ABI}: signals only to the worker itself)"
+            )
         return "\n".join([
             f"strict mode: available ({head})",
-            "  enforced by the OS: files (Landlock), TCP bind/connect (Landlock), abstract unix "
-            "sockets and signals (Landlock scopes), syscall filter (seccomp), no_new_privs",
+            f"  enforced by the OS: files (Landlock), {scoped}, syscall filter (seccomp), "
+            "no_new_privs",
         ])
 
 
@@ -168,8 +186,9 @@ def _probe() -> StrictSupport:
         )
     elif abi < MIN_LANDLOCK_ABI:
         reasons.append(
-            f"Landlock ABI {abi} lacks the signal and abstract-socket scopes strict mode needs "
-            f"(ABI {MIN_LANDLOCK_ABI}): upgrade to Linux 6.12 or later"
+            f"Landlock ABI {abi} does not control truncation, so read-only files could be "
+            f"emptied; strict mode needs ABI {MIN_LANDLOCK_ABI}: upgrade to Linux 6.2 or later "
+            "(6.12+ for Landlock's own signal and socket scopes)"
         )
     seccomp_ok = False
     if arch is not None:
@@ -242,7 +261,12 @@ def confine_current_process(spec: ConfinementSpec) -> None:
     read_write += [d for d in _DEVICES_READ_WRITE if os.path.exists(d)]
     if spec.own_proc:
         read_only.append(f"/proc/{os.getpid()}")
-    _seccomp.build_filter(arch, spec.allow_exec)  # fails here, before anything irreversible
+    abi = support.landlock_abi
+    if spec.landlock_abi_cap is not None:
+        abi = min(abi, spec.landlock_abi_cap)
+    # Without Landlock's signal scope, seccomp lets signals reach only this process.
+    own_pid = os.getpid() if abi < SCOPED_ABI else None
+    _seccomp.build_filter(arch, spec.allow_exec, own_pid)  # fails here, before the irreversible
 
     # From here on every step is irreversible: failures raise and the caller must exit.
     step = "RLIMIT_AS"
@@ -252,9 +276,9 @@ def confine_current_process(spec: ConfinementSpec) -> None:
         step = "PR_SET_NO_NEW_PRIVS"
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
         step = "Landlock"
-        _landlock.restrict(support.landlock_abi, read_only, read_write, spec.allow_exec)
+        _landlock.restrict(abi, read_only, read_write, spec.allow_exec)
         step = "seccomp"
-        _seccomp.install(arch, spec.allow_exec)
+        _seccomp.install(arch, spec.allow_exec, own_pid)
     except (OSError, ValueError) as exc:
         raise StrictModeUnavailable((
             f"confinement failed at {step}: {exc}. The process is partly confined and must "

@@ -49,6 +49,10 @@ CLONE_NEW_MASK = 0x7E020000
 TIOCSTI = 0x5412  # push bytes into a terminal's input: a classic sandbox escape
 TIOCLINUX = 0x541C
 PERSONALITY_QUERY = 0xFFFFFFFF
+F_SETOWN = 8
+F_SETOWN_EX = 15
+FIOSETOWN = 0x8901
+SIOCSPGRP = 0x8902
 PRIO_PROCESS = 0
 IOPRIO_WHO_PROCESS = 1
 
@@ -96,7 +100,9 @@ _NR: dict[str, tuple[int | None, int | None]] = {
     "adjtimex": (159, 171), "clock_adjtime": (305, 266), "sethostname": (170, 161),
     "setdomainname": (171, 162), "lookup_dcookie": (212, 18), "iopl": (172, None),
     "ioperm": (173, None), "modify_ldt": (154, None), "uselib": (134, None),
-    "seccomp": (317, 277),
+    "seccomp": (317, 277), "kill": (62, 129), "tkill": (200, 130), "tgkill": (234, 131),
+    "rt_sigqueueinfo": (129, 138), "rt_tgsigqueueinfo": (297, 240),
+    "pidfd_send_signal": (424, 424), "fcntl": (72, 25),
 }
 
 #: Denied outright with EPERM, and why (the "why" is what docs/security.md lists).
@@ -173,7 +179,28 @@ def _deny_unless_zero(call_args: tuple[int, ...], errno: int) -> Iterator[_Ins]:
     yield ("ret", RET_ALLOW)
 
 
-def _blocks(arch: Arch, allow_exec: bool) -> list[tuple[str, list[_Ins]]]:
+def _signal_blocks(own_pid: int) -> list[tuple[str, list[_Ins]]]:
+    """Signals only to ``own_pid``: the fallback for Landlock ABI < 6, which has no signal scope.
+
+    ``kill``/``tgkill``/``rt_*sigqueueinfo`` must name ``own_pid`` (not 0 or -1: those reach the
+    process group or every process of the user); ``tkill`` and ``pidfd_send_signal`` are denied,
+    and so is pointing SIGIO/SIGURG at another process (``F_SETOWN``, ``FIOSETOWN``).
+    """
+    only_self = [("ld", _arg_lo(0)), ("j", _JEQ_K, own_pid, "allow", "deny")]
+    blocks: list[tuple[str, list[_Ins]]] = [
+        (call, list(only_self))
+        for call in ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
+    ]
+    blocks += [("tkill", [("ret", RET_ERRNO | EPERM)]),
+               ("pidfd_send_signal", [("ret", RET_ERRNO | EPERM)])]
+    blocks.append(("fcntl", [
+        ("ld", _arg_lo(1)), ("j", _JEQ_K, F_SETOWN, "deny", None),
+        ("j", _JEQ_K, F_SETOWN_EX, "deny", "allow"),
+    ]))
+    return blocks
+
+
+def _blocks(arch: Arch, allow_exec: bool, own_pid: int | None) -> list[tuple[str, list[_Ins]]]:
     """(syscall, instructions) for every syscall that needs its own block."""
     blocks: list[tuple[str, list[_Ins]]] = []
 
@@ -196,10 +223,10 @@ def _blocks(arch: Arch, allow_exec: bool) -> list[tuple[str, list[_Ins]]]:
     blocks.append(("personality", [
         ("ld", _arg_lo(0)), ("j", _JEQ_K, PERSONALITY_QUERY, "allow", "deny"),
     ]))
-    blocks.append(("ioctl", [
-        ("ld", _arg_lo(1)), ("j", _JEQ_K, TIOCSTI, "deny", None),
-        ("j", _JEQ_K, TIOCLINUX, "deny", "allow"),
-    ]))
+    ioctl: list[_Ins] = [("ld", _arg_lo(1)), ("j", _JEQ_K, TIOCSTI, "deny", None)]
+    if own_pid is not None:
+        ioctl += [("j", _JEQ_K, FIOSETOWN, "deny", None), ("j", _JEQ_K, SIOCSPGRP, "deny", None)]
+    blocks.append(("ioctl", [*ioctl, ("j", _JEQ_K, TIOCLINUX, "deny", "allow")]))
     # Calls that take a pid: only 0 (the caller) is allowed, so the kernel's limits, priority,
     # CPU affinity and memory placement are out of reach.
     for call in ("prlimit64", "sched_setaffinity", "sched_setparam", "sched_setscheduler",
@@ -214,11 +241,18 @@ def _blocks(arch: Arch, allow_exec: bool) -> list[tuple[str, list[_Ins]]]:
     if not allow_exec:
         for call in EXEC_CALLS:
             blocks.append((call, [("ret", RET_ERRNO | EPERM)]))
+    if own_pid is not None:
+        blocks += _signal_blocks(own_pid)
     return [(c, b) for c, b in blocks if arch.nr(c) is not None]
 
 
-def build_filter(arch: Arch, allow_exec: bool) -> list[tuple[int, int, int, int]]:
-    """The program as (code, jt, jf, k) tuples; pure, so tests can inspect it on any machine."""
+def build_filter(
+    arch: Arch, allow_exec: bool, own_pid: int | None = None
+) -> list[tuple[int, int, int, int]]:
+    """The program as (code, jt, jf, k) tuples; pure, so tests can inspect it on any machine.
+
+    ``own_pid`` adds the signal rules that stand in for Landlock's signal scope (ABI < 6).
+    """
     prog: list[_Ins] = [
         ("ld", _LD_ABS_ARCH),
         ("j", _JEQ_K, arch.audit, None, "kill"),
@@ -226,7 +260,7 @@ def build_filter(arch: Arch, allow_exec: bool) -> list[tuple[int, int, int, int]
     ]
     if arch.name == "x86_64":
         prog.append(("j", _JGE_K, 0x40000000, "kill", None))
-    blocks = _blocks(arch, allow_exec)
+    blocks = _blocks(arch, allow_exec, own_pid)
     for i, (call, _) in enumerate(blocks):
         prog.append(("j", _JEQ_K, arch.nr(call), f"block{i}", None))
     for call in DENIED:
@@ -311,9 +345,9 @@ def filter_available(arch: Arch) -> tuple[bool, str]:
     return False, f"seccomp filters are not available: {os.strerror(err)}"
 
 
-def install(arch: Arch, allow_exec: bool) -> None:
+def install(arch: Arch, allow_exec: bool, own_pid: int | None = None) -> None:
     """Install the filter on every thread of the process (TSYNC); needs no_new_privs first."""
-    prog = build_filter(arch, allow_exec)
+    prog = build_filter(arch, allow_exec, own_pid)
     array = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
     fprog = _SockFprog(len(prog), array)
     syscall = _libc().syscall

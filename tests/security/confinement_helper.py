@@ -180,6 +180,8 @@ def actions(ctx: dict[str, Any]) -> dict[str, Callable[[], Any]]:
         "socketpair_and_pipe": lambda: _pair_and_pipe(),
         "kill_parent": lambda: os.kill(ppid, 0),
         "kill_self": lambda: os.kill(os.getpid(), 0),
+        "raise_self": _raise_self,
+        "setown_parent": lambda: _setown(ppid),
         "ptrace_parent": lambda: ptrace_seize(ppid),
         "vm_write_parent": lambda: vm_write(ppid, ctx["parent_buffer"]),
         "io_uring_setup": io_uring_setup,
@@ -214,6 +216,23 @@ def _pair_and_pipe() -> str:
     r, w = os.pipe()
     os.write(w, b"pong")
     return (got + os.read(r, 4)).decode()
+
+
+def _raise_self() -> int:
+    import signal
+
+    got: list[int] = []
+    signal.signal(signal.SIGUSR1, lambda signum, frame: got.append(signum))
+    signal.raise_signal(signal.SIGUSR1)  # tgkill(own pid, own tid)
+    thread_then(lambda: os.kill(os.getpid(), signal.SIGUSR1))  # from a thread created later
+    return len(got)
+
+
+def _setown(ppid: int) -> int:
+    import fcntl
+
+    r, w = os.pipe()
+    return fcntl.fcntl(r, fcntl.F_SETOWN, ppid)  # SIGIO on I/O would go to the parent
 
 
 def _prlimit_parent(ppid: int) -> Any:

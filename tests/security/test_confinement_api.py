@@ -118,6 +118,8 @@ def test_spec_validates_and_copies() -> None:
         ConfinementSpec(read_only=("relative/path",))
     with pytest.raises(ValueError, match="positive"):
         ConfinementSpec(memory_limit=0)
+    with pytest.raises(ValueError, match="below the minimum"):
+        ConfinementSpec(landlock_abi_cap=2)
     base = ConfinementSpec.NOTHING
     spec = base.with_read_only("/a").with_read_write("/b").with_exec().with_memory_limit(1 << 30)
     assert (spec.read_only, spec.read_write, spec.allow_exec, spec.memory_limit) == (
@@ -195,3 +197,26 @@ def test_seccomp_program_decisions(arch_name: str) -> None:
     assert _run_filter(with_exec, arch.audit, arch.nr("execve") or 0) == ALLOW
     if arch_name == "x86_64":
         assert _run_filter(prog, arch.audit, 0x40000000 | 39) == KILL
+
+
+@pytest.mark.parametrize("arch_name", ["x86_64", "aarch64"])
+def test_seccomp_signal_fallback_decisions(arch_name: str) -> None:
+    arch = _seccomp.ARCHES[arch_name]
+    prog = _seccomp.build_filter(arch, allow_exec=False, own_pid=4242)
+    without = _seccomp.build_filter(arch, allow_exec=False)
+
+    def decide(p: list[tuple[int, int, int, int]], call: str, *args: int) -> int:
+        nr = arch.nr(call)
+        assert nr is not None
+        return _run_filter(p, arch.audit, nr, args)
+
+    for call in ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
+        assert decide(prog, call, 4242, 10) == ALLOW
+        assert decide(prog, call, 1, 10) == EPERM and decide(prog, call, 0, 10) == EPERM
+        assert decide(without, call, 1, 10) == ALLOW  # Landlock's scope decides instead
+    assert decide(prog, "kill", 0xFFFFFFFF, 9) == EPERM  # kill(-1): every process of the user
+    assert decide(prog, "tkill", 4242, 10) == EPERM
+    assert decide(prog, "pidfd_send_signal", 3, 10) == EPERM
+    assert decide(prog, "fcntl", 3, 8, 1) == EPERM and decide(prog, "fcntl", 3, 1) == ALLOW
+    assert decide(prog, "ioctl", 3, 0x8901) == EPERM
+    assert decide(without, "ioctl", 3, 0x8901) == ALLOW
