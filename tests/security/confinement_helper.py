@@ -181,6 +181,10 @@ def actions(ctx: dict[str, Any]) -> dict[str, Callable[[], Any]]:
         "kill_parent": lambda: os.kill(ppid, 0),
         "kill_self": lambda: os.kill(os.getpid(), 0),
         "raise_self": _raise_self,
+        "chmod_outside": lambda: os.chmod(ctx["outside_file"], 0o644),
+        "utime_outside": lambda: os.utime(ctx["outside_file"]),
+        "chmod_ro_by_fd": lambda: _fchmod(ctx["ro_file"]),
+        "sysv_shmget": _sysv_shm,
         "setown_parent": lambda: _setown(ppid),
         "ptrace_parent": lambda: ptrace_seize(ppid),
         "vm_write_parent": lambda: vm_write(ppid, ctx["parent_buffer"]),
@@ -226,6 +230,17 @@ def _raise_self() -> int:
     signal.raise_signal(signal.SIGUSR1)  # tgkill(own pid, own tid)
     thread_then(lambda: os.kill(os.getpid(), signal.SIGUSR1))  # from a thread created later
     return len(got)
+
+
+def _sysv_shm() -> int:
+    shmid = _c(libc.shmget(0, 4096, 0o1600), "shmget")  # IPC_PRIVATE, IPC_CREAT | 0600
+    libc.shmctl(shmid, 0, None)  # IPC_RMID: the control run leaves nothing behind
+    return shmid
+
+
+def _fchmod(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)  # Landlock allows the read-only open...
+    os.fchmod(fd, 0o666)  # ...but not the mode change through it
 
 
 def _setown(ppid: int) -> int:

@@ -56,12 +56,17 @@ DENIED = {
     "ioctl_tiocsti": errno.EPERM,
     "thread_read_outside": errno.EACCES,
     "thread_socket": errno.EPERM,
+    "chmod_outside": errno.EPERM,
+    "utime_outside": errno.EPERM,
+    "chmod_ro_by_fd": errno.EPERM,
+    "sysv_shmget": errno.EPERM,
 }
 
 # Denied actions that are safe to run unconfined in the test process's child: they succeed.
 CONTROLS = ["read_outside", "write_outside", "proc_parent_environ", "proc_1", "tcp_connect",
             "af_inet_socket", "unix_dgram", "abstract_connect", "kill_parent", "subprocess",
-            "thread_read_outside", "thread_socket", "prlimit_parent"]
+            "thread_read_outside", "thread_socket", "prlimit_parent", "chmod_outside",
+            "utime_outside", "chmod_ro_by_fd", "sysv_shmget"]
 
 
 @pytest.mark.parametrize("action", ALLOWED)
