@@ -181,6 +181,12 @@ def actions(ctx: dict[str, Any]) -> dict[str, Callable[[], Any]]:
         "kill_parent": lambda: os.kill(ppid, 0),
         "kill_self": lambda: os.kill(os.getpid(), 0),
         "raise_self": _raise_self,
+        "truncate_ro": lambda: os.truncate(ctx["ro_file"], 0),
+        "symlink_outside": lambda: os.symlink("/etc", os.path.join(ctx["outside_dir"], "l")),
+        "fifo_in_ro": lambda: os.mkfifo(os.path.join(ctx["ro_dir"], "fifo")),
+        "link_outside_into_rw": lambda: os.link(ctx["outside_file"],
+                                                os.path.join(ctx["rw_dir"], "stolen")),
+        "symlink_escape": lambda: _symlink_escape(ctx["rw_dir"], ctx["outside_file"]),
         "chmod_outside": lambda: os.chmod(ctx["outside_file"], 0o644),
         "utime_outside": lambda: os.utime(ctx["outside_file"]),
         "chmod_ro_by_fd": lambda: _fchmod(ctx["ro_file"]),
@@ -230,6 +236,16 @@ def _raise_self() -> int:
     signal.raise_signal(signal.SIGUSR1)  # tgkill(own pid, own tid)
     thread_then(lambda: os.kill(os.getpid(), signal.SIGUSR1))  # from a thread created later
     return len(got)
+
+
+def _symlink_escape(rw_dir: str, target: str) -> str:
+    link = os.path.join(rw_dir, "escape")
+    if not os.path.lexists(link):
+        os.symlink(target, link)  # allowed: MAKE_SYM in the read-write tree...
+    try:
+        return read(link)  # ...but following it reaches a file outside: denied
+    finally:
+        os.remove(link)
 
 
 def _sysv_shm() -> int:

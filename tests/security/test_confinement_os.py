@@ -60,13 +60,18 @@ DENIED = {
     "utime_outside": errno.EPERM,
     "chmod_ro_by_fd": errno.EPERM,
     "sysv_shmget": errno.EPERM,
+    "truncate_ro": errno.EACCES,
+    "symlink_outside": errno.EACCES,
+    "fifo_in_ro": errno.EACCES,
+    "link_outside_into_rw": errno.EXDEV,
+    "symlink_escape": errno.EACCES,
 }
 
 # Denied actions that are safe to run unconfined in the test process's child: they succeed.
 CONTROLS = ["read_outside", "write_outside", "proc_parent_environ", "proc_1", "tcp_connect",
             "af_inet_socket", "unix_dgram", "abstract_connect", "kill_parent", "subprocess",
             "thread_read_outside", "thread_socket", "prlimit_parent", "chmod_outside",
-            "utime_outside", "chmod_ro_by_fd", "sysv_shmget"]
+            "utime_outside", "chmod_ro_by_fd", "sysv_shmget", "symlink_escape"]
 
 
 @pytest.mark.parametrize("action", ALLOWED)
