@@ -181,7 +181,7 @@ def _probe() -> StrictSupport:
     abi, why = _landlock.abi_version()
     if abi == 0:
         reasons.append(
-            f"Landlock is unavailable: {why}. Fix: Linux 6.12+ with Landlock enabled "
+            f"Landlock is unavailable: {why}. Fix: Linux 6.2+ (6.12+ best) with Landlock enabled "
             "(CONFIG_SECURITY_LANDLOCK=y and landlock in the lsm= boot parameter)"
         )
     elif abi < MIN_LANDLOCK_ABI:
@@ -202,7 +202,11 @@ def default_read_only_paths() -> tuple[str, ...]:
     """What a Python worker needs to import the stdlib, site-packages (numpy, pandas, ...), Cave,
     and load their shared libraries: Python's prefixes and ``sys.path`` directories (never the
     current directory or ``''``, which is usually the user's project), the dynamic loader's
-    directories and cache, time zones, and the CPU topology that BLAS libraries read."""
+    directories and cache, time zones, and the CPU topology that BLAS libraries read.
+
+    Every ``sys.path`` directory is granted whole, so call this in a worker started with
+    ``python -I`` (no PYTHONPATH, no user site): a directory that an editable install or
+    PYTHONPATH puts on the path is otherwise readable with everything in it."""
     candidates: list[str] = [
         sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # the cave package
@@ -244,9 +248,10 @@ def confine_current_process(spec: ConfinementSpec) -> None:
     assert arch is not None  # available implies a known arch
     threads = _thread_count()
     if threads != 1:
+        counted = f"has {threads} threads" if threads > 0 else "cannot count its threads"
         raise StrictModeUnavailable((
-            f"this process has {threads} threads, and Landlock confines only the calling one: "
-            "call confine_current_process before starting threads (or importing libraries that "
+            f"this process {counted}, and Landlock confines only the calling one: call "
+            "confine_current_process before starting threads (or importing libraries that "
             "start them, such as numpy with OpenBLAS)",
         ))
     read_only = [os.path.realpath(p) for p in spec.read_only]
@@ -272,7 +277,11 @@ def confine_current_process(spec: ConfinementSpec) -> None:
     step = "RLIMIT_AS"
     try:
         if spec.memory_limit is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (spec.memory_limit, spec.memory_limit))
+            _, hard = resource.getrlimit(resource.RLIMIT_AS)
+            limit = spec.memory_limit
+            if hard != resource.RLIM_INFINITY:
+                limit = min(limit, hard)  # only tighten: a second call cannot raise it
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         step = "PR_SET_NO_NEW_PRIVS"
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
         step = "Landlock"
