@@ -19,6 +19,18 @@ filters stack; a lowered hard RLIMIT_AS cannot be raised). If any part cannot be
 raises ``StrictModeUnavailable`` before the first irreversible step where it can tell in advance,
 and otherwise at the step that failed; a worker that gets the error must exit, never run agent code.
 
+How the worker should call it (each point is a test in tests/security/test_confinement_*.py):
+
+1. Start it with ``python -I`` (no PYTHONPATH, no user site: every ``sys.path`` directory is
+   granted whole), ``close_fds=True`` and only the broker socket in ``pass_fds``. The broker
+   socketpair must be SOCK_STREAM or SOCK_SEQPACKET: on an inherited datagram socket,
+   ``sendmsg`` could name any pathname socket, which neither layer can see.
+2. Confine before anything starts a thread: importing numpy starts OpenBLAS's threads, so
+   import numpy/pandas *after* confining (imports work then; the trees are readable).
+3. After confining: memfd_create/ftruncate/mmap(MAP_SHARED) work, for descriptors the worker
+   makes and for ones it receives; so do AF_UNIX stream socketpairs, pipes, threads and fork.
+   ``connect()``, new non-unix sockets, exec and ``chmod`` do not; the broker does those.
+
 Not enforced here: CPU time, memory beyond RLIMIT_AS, disk space under ``read_write``, side
 channels, what already-open descriptors allow, and anything the broker hands over. Tried and
 rejected: forking the kernel and confining the child (the child would hold a copy of the kernel's

@@ -181,6 +181,7 @@ def actions(ctx: dict[str, Any]) -> dict[str, Callable[[], Any]]:
         "kill_parent": lambda: os.kill(ppid, 0),
         "kill_self": lambda: os.kill(os.getpid(), 0),
         "raise_self": _raise_self,
+        "memfd_shared": _memfd_shared,
         "truncate_ro": lambda: os.truncate(ctx["ro_file"], 0),
         "symlink_outside": lambda: os.symlink("/etc", os.path.join(ctx["outside_dir"], "l")),
         "fifo_in_ro": lambda: os.mkfifo(os.path.join(ctx["ro_dir"], "fifo")),
@@ -236,6 +237,18 @@ def _raise_self() -> int:
     signal.raise_signal(signal.SIGUSR1)  # tgkill(own pid, own tid)
     thread_then(lambda: os.kill(os.getpid(), signal.SIGUSR1))  # from a thread created later
     return len(got)
+
+
+def _memfd_shared() -> bytes:
+    """What strict mode's shared memory needs: memfd_create, ftruncate, MAP_SHARED, and a
+    second mapping of the same memory seeing the first one's writes."""
+    import mmap
+
+    fd = os.memfd_create("shared")
+    os.ftruncate(fd, 1 << 20)
+    a, b = mmap.mmap(fd, 1 << 20), mmap.mmap(fd, 1 << 20)
+    a[:5] = b"hello"
+    return bytes(b[:5])
 
 
 def _symlink_escape(rw_dir: str, target: str) -> str:
