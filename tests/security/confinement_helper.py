@@ -182,6 +182,7 @@ def actions(ctx: dict[str, Any]) -> dict[str, Callable[[], Any]]:
         "kill_self": lambda: os.kill(os.getpid(), 0),
         "raise_self": _raise_self,
         "memfd_shared": _memfd_shared,
+        "fork_child": lambda: _fork_child(ctx["outside_file"]),
         "truncate_ro": lambda: os.truncate(ctx["ro_file"], 0),
         "symlink_outside": lambda: os.symlink("/etc", os.path.join(ctx["outside_dir"], "l")),
         "fifo_in_ro": lambda: os.mkfifo(os.path.join(ctx["ro_dir"], "fifo")),
@@ -237,6 +238,17 @@ def _raise_self() -> int:
     signal.raise_signal(signal.SIGUSR1)  # tgkill(own pid, own tid)
     thread_then(lambda: os.kill(os.getpid(), signal.SIGUSR1))  # from a thread created later
     return len(got)
+
+
+def _fork_child(outside_file: str) -> int:
+    pid = os.fork()
+    if pid == 0:
+        try:  # the child inherits the confinement
+            read(outside_file)
+            os._exit(1)
+        except PermissionError:
+            os._exit(7)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def _memfd_shared() -> bytes:

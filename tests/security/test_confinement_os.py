@@ -103,6 +103,11 @@ def test_process_vm_writev_leaves_the_parent_buffer_intact(world: World) -> None
     world.buffer.value = b"original"
 
 
+def test_fork_works_and_the_child_inherits_the_confinement(world: World) -> None:  # noqa: F811
+    assert world.run("fork_child")["value"] == "7"
+    assert world.run("fork_child", spec=None)["value"] == "1"  # control: unconfined child reads
+
+
 def test_x32_syscalls_kill_the_process(world: World) -> None:  # noqa: F811
     result = world.run("x32_getpid")
     assert result["returncode"] == -signal.SIGSYS, result
