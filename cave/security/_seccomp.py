@@ -195,7 +195,7 @@ def current_arch() -> Arch | None:
 _Ins = tuple  # ("ld", off) | ("j", op, k, true_label, false_label) | ("ret", k) | ("label", name)
 
 
-def _deny_unless_zero(call_args: tuple[int, ...], errno: int) -> Iterator[_Ins]:
+def _deny_unless_zero(call_args: tuple[int, ...]) -> Iterator[_Ins]:
     """Allow only when each listed 64-bit argument is 0 (pid 0 = the caller itself)."""
     for i in call_args:
         for off in (_arg_lo(i), _arg_hi(i)):
@@ -242,12 +242,12 @@ def _blocks(arch: Arch, allow_exec: bool, own_pid: int | None) -> list[tuple[str
     blocks.append(("socket", unix_stream_only(1)))
     blocks.append(("socketpair", unix_stream_only(1)))
     # sendto with a destination address reaches unconnected sockets by name.
-    blocks.append(("sendto", list(_deny_unless_zero((4,), EPERM))))
+    blocks.append(("sendto", list(_deny_unless_zero((4,)))))
     blocks.append(("clone", [("ld", _arg_lo(0)), ("j", _JSET_K, CLONE_NEW_MASK, "deny", "allow")]))
     blocks.append(("clone3", [("ret", RET_ERRNO | ENOSYS)]))
     # utimensat with a path re-times any file (metadata, see DENIED); with a NULL path it is
     # futimens on a descriptor the worker opened under Landlock's rules.
-    blocks.append(("utimensat", list(_deny_unless_zero((1,), EPERM))))
+    blocks.append(("utimensat", list(_deny_unless_zero((1,)))))
     blocks.append(("personality", [
         ("ld", _arg_lo(0)), ("j", _JEQ_K, PERSONALITY_QUERY, "allow", "deny"),
     ]))
@@ -259,12 +259,12 @@ def _blocks(arch: Arch, allow_exec: bool, own_pid: int | None) -> list[tuple[str
     # CPU affinity and memory placement are out of reach.
     for call in ("prlimit64", "sched_setaffinity", "sched_setparam", "sched_setscheduler",
                  "sched_setattr", "move_pages", "migrate_pages"):
-        blocks.append((call, list(_deny_unless_zero((0,), EPERM))))
+        blocks.append((call, list(_deny_unless_zero((0,)))))
     # setpriority/ioprio_set(which, who): "who 0" means the caller only for PROCESS.
     for call, which in (("setpriority", PRIO_PROCESS), ("ioprio_set", IOPRIO_WHO_PROCESS)):
         blocks.append((call, [
             ("ld", _arg_lo(0)), ("j", _JEQ_K, which, None, "deny"),
-            *_deny_unless_zero((1,), EPERM),
+            *_deny_unless_zero((1,)),
         ]))
     if not allow_exec:
         for call in EXEC_CALLS:
