@@ -1,7 +1,8 @@
 """Confinement as the OS enforces it: each action in a fresh, really confined process.
 
-Every "denied" row has a control (the same action unconfined succeeds, or is harmless to run),
-so none of these tests can pass because the action was impossible anyway.
+Every denied action that is safe to run unconfined has a control (CONTROLS: unconfined, it
+succeeds), so those tests cannot pass because the action was impossible anyway; the others
+(mount, keyctl, ptrace, exec, ...) assert seccomp's own errno.
 """
 
 from __future__ import annotations
