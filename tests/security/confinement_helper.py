@@ -198,7 +198,7 @@ def actions(ctx: dict[str, Any]) -> dict[str, Callable[[], Any]]:
         "vm_write_parent": lambda: vm_write(ppid, ctx["parent_buffer"]),
         "io_uring_setup": io_uring_setup,
         "bpf": lambda: _c(libc.syscall(321, 0, None, 0), "bpf"),
-        "userfaultfd": lambda: _c(libc.syscall(323, 0), "userfaultfd"),
+        "userfaultfd": lambda: _c(libc.syscall(323, 1), "userfaultfd"),  # USER_MODE_ONLY
         "unshare_user": lambda: _c(libc.unshare(0x10000000), "unshare"),
         "clone_newuser": clone_newuser,
         "mount": lambda: _c(libc.mount(b"none", ctx["rw_dir"].encode(), b"tmpfs", 0, None),
