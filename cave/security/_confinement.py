@@ -12,7 +12,8 @@ one thread). From then on the process and everything it starts can:
 * not ptrace, read or write other processes' memory, take their descriptors, change their
   limits, priority or affinity, create namespaces, mount, use io_uring, bpf, userfaultfd,
   perf_event_open, the keyring, kernel modules, kexec or personality changes (seccomp, EPERM);
-* never regain privileges through setuid binaries or file capabilities (PR_SET_NO_NEW_PRIVS).
+* hold no capability, even as root, and never regain one through setuid binaries or file
+  capabilities (capset to empty sets, then PR_SET_NO_NEW_PRIVS).
 
 Nothing here can be undone: a later call only adds restrictions (Landlock domains and seccomp
 filters stack; a lowered hard RLIMIT_AS cannot be raised). If any part cannot be enforced the call
@@ -294,6 +295,8 @@ def confine_current_process(spec: ConfinementSpec) -> None:
             if hard != resource.RLIM_INFINITY:
                 limit = min(limit, hard)  # only tighten: a second call cannot raise it
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        step = "dropping capabilities"
+        _drop_capabilities()
         step = "PR_SET_NO_NEW_PRIVS"
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
         step = "Landlock"
@@ -305,6 +308,28 @@ def confine_current_process(spec: ConfinementSpec) -> None:
             f"confinement failed at {step}: {exc}. The process is partly confined and must "
             "exit without running agent code",
         )) from exc
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def _drop_capabilities() -> None:
+    """Empty the effective, permitted and inheritable sets (ambient follows): a worker running as
+    root keeps uid 0's file ownership but no privilege (no CAP_SYS_RESOURCE to raise RLIMIT_AS
+    again, no CAP_DAC_OVERRIDE, CAP_SYS_ADMIN, ...), and with no_new_privs exec cannot restore it.
+    """
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = (_CapData * 2)()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.capset(ctypes.byref(header), data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"capset: {os.strerror(err)}")
 
 
 def _thread_count() -> int:

@@ -151,7 +151,8 @@ def restrict(
     handled_fs = fs_rights(abi)
     exec_right = FS_EXECUTE if allow_exec else 0
     ro = FS_READ_FILE | FS_READ_DIR | exec_right
-    rw = (handled_fs & ~FS_EXECUTE) | exec_right
+    # Device nodes are never made: a root worker could otherwise mknod the disk and read it raw.
+    rw = (handled_fs & ~(FS_EXECUTE | FS_MAKE_CHAR | FS_MAKE_BLOCK)) | exec_right
     attr = _RulesetAttr(handled_fs, net_rights(abi), scopes(abi))
     size = ctypes.sizeof(_RulesetAttr) if abi >= 6 else (16 if abi >= 4 else 8)
     call = _syscall()

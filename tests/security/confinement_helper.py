@@ -182,6 +182,9 @@ def actions(ctx: dict[str, Any]) -> dict[str, Callable[[], Any]]:
         "kill_self": lambda: os.kill(os.getpid(), 0),
         "raise_self": _raise_self,
         "memfd_shared": _memfd_shared,
+        "capabilities": _capabilities,
+        "raise_memory_limit": _raise_memory_limit,
+        "mknod_in_rw": lambda: _mknod(ctx["rw_dir"]),
         "fork_child": lambda: _fork_child(ctx["outside_file"]),
         "truncate_ro": lambda: os.truncate(ctx["ro_file"], 0),
         "symlink_outside": lambda: os.symlink("/etc", os.path.join(ctx["outside_dir"], "l")),
@@ -249,6 +252,28 @@ def _fork_child(outside_file: str) -> int:
         except PermissionError:
             os._exit(7)
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _capabilities() -> dict[str, int]:
+    with open("/proc/self/status") as f:
+        return {k: int(v, 16) for k, v in (line.split(":") for line in f)
+                if k in ("CapEff", "CapPrm", "CapInh", "CapAmb")}
+
+
+def _raise_memory_limit() -> Any:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    return resource.getrlimit(resource.RLIMIT_AS)
+
+
+def _mknod(rw_dir: str) -> str:
+    import stat
+
+    path = os.path.join(rw_dir, "null")
+    os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # a twin of /dev/null
+    os.remove(path)
+    return "made"
 
 
 def _memfd_shared() -> bytes:

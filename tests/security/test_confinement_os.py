@@ -8,6 +8,7 @@ succeeds), so those tests cannot pass because the action was impossible anyway; 
 from __future__ import annotations
 
 import errno
+import os
 import platform
 import signal
 
@@ -107,6 +108,25 @@ def test_process_vm_writev_leaves_the_parent_buffer_intact(world: World) -> None
 def test_fork_works_and_the_child_inherits_the_confinement(world: World) -> None:  # noqa: F811
     assert world.run("fork_child")["value"] == "7"
     assert world.run("fork_child", spec=None)["value"] == "1"  # control: unconfined child reads
+
+
+def test_no_capabilities_remain_even_as_root(world: World) -> None:  # noqa: F811
+    result = world.run("capabilities")
+    assert result["value"] == {"CapEff": 0, "CapPrm": 0, "CapInh": 0, "CapAmb": 0}, result
+    if os.getuid() == 0:  # control: root starts with capabilities
+        assert world.run("capabilities", spec=None)["value"]["CapEff"] != 0
+
+
+def test_memory_limit_cannot_be_raised_again_even_as_root(world: World) -> None:  # noqa: F811
+    result = world.run("raise_memory_limit", spec={**world.spec, "memory_limit": 1 << 30})
+    assert (result["ok"], result["type"]) == (False, "ValueError"), result  # setrlimit: EPERM
+
+
+def test_device_nodes_cannot_be_made_in_the_scratch_tree(world: World) -> None:  # noqa: F811
+    result = world.run("mknod_in_rw")
+    assert (result["ok"], result["errno"]) == (False, errno.EACCES), result
+    if os.getuid() == 0:  # control: root can make one unconfined (and the helper removes it)
+        assert world.run("mknod_in_rw", spec=None)["ok"]
 
 
 def test_x32_syscalls_kill_the_process(world: World) -> None:  # noqa: F811
