@@ -153,16 +153,16 @@ class StrictSupport:
             lines += [f"  * {r}" for r in self.reasons]
             return "\n".join(lines)
         if self.landlock_abi >= SCOPED_ABI:
-            scoped = "TCP (Landlock), abstract unix sockets and signals (Landlock scopes)"
+            scoped = "Landlock (TCP rules; signal and abstract-socket scopes)"
         else:
-            scoped = (
-                "TCP, abstract unix sockets and signals (seccomp, standing in for Landlock "
-                f"ABI {SCOPED_ABI}: signals only to the worker itself)"
-            )
+            scoped = f"seccomp, standing in for Landlock ABI {SCOPED_ABI} (signals only to itself)"
         return "\n".join([
             f"strict mode: available ({head})",
-            f"  enforced by the OS: files (Landlock), {scoped}, syscall filter (seccomp), "
-            "no_new_privs",
+            "  enforced by the OS on the agent's worker process:",
+            "    files: Landlock (read: Python and its libraries; write: the worker's scratch dir)",
+            f"    TCP, abstract unix sockets, signals: {scoped}",
+            "    syscalls: seccomp (no new sockets, ptrace, namespaces, mounts, exec, io_uring...)",
+            "    privileges: no capabilities, no_new_privs",
         ])
 
 
