@@ -279,6 +279,7 @@ def confine_current_process(spec: ConfinementSpec) -> None:
     read_write += [d for d in _DEVICES_READ_WRITE if os.path.exists(d)]
     if spec.own_proc:
         read_only.append(f"/proc/{os.getpid()}")
+        _pin_own_proc()
     abi = support.landlock_abi
     if spec.landlock_abi_cap is not None:
         abi = min(abi, spec.landlock_abi_cap)
@@ -330,6 +331,23 @@ def _drop_capabilities() -> None:
     if libc.capset(ctypes.byref(header), data) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"capset: {os.strerror(err)}")
+
+
+_PINNED: dict[int, int] = {}  # pid -> descriptor (a forked child confining again pins its own)
+
+
+def _pin_own_proc() -> None:
+    """Keep ``/proc/<pid>`` open for the process's life.
+
+    A Landlock rule names an inode, and procfs makes a new inode for ``/proc/<pid>`` whenever its
+    dentry was reclaimed (memory pressure, ``drop_caches``): the rule would then silently stop
+    matching and the worker would lose its own ``/proc`` (failing closed). An open descriptor pins
+    the dentry, so every later lookup meets the inode the rule names. (Not exercised by a test:
+    forcing dentry reclaim means dropping the whole machine's caches.)
+    """
+    pid = os.getpid()
+    if pid not in _PINNED:
+        _PINNED[pid] = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
 def _thread_count() -> int:
