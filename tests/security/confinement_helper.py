@@ -183,6 +183,7 @@ def actions(ctx: dict[str, Any]) -> dict[str, Callable[[], Any]]:
         "raise_self": _raise_self,
         "memfd_shared": _memfd_shared,
         "capabilities": _capabilities,
+        "dlopen_from_scratch": lambda: _dlopen_from_scratch(ctx["rw_dir"]),
         "raise_memory_limit": _raise_memory_limit,
         "mknod_in_rw": lambda: _mknod(ctx["rw_dir"]),
         "fork_child": lambda: _fork_child(ctx["outside_file"]),
@@ -252,6 +253,19 @@ def _fork_child(outside_file: str) -> int:
         except PermissionError:
             os._exit(7)
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _dlopen_from_scratch(rw_dir: str) -> str:
+    """Native code written into the scratch tree loads (mmap PROT_EXEC is not Landlock-checked):
+    by design, since it runs under the same confinement as the Python that loaded it."""
+    import math
+    import shutil
+
+    copy = os.path.join(rw_dir, "copied.so")
+    shutil.copyfile(math.__file__, copy)
+    ctypes.CDLL(copy)
+    os.remove(copy)
+    return "loaded"
 
 
 def _capabilities() -> dict[str, int]:

@@ -22,7 +22,7 @@ pytestmark = [
 
 ALLOWED = [
     "read_ro", "rw_tree", "proc_self", "dev_null", "socketpair_and_pipe", "kill_self",
-    "raise_self", "personality_query", "memfd_shared",
+    "raise_self", "personality_query", "memfd_shared", "dlopen_from_scratch",
 ]
 
 # action -> errno: EACCES comes from Landlock (files), EPERM from seccomp or Landlock scopes.
