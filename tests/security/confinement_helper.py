@@ -67,6 +67,13 @@ def abstract_connect(name: str) -> str:
     return "connected"
 
 
+def _abstract_bind(name: str) -> str:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind("\0" + name + "-squat")  # a name nobody holds yet
+    s.close()
+    return "bound"
+
+
 def ptrace_seize(pid: int) -> int:
     # PTRACE_SEIZE does not stop the tracee, so a failure of this test cannot hang pytest.
     return _c(libc.ptrace(0x4206, pid, None, None), "ptrace")
@@ -177,6 +184,7 @@ def actions(ctx: dict[str, Any]) -> dict[str, Callable[[], Any]]:
         "af_netlink": lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW).close(),
         "unix_dgram": lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).close(),
         "abstract_connect": lambda: abstract_connect(ctx["abstract_name"]),
+        "abstract_bind": lambda: _abstract_bind(ctx["abstract_name"]),
         "socketpair_and_pipe": lambda: _pair_and_pipe(),
         "kill_parent": lambda: os.kill(ppid, 0),
         "kill_self": lambda: os.kill(os.getpid(), 0),
