@@ -79,7 +79,7 @@ class Tools:
         self.workspace = workspace
         self.directory = directory
         self._primitives = primitives
-        self._record = record
+        self._audit = record
         self.limits = limits or ToolLimits()
         self._runner = runner
         self._specs: dict[str, ToolSpec] = {}
@@ -91,6 +91,11 @@ class Tools:
         self.starts = 0
         """How many times a Deno process was started (restarts included)."""
         self.deno_version = ""
+
+    def _record(self, kind: str, /, **fields: Any) -> None:
+        """Audit on the owner thread: the log refuses writes from a thread running agent code
+        (so that agent code cannot forge records), and a tool call may run on one."""
+        self._owner.run(lambda: self._audit(kind, **fields))
 
     # -- registry ----------------------------------------------------------------------------
     @property
@@ -232,7 +237,7 @@ class Tools:
         )
         self.deno_version = proc.wait_ready(START_TIMEOUT_S)
         self.starts += 1
-        self._record("tool.process", pid=proc.pid, deno=self.deno_version, start=self.starts)
+        self._audit("tool.process", pid=proc.pid, deno=self.deno_version, start=self.starts)
         return proc
 
     def _discard(self, proc: DenoProcess) -> None:
@@ -281,12 +286,12 @@ class Tools:
         deadline = started + limits.timeout
         syscalls = 0
         out = _Output(limits.max_output_bytes)
-        proc.send({
-            "type": "call", "id": call_id, "tool": spec.name, "args": payload,
-            "max_output": limits.max_output_bytes, "max_result": limits.max_result_bytes,
-        })
         outcome = "error"
         try:
+            proc.send({
+                "type": "call", "id": call_id, "tool": spec.name, "args": payload,
+                "max_output": limits.max_output_bytes, "max_result": limits.max_result_bytes,
+            })
             while True:
                 wait = deadline - time.monotonic()
                 if wait <= 0:
@@ -319,7 +324,9 @@ class Tools:
                     out.finish(int(item.get("cut") or 0))
                     outcome = "ok" if item.get("ok") is True else "error"
                     return self._result(spec, item)
-        except KeyboardInterrupt:
+        except ToolError:
+            raise
+        except BaseException:  # noqa: B036 - the stop button or a step timeout: stop the tool too
             outcome = "stopped"
             self._cancel(proc, call_id)
             raise
