@@ -30,6 +30,8 @@ from ._errors import (
     TypeChangeRefused,
 )
 
+from . import tools
+
 if TYPE_CHECKING:
     from ._session import Session
     from .models import Model
@@ -105,5 +107,6 @@ __all__ = [
     "retrieve",
     "session",
     "set_model",
+    "tools",
     "update",
 ]

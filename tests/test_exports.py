@@ -10,6 +10,7 @@ PUBLIC = {
     "ModelError", "ModelResponseError", "NameNotFound", "PolicyFileError", "RuntimeStateError",
     "ToolError", "TurnInterrupted", "TurnStopped", "TypeChangeRefused", "__version__", "inject",
     "load_ipython_extension", "retrieve", "session", "set_model", "update",
+    "tools",
 }
 
 
@@ -34,3 +35,9 @@ def test_inject_and_retrieve_outside_a_kernel_keep_identity() -> None:
     cave.inject("the_object", obj, description="identity check")
     assert cave.retrieve("the_object") is obj
     cave.session().runtime.remove("the_object")
+
+
+def test_tools_exports_are_pinned() -> None:
+    assert sorted(cave.tools.__all__) == [
+        "ToolLimits", "ToolSpec", "call", "register", "registered", "set_limits", "unregister",
+    ]
