@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import tools
 from ._errors import (
     ApprovalError,
     AuditChainBroken,
@@ -29,8 +30,6 @@ from ._errors import (
     TurnStopped,
     TypeChangeRefused,
 )
-
-from . import tools
 
 if TYPE_CHECKING:
     from ._session import Session

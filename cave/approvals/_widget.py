@@ -155,7 +155,7 @@ def describe_html(record: ApprovalRecord) -> str:
 
 
 def highlight(source: str, language: str) -> str:
-    """``source`` as highlighted HTML (inline styles, line numbers); escaped text without pygments."""
+    """``source`` as highlighted HTML (inline styles, line numbers); plain without pygments."""
     try:
         from pygments import highlight as render
         from pygments.formatters import HtmlFormatter

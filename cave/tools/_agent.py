@@ -8,6 +8,7 @@ effect of a tool is a syscall checked by the policy.
 
 from __future__ import annotations
 
+import builtins
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ class AgentTools:
         spec = self._tools.register(name, source, capabilities or (), description)
         return spec.signature.text(name)
 
-    def list(self) -> list[str]:
+    def list(self) -> builtins.list[str]:
         """Signatures of the registered tools."""
         return [s.signature.text(n) for n, s in self._tools.specs.items()]
 
@@ -63,7 +64,7 @@ class AgentTools:
         run.__doc__ = tools.specs[name].describe()
         return run
 
-    def __dir__(self) -> list[str]:
+    def __dir__(self) -> builtins.list[str]:
         return ["call", "list", "register", *self._tools.specs]
 
     def __repr__(self) -> str:

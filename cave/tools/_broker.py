@@ -73,8 +73,8 @@ def _target(op: str, args: Mapping[str, Any], workspace: Path) -> tuple[Capabili
     """(capability to check against the ceiling, the primitive's argument tuple)."""
     if op in ("fs.read", "fs.list"):
         real = _real(workspace, _str(args, "path"))
-        call = (real, bool(args.get("binary"))) if op == "fs.read" else (real,)
-        return Capability("fs.read", real), call
+        read: tuple[Any, ...] = (real, bool(args.get("binary"))) if op == "fs.read" else (real,)
+        return Capability("fs.read", real), read
     if op == "fs.write":
         real = _real(workspace, _str(args, "path"))
         if type(args.get("text")) is str:
@@ -118,15 +118,14 @@ def _target(op: str, args: Mapping[str, Any], workspace: Path) -> tuple[Capabili
         data = body.encode("utf-8") if type(body) is str else None
         timeout = float(args.get("timeout") or 30)
         max_bytes = int(args.get("max_bytes") or 20_000_000)
-        call = (url, method, hdrs, data, timeout, max_bytes)
-        return Capability("net", f"{shown}:{port}"), call
+        return Capability("net", f"{shown}:{port}"), (url, method, hdrs, data, timeout, max_bytes)
     if op == "env.get":
         name = _str(args, "name")
         return Capability("env", name), (name,)
     if op == "human.ask":
         question = _str(args, "question")
-        timeout = args.get("timeout")
-        return None, (question, None if timeout is None else float(timeout))
+        wait = args.get("timeout")
+        return None, (question, None if wait is None else float(wait))
     raise SyscallError("TypeError", f"unknown syscall {op!r}")
 
 

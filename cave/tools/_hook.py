@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 
 __all__ = ["TOOLS_DOC", "attach_tools"]
 
-TOOLS_DOC = """tools: TypeScript tools run in Deno; each reaches files, network, env and programs only
-  through Cave's primitives, within the capabilities it was registered with.
+TOOLS_DOC = """tools: TypeScript tools run in Deno; each reaches files, network, env and programs
+  only through Cave's primitives, within the capabilities it was registered with.
   tools.NAME(**args) / tools.call(name, **args)
       Run a registered tool (listed with the objects below); returns its JSON result.
   tools.register(name, source, capabilities=[...], description="") -> str

@@ -48,7 +48,9 @@ def deno_binary() -> str:
         ) from None
     path = str(deno.find_deno_bin())
     if not os.access(path, os.X_OK):
-        raise ToolError(f"the deno binary at {path} is not executable; reinstall: pip install -U deno")
+        raise ToolError(
+            f"the deno binary at {path} is not executable; reinstall: pip install -U deno"
+        )
     return path
 
 
@@ -195,7 +197,7 @@ class DenoProcess:
             if not line:
                 break
             if len(line) > MAX_FRAME_BYTES:
-                self.frames.put(Malformed("a line longer than 64 MiB", line[:200].decode(errors="replace")))
+                self.frames.put(Malformed("a line longer than 64 MiB", _show(line[:200])))
                 break
             try:
                 frame = json.loads(line)
@@ -218,8 +220,12 @@ class DenoProcess:
     def _drain(self) -> None:
         stderr = self.proc.stderr
         assert stderr is not None
+        fd = stderr.fileno()
         while True:
-            chunk = stderr.read1(65536)
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                return
             if not chunk:
                 return
             self._stderr += chunk

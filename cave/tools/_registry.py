@@ -31,7 +31,7 @@ from ..security._ops import tool_digest
 from ..security._policy import Policy
 from ..security._primitives import call_on_behalf
 from ._broker import SyscallError, ceiling_policy, run_syscall
-from ._process import Closed, DenoProcess, Malformed, Owner, deno_binary, describe_end
+from ._process import DenoProcess, Malformed, Owner, deno_binary, describe_end
 from ._signature import Signature, read_signature
 from ._spec import MAX_SOURCE_BYTES, ToolLimits, ToolSpec, check_name
 
@@ -307,7 +307,7 @@ class Tools:
                 except queue.Empty:
                     continue
                 if not isinstance(item, dict):
-                    self._dead(proc, spec.name, item)
+                    raise self._dead(proc, spec.name, item)
                 kind = item["type"]
                 if item.get("id") != call_id:
                     continue  # a late frame of an earlier, cancelled call
@@ -349,11 +349,12 @@ class Tools:
             proc.send(self._load_frame(spec))
         return proc
 
-    def _dead(self, proc: DenoProcess, tool: str, item: Any) -> None:
+    def _dead(self, proc: DenoProcess, tool: str, item: Any) -> ToolError:
+        """Kill the process that stopped answering; the error to raise."""
         self._owner.run(proc.kill)
         self._proc = None
         kind = "protocol" if isinstance(item, Malformed) else "crash"
-        raise ToolError(
+        return ToolError(
             f"tool {tool!r} failed: the Deno process stopped answering ({describe_end(item)}). "
             "It was killed; the next call starts a new one with every tool loaded again.",
             tool=tool, kind=kind,
@@ -399,12 +400,14 @@ class Tools:
     def _result(spec: ToolSpec, frame: dict[str, Any]) -> Any:
         if frame.get("ok") is True:
             return frame.get("value")
-        error = frame.get("error") if isinstance(frame.get("error"), dict) else {}
+        raw = frame.get("error")
+        error: dict[str, Any] = raw if isinstance(raw, dict) else {}
         js_name = str(error.get("name") or "Error")
         js_message = str(error.get("message") or "")
         stack = str(error.get("stack") or "")
         shown = stack if stack.startswith(f"{js_name}") else f"{js_name}: {js_message}\n{stack}"
-        return_kind = "limit" if js_name == "RangeError" and "over the limit" in js_message else "error"
+        too_big = js_name == "RangeError" and "over the limit" in js_message
+        return_kind = "limit" if too_big else "error"
         raise ToolError(
             f"tool {spec.name!r} failed: {shown.strip()}",
             tool=spec.name, kind=return_kind, js_name=js_name, js_message=js_message,

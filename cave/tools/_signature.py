@@ -108,7 +108,8 @@ def parse_doc(doc: Any) -> Signature:
             params = fn.get("params") or []
             returns = render_type(fn.get("returnType")) if fn.get("returnType") else "unknown"
             text = ((decl.get("jsDoc") or {}).get("doc") or "").strip().split("\n\n")[0]
-            return Signature(_params(params[0] if params else None), returns, " ".join(text.split()))
+            first = params[0] if params else None
+            return Signature(_params(first), returns, " ".join(text.split()))
     raise ToolError(
         "the tool's source does not export a function named run; write "
         "`export async function run(args: {...}, cave) { ... }`"

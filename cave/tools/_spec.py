@@ -1,4 +1,4 @@
-"""What a registered tool is (``ToolSpec``) and the limits every call runs under (``ToolLimits``)."""
+"""A registered tool (``ToolSpec``) and the limits each of its calls runs under (``ToolLimits``)."""
 
 from __future__ import annotations
 

@@ -63,7 +63,9 @@ def test_a_syscall_the_policy_denies_rejects_and_is_audited_with_the_tool(
     }"""
     session.tools.register("catcher", source, ["fs.read:/etc/**"])
     answer = session.tools.call("catcher")
-    assert answer.startswith("PermissionError: fs.read: fs.read:/etc/hostname is denied by the policy")
+    assert answer.startswith(
+        "PermissionError: fs.read: fs.read:/etc/hostname is denied by the policy"
+    )
     last = records(session, "tool.syscall")[-1]
     assert last["tool"] == "catcher" and last["ok"] is False and "denied" in last["error"]
     denied = records(session, "denied")[-1]
@@ -169,7 +171,8 @@ def test_the_syscall_limit_refuses_later_syscalls(session: Session) -> None:
     export async function run(args: {}, cave: any) {
       let ok = 0;
       for (let i = 0; i < 20; i++) {
-        try { await cave.fs.read("data/small.txt"); ok++; } catch (e) { return [ok, e.name, e.message]; }
+        try { await cave.fs.read("data/small.txt"); ok++; }
+        catch (e) { return [ok, e.name, e.message]; }
       }
       return [ok];
     }"""
@@ -239,7 +242,10 @@ def test_a_kill_during_a_call_fails_that_call_and_the_next_one_works(session: Se
 
 def test_the_heap_limit_fails_the_call_and_the_next_one_works(session: Session) -> None:
     source = """
-    export async function run() { const a: number[][] = []; while (true) a.push(new Array(1e5).fill(1.5)); }
+    export async function run() {
+      const a: number[][] = [];
+      while (true) a.push(new Array(1e5).fill(1.5));
+    }
     """
     session.tools.register("hog", source)
     old = session.tools.limits

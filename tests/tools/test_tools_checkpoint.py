@@ -15,7 +15,9 @@ from cave._session import Session
 from cave.approvals._kernel_glue import make_channel
 from cave.checkpoint._session_io import restore, save
 
-READER = "export async function run(a: { p: string }, cave: any) { return await cave.fs.read(a.p); }"
+READER = (
+    "export async function run(a: { p: string }, cave: any) { return await cave.fs.read(a.p); }"
+)
 
 
 def _session(root: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> Session:

@@ -30,7 +30,8 @@ def test_the_command_line_is_exactly_this() -> None:
         "--no-config", "--no-lock", "--no-check", "--unstable-worker-options",
         "--v8-flags=--max-old-space-size=128", "/r/main.ts",
     ]
-    assert not any(flag.startswith(("--allow", "-A")) for flag in deno_command("d", "r", heap_mb=64))
+    flags = deno_command("d", "r", heap_mb=64)
+    assert not any(flag.startswith(("--allow", "-A")) for flag in flags)
     with pytest.raises(ValueError, match="at least 16"):
         deno_command("d", "r", heap_mb=1)
 

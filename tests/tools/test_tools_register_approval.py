@@ -12,7 +12,7 @@ from cave._session import Session
 from cave.approvals._queue import ApprovalRecord
 from cave.approvals._widget import ApprovalView, describe_html, describe_text
 
-LONG = ECHO + "".join(f"// line {i} of a long tool: the approver sees all of it\n" for i in range(300))
+LONG = ECHO + "".join(f"// line {i} of a long tool: the approver sees it\n" for i in range(300))
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,9 @@ from cave.security import Policy
 
 ECHO = """
 /** Add one to x. */
-export async function run(args: { x: number; note?: string }, cave: unknown): Promise<{ y: number }> {
+export async function run(
+  args: { x: number; note?: string }, cave: unknown,
+): Promise<{ y: number }> {
   return { y: args.x + 1 };
 }
 """
