@@ -77,4 +77,8 @@ def set_limits(limits: ToolLimits) -> None:
     """Use ``limits`` for the next calls (a new ``heap_mb`` applies from the next process)."""
     if not isinstance(limits, ToolLimits):
         raise TypeError(f"set_limits takes a ToolLimits, not {type(limits).__name__}")
+    from ._registry import _is_agent_thread
+
+    if _is_agent_thread():
+        raise PermissionError("agent code may not change the tools' limits; the user sets them")
     _tools().limits = limits

@@ -95,7 +95,10 @@ class Tools:
     def _record(self, kind: str, /, **fields: Any) -> None:
         """Audit on the owner thread: the log refuses writes from a thread running agent code
         (so that agent code cannot forge records), and a tool call may run on one."""
-        self._owner.run(lambda: self._audit(kind, **fields))
+        if _is_agent_thread():
+            self._owner.run(lambda: self._audit(kind, **fields))
+        else:
+            self._audit(kind, **fields)
 
     # -- registry ----------------------------------------------------------------------------
     @property
