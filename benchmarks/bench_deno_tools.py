@@ -45,7 +45,8 @@ for await (const chunk of Deno.stdin.readable) {
     const line = buf.slice(0, nl);
     buf = buf.slice(nl + 1);
     const m = JSON.parse(line);
-    Deno.stdout.writeSync(enc.encode(JSON.stringify({ type: "result", id: m.id, value: 1 }) + "\\n"));
+    const out = JSON.stringify({ type: "result", id: m.id, value: 1 }) + "\\n";
+    Deno.stdout.writeSync(enc.encode(out));
   }
 }
 """
