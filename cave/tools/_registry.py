@@ -93,12 +93,19 @@ class Tools:
         self.deno_version = ""
 
     def _record(self, kind: str, /, **fields: Any) -> None:
-        """Audit on the owner thread: the log refuses writes from a thread running agent code
-        (so that agent code cannot forge records), and a tool call may run on one."""
-        if _is_agent_thread():
-            self._owner.run(lambda: self._audit(kind, **fields))
-        else:
-            self._audit(kind, **fields)
+        self._recorder()(kind, **fields)
+
+    def _recorder(self) -> Callable[..., None]:
+        """How this thread audits: on a thread running agent code, through the owner thread (the
+        log refuses writes from agent threads, so that agent code cannot forge records)."""
+        if not _is_agent_thread():
+            return self._audit
+        audit, owner = self._audit, self._owner
+
+        def via_owner(kind: str, /, **fields: Any) -> None:
+            owner.run(lambda: audit(kind, **fields))
+
+        return via_owner
 
     # -- registry ----------------------------------------------------------------------------
     @property
@@ -289,6 +296,7 @@ class Tools:
         deadline = started + limits.timeout
         syscalls = 0
         out = _Output(limits.max_output_bytes)
+        record = self._recorder()  # asked once per call, not per syscall
         outcome = "error"
         try:
             proc.send({
@@ -319,7 +327,7 @@ class Tools:
                 elif kind == "sys":
                     syscalls += 1
                     before = time.monotonic()
-                    reply = self._syscall(spec, ceiling, item, syscalls)
+                    reply = self._syscall(spec, ceiling, item, syscalls, record)
                     deadline += time.monotonic() - before  # waiting for a person is not run time
                     reply.update(type="sysret", id=call_id, seq=item.get("seq"))
                     proc.send(reply)
@@ -335,7 +343,7 @@ class Tools:
             raise
         finally:
             out.finish(0)
-            self._record(
+            record(
                 "tool.call", tool=spec.name, outcome=outcome, syscalls=syscalls,
                 duration_s=round(time.monotonic() - started, 4),
             )
@@ -380,11 +388,16 @@ class Tools:
         self._proc = None
 
     def _syscall(
-        self, spec: ToolSpec, ceiling: Policy, frame: dict[str, Any], count: int
+        self,
+        spec: ToolSpec,
+        ceiling: Policy,
+        frame: dict[str, Any],
+        count: int,
+        record: Callable[..., None],
     ) -> dict[str, Any]:
         op = str(frame.get("op"))
         if count > self.limits.max_syscalls:
-            self._record("tool.syscall", tool=spec.name, op=op, ok=False, error="syscall limit")
+            record("tool.syscall", tool=spec.name, op=op, ok=False, error="syscall limit")
             return {"ok": False, "error": {
                 "name": "RangeError",
                 "message": f"cave.{op}: this call already made {self.limits.max_syscalls:,} "
@@ -392,7 +405,7 @@ class Tools:
             }}
         try:
             value = run_syscall(
-                spec.name, ceiling, self._primitives(), self.workspace, self._record, op,
+                spec.name, ceiling, self._primitives(), self.workspace, record, op,
                 frame.get("args"),
             )
         except SyscallError as exc:

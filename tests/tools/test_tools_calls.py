@@ -249,7 +249,8 @@ def test_the_heap_limit_fails_the_call_and_the_next_one_works(session: Session) 
     """
     session.tools.register("hog", source)
     old = session.tools.limits
-    session.tools.limits = old.with_heap_mb(64)
+    # A long wall-time limit: the test must end by the heap running out, however slow the machine.
+    session.tools.limits = old.with_heap_mb(64).with_timeout(600)
     session.tools.close()  # the heap limit applies from the next process
     try:
         with pytest.raises(cave.ToolError) as info:
