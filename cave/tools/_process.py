@@ -98,7 +98,8 @@ class Owner:
         box: list[Any] = []
         done = threading.Event()
         self._jobs.put((fn, box, done))
-        done.wait()
+        while not done.wait(0.05):  # a timed wait lets the stop button's exception in
+            pass
         ok, value = box[0]
         if not ok:
             raise value
