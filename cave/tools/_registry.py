@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import queue
+import re
 import sys
 import threading
 import time
@@ -40,6 +41,11 @@ __all__ = ["Tools"]
 START_TIMEOUT_S = 60.0
 CANCEL_GRACE_S = 2.0
 _POLL_S = 0.05
+
+
+_IMPORT = re.compile(r"""\bfrom\s*["'`]|\bimport\s*[("'`]|///\s*<reference|\brequire\s*\(""")
+"""Anything that could make ``deno doc`` read another file (it follows static imports and
+reference directives, unsandboxed); conservative: also matches such text in strings."""
 
 
 def _is_agent_thread() -> bool:
@@ -168,6 +174,15 @@ class Tools:
             raise ToolError(
                 f"tool {name!r}: source must be TypeScript text (or a path to a .ts file) "
                 "exporting `async function run(args, cave)`",
+                tool=name, kind="register",
+            )
+        found = _IMPORT.search(source)
+        if found is not None:
+            line = source.count("\n", 0, found.start()) + 1
+            raise ToolError(
+                f"tool {name!r}: a tool is one file, with no imports (line {line}: "
+                f"{found.group(0).strip()!r}); inline what it needs. (Imports are refused "
+                "before `deno doc` reads the source, which is not sandboxed.)",
                 tool=name, kind="register",
             )
         if len(source.encode("utf-8")) > MAX_SOURCE_BYTES:

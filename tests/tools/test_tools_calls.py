@@ -301,8 +301,17 @@ def test_bad_input_gets_a_clear_error(session: Session) -> None:
         session.tools.register("x3", "export const x = 1;")
     with pytest.raises(cave.ToolError, match="does not parse"):
         session.tools.register("x4", "export async function run( {")
+    for source in (
+        'import { x } from "./x.ts";\nexport async function run() { return x; }',
+        'export * from "/etc/passwd";\nexport async function run() {}',
+        'import "https://example.com/x.ts";\nexport async function run() {}',
+        'type T = typeof import("/etc/passwd");\nexport async function run() {}',
+        '/// <reference path="/etc/passwd" />\nexport async function run() {}',
+    ):
+        with pytest.raises(cave.ToolError, match="a tool is one file, with no imports"):
+            session.tools.register("x5", source)
     with pytest.raises(cave.ToolError, match="must be JSON values"):
         session.tools.call("echo", x=float("nan"))
     with pytest.raises(cave.ToolError, match="no tool named 'nope'"):
         session.tools.call("nope")
-    assert not {"x1", "x2", "x3", "x4"} & set(session.tools.specs)
+    assert not {"x1", "x2", "x3", "x4", "x5"} & set(session.tools.specs)
