@@ -147,7 +147,8 @@ class Tools:
         by = "agent" if _is_agent_thread() else "user"
         if by == "agent":
             fs = self._primitives()["fs"]
-            digest = call_on_behalf(fs, "tools.register", (name, text, caps, desc), "agent")
+            who = f"tools.register({name!r}, ...) in the agent's code"
+            digest = call_on_behalf(fs, "tools.register", (name, text, caps, desc), who)
         else:
             digest = tool_digest(name, text, caps, desc)
         spec = ToolSpec(name, text, caps, desc, signature, digest, by)

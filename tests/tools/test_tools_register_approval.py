@@ -38,7 +38,7 @@ def test_agent_registration_waits_for_approval_then_the_agent_calls_it(session: 
     assert request.capability == "tool:plus_one"
     assert request.details["source"] == LONG  # in full, not cut like other details
     assert request.details["capabilities"] == "fs.read:data/**"
-    assert request.code_line == "agent"
+    assert request.code_line == "tools.register('plus_one', ...) in the agent's code"
     html = describe_html(request)
     assert "cave-approval-source" in html and "overflow:auto" in html
     assert "line 299 of a long tool" in html and "<span" in html  # highlighted, all lines
