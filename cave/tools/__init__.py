@@ -13,8 +13,9 @@ started with no ``--allow-*`` flag at all and with ``permissions: "none"`` for e
 ``NotCapable`` error. Its only way out is a syscall (``cave.fs.read`` ...) that Cave's broker
 checks first against the tool's registered capabilities (outside them: refused, nobody asked),
 then runs as the session's own primitive (policy, approvals, audit). Not enforced: CPU and memory
-beyond the per-call limits (``ToolLimits``); a tool can still compute, use its time budget, and
-keep state between its own calls (never another tool's: workers share nothing). Tools are single
+beyond the per-call limits (``ToolLimits``); a tool can still compute, use its time budget, keep
+state between its own calls (never another tool's: workers share nothing), and leave timers
+running in its worker after a call returns (they can make no syscalls until its next call). Tools are single
 files: remote, npm and local imports are refused.
 """
 
