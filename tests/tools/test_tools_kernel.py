@@ -149,3 +149,26 @@ def test_agent_registers_a_tool_by_approval_uses_it_and_it_survives_a_checkpoint
         cell = ok(k2, "%%agent\ncheck df again")
         assert not [m for m in cell.messages if "[cave] approval" in str(m["content"])]
         assert EXPECTED in str(model.server.requests[-1].body["messages"][-1])
+
+
+def test_the_stop_button_cancels_a_tool_called_from_a_user_cell(
+    tmp_path: Path, model: Model
+) -> None:
+    spin = (
+        "export async function run() { console.log('spinning'); while (true) {} }"
+    )
+    with kernel(tmp_path, "c", model) as k:
+        ok(k, f"import cave\ncave.tools.register('spin', {spin!r})\n"
+              "cave.tools.register('plus', 'export async function run(a: {x: number}) "
+              "{ return a.x + 1; }')")
+
+        def stop_when_spinning(msg: dict[str, Any], kh: KernelHarness) -> None:
+            if msg["msg_type"] == "stream" and "spinning" in msg["content"]["text"]:
+                kh.interrupt()  # the tool is running in Deno: its output reached the cell
+
+        cell = k.execute("cave.tools.call('spin')", timeout=120, on_message=stop_when_spinning)
+        assert cell.status == "error" and cell.error["ename"] == "KeyboardInterrupt"
+        assert ok(k, "print(cave.tools.call('plus', x=1))").stdout.strip() == "2"
+        outcome = ok(k, "import json\nprint([json.loads(l).get('outcome') for l in "
+                        "open(cave.session().audit.path) if 'tool.call' in l])").stdout
+        assert "'stopped'" in outcome
