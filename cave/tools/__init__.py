@@ -15,8 +15,8 @@ checks first against the tool's registered capabilities (outside them: refused, 
 then runs as the session's own primitive (policy, approvals, audit). Not enforced: CPU and memory
 beyond the per-call limits (``ToolLimits``); a tool can still compute, use its time budget, keep
 state between its own calls (never another tool's: workers share nothing), and leave timers
-running in its worker after a call returns (they can make no syscalls until its next call). Tools are single
-files: remote, npm and local imports are refused.
+running in its worker after a call returns (they can make no syscalls until its next call).
+Tools are single files: a source with an import is refused at registration.
 """
 
 from __future__ import annotations
