@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import tools
 from ._errors import (
     ApprovalError,
     AuditChainBroken,
@@ -107,5 +108,6 @@ __all__ = [
     "retrieve",
     "session",
     "set_model",
+    "tools",
     "update",
 ]

@@ -189,7 +189,29 @@ class CheckpointTampered(CheckpointError):
 
 
 class ToolError(CaveError):
-    """A Deno tool that failed to register, start, or answer."""
+    """A Deno tool that failed to register, start, or answer.
+
+    ``kind`` says which: ``register``, ``error`` (the TypeScript threw: ``js_name``,
+    ``js_message`` and ``stack`` are its own), ``timeout``, ``limit`` (syscalls, result size),
+    ``crash`` (the Deno process died; the next call starts a new one) or ``protocol``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tool: str | None = None,
+        kind: str = "error",
+        js_name: str | None = None,
+        js_message: str | None = None,
+        stack: str | None = None,
+    ) -> None:
+        self.tool = tool
+        self.kind = kind
+        self.js_name = js_name
+        self.js_message = js_message
+        self.stack = stack
+        super().__init__(message)
 
 
 class StrictModeUnavailable(CaveError):

@@ -104,6 +104,12 @@ class Session:
         """Called with (session, completed) when a turn ends, in the turn's thread, still holding
         the turn lock (auto-checkpoints). A hook that raises is reported on stderr; it never
         replaces the turn's result or error."""
+        self.tools: Any = None
+        """``cave.tools``' registry of TypeScript tools, attached with the security layer."""
+        self.state_parts: dict[str, tuple[Callable[[], Any], Callable[[Any], Callable[[], None]]]]
+        self.state_parts = {}
+        """Extra JSON state a checkpoint carries: name -> (capture, prepare); ``prepare(saved)``
+        raises ValueError on bad data and returns the step that applies it (all or nothing)."""
         self.checkpoint_store: str | None = None
         """Where checkpoints go: a directory or fsspec URL; None means ``$CAVE_CHECKPOINTS`` or
         ``<directory>/checkpoints``."""
@@ -181,6 +187,9 @@ class Session:
             self.runtime.add_primitive(name, primitive)
         self.code_context = self.security.agent_code
         self.primitives_doc = self.security.describe_primitives()
+        from .tools._hook import attach_tools
+
+        attach_tools(self)
         return self.security
 
     # -- turns ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ PUBLIC = {
     "ToolError", "TurnInterrupted", "TurnStopped", "TypeChangeRefused", "__version__", "inject",
     "load_ipython_extension", "retrieve", "session", "set_model", "update",
     "StrictModeUnavailable",
+    "tools",
 }
 
 
@@ -35,3 +36,9 @@ def test_inject_and_retrieve_outside_a_kernel_keep_identity() -> None:
     cave.inject("the_object", obj, description="identity check")
     assert cave.retrieve("the_object") is obj
     cave.session().runtime.remove("the_object")
+
+
+def test_tools_exports_are_pinned() -> None:
+    assert sorted(cave.tools.__all__) == [
+        "ToolLimits", "ToolSpec", "call", "register", "registered", "set_limits", "unregister",
+    ]

@@ -71,6 +71,7 @@ __all__ = [
 
 DB_NAME = "approvals.db"
 _MAX_DETAIL_CHARS = 4000
+_MAX_SOURCE_CHARS = 1_000_000
 """A single detail value longer than this is cut when stored (previews are for people)."""
 
 
@@ -128,16 +129,25 @@ def _record(row: tuple[Any, ...]) -> ApprovalRecord:
     return ApprovalRecord(*values)
 
 
-def _bounded(value: Any, depth: int = 0) -> Any:
-    """JSON-safe copy of ``value`` with long strings cut (details are shown, never executed)."""
+def _bounded(value: Any, depth: int = 0, limit: int = _MAX_DETAIL_CHARS) -> Any:
+    """JSON-safe copy of ``value`` with long strings cut (details are shown, never executed).
+
+    A top-level ``source`` (code a person approves before it runs: a tool's registration) is
+    kept whole up to ``_MAX_SOURCE_CHARS``: the approver must see all of what they approve.
+    """
     if isinstance(value, str):
-        if len(value) > _MAX_DETAIL_CHARS:
-            return value[:_MAX_DETAIL_CHARS] + f"... [{len(value) - _MAX_DETAIL_CHARS:,} more]"
+        if len(value) > limit:
+            return value[:limit] + f"... [{len(value) - limit:,} more]"
         return value
     if value is None or isinstance(value, (bool, int, float)):
         return value
     if depth < 4 and isinstance(value, Mapping):
-        return {str(k): _bounded(v, depth + 1) for k, v in list(value.items())[:100]}
+        return {
+            str(k): _bounded(
+                v, depth + 1, _MAX_SOURCE_CHARS if depth == 0 and k == "source" else limit
+            )
+            for k, v in list(value.items())[:100]
+        }
     if depth < 4 and isinstance(value, (list, tuple)):
         return [_bounded(v, depth + 1) for v in value[:100]]
     if isinstance(value, bytes):

@@ -83,6 +83,7 @@ def capture(session: Session) -> tuple[Mapping[str, Any], dict[str, Any]]:
         },
         "agent": dataclasses.asdict(session.agent_settings),
         "audit_head": list(audit.head) if audit is not None else None,
+        "parts": {name: save() for name, (save, _) in session.state_parts.items()},
     }
     return runtime.namespace, state
 
@@ -175,6 +176,8 @@ class _Plan:
     model: Any
     agent: Any
     audit_head: Any
+    parts: tuple[Callable[[], None], ...] = ()
+    """Steps that apply the extra parts (``Session.state_parts``), checked already."""
 
 
 def _plan(state: Mapping[str, Any], session: Session, name: str) -> _Plan:
@@ -222,10 +225,14 @@ def _plan(state: Mapping[str, Any], session: Session, name: str) -> _Plan:
         approvals = [dict(a) for a in state.get("approvals") or ()]
         for a in approvals:
             str(a["capability"]), str(a["summary"])
+        saved_parts = dict(state.get("parts") or {})
+        parts = tuple(
+            prepare(saved_parts.get(part)) for part, (_, prepare) in session.state_parts.items()
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise bad(str(exc)) from None
     return _Plan(
-        history, injected, snapshot, approvals, model, agent, state.get("audit_head")
+        history, injected, snapshot, approvals, model, agent, state.get("audit_head"), parts
     )
 
 
@@ -293,6 +300,8 @@ def apply(
             security.restore(plan.security)
             grants = len(security.grants)
         pending = resubmit(session, plan.approvals, name)
+        for step in plan.parts:
+            step()
     report = RestoreReport(
         name,
         names,

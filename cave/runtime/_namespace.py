@@ -21,7 +21,7 @@ import builtins
 import keyword
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType, ModuleType
 from typing import Any
@@ -75,6 +75,8 @@ class AgentRuntime:
         self._injected: dict[str, InjectedInfo] = {}
         self._primitives: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self.manifest_sections: list[Callable[[], str]] = []
+        """More text for the manifest (registered tools, ...): each is called per manifest."""
         self._bind_fixed()
 
     # ----------------------------------------------------------------- names
@@ -234,7 +236,9 @@ class AgentRuntime:
             for name, info in self.injected.items()
             if (value := self.namespace.get(name, missing)) is not missing
         ]
-        return build_manifest(items, variables=self.agent_variables() if variables else ())
+        text = build_manifest(items, variables=self.agent_variables() if variables else ())
+        extra = [section() for section in list(self.manifest_sections)]
+        return "\n".join([text, *(e for e in extra if e)])
 
     def run(
         self,

@@ -10,6 +10,7 @@ Results are plain builtins too; the wrappers dress them up.
 from __future__ import annotations
 
 import hashlib
+import json as _json
 import os
 import shutil
 import signal
@@ -377,6 +378,48 @@ def human_ask(ctx: OpContext, question: str, timeout: float | None = None) -> st
     return ctx.authority.ask_human(question, timeout=timeout)
 
 
+# -- tools ---------------------------------------------------------------------------------
+def tool_digest(name: str, source: str, capabilities: tuple[str, ...], description: str) -> str:
+    """What an approval of a tool's registration covers: name, source, capabilities, text."""
+    blob = _json.dumps([name, source, list(capabilities), description], ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def tool_register(
+    ctx: OpContext, name: str, source: str, capabilities: tuple[str, ...], description: str
+) -> str:
+    """Approve registering a Deno tool (``tool:NAME``); returns the digest that was approved.
+
+    The request shows exactly what is hashed (the full source, the capabilities), so what a
+    person approves cannot differ from what gets registered. The grant is for that digest only
+    (``tool:NAME@<digest>``): approving "for this session" never covers a different source.
+    """
+    if not all(isinstance(x, str) for x in (name, source, description, *capabilities)):
+        raise TypeError("tools.register takes str name, source, description and capabilities")
+    digest = tool_digest(name, source, capabilities, description)
+    cap = Capability("tool", name)
+    details: dict[str, Any] = {
+        "name": name,
+        "capabilities": ", ".join(capabilities) or "(none: it can only compute)",
+        "description": description,
+        "bytes": len(source.encode("utf-8")),
+        "sha256": digest,
+        "source": source,
+        "language": "typescript",
+    }
+    summary = f"register the TypeScript tool {name!r} ({len(source.splitlines())} lines)"
+    check = Check(cap, summary, details, grant_as=f"tool:{name}@{digest[:16]}")
+    permit = _denied(ctx, "tools.register", check)
+    return _settled(
+        ctx,
+        permit,
+        "tools.register",
+        lambda: digest,
+        exact=set(),
+        fields=lambda d: {"sha256": d, "capabilities": list(capabilities)},
+    )
+
+
 _OPS: dict[str, Callable[..., Any]] = {
     "fs.read": fs_read,
     "fs.write": fs_write,
@@ -386,4 +429,5 @@ _OPS: dict[str, Callable[..., Any]] = {
     "net.fetch": net_fetch,
     "env.get": env_get,
     "human.ask": human_ask,
+    "tools.register": tool_register,
 }
