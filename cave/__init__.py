@@ -24,11 +24,14 @@ from ._errors import (
     NameNotFound,
     PolicyFileError,
     RuntimeStateError,
+    SkillError,
     ToolError,
     TurnInterrupted,
     TurnStopped,
     TypeChangeRefused,
 )
+
+from .subagents._agent import Agent
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -106,4 +109,6 @@ __all__ = [
     "session",
     "set_model",
     "update",
+    "Agent",
+    "SkillError",
 ]

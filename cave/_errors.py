@@ -21,7 +21,8 @@ log when they are built: whoever catches one decides whether it is worth a log l
     ├── CheckpointError             a checkpoint that cannot be saved or restored
     │   ├── CheckpointNotFound
     │   └── CheckpointTampered      signature or hash mismatch: refused before unpickling
-    └── ToolError                   a Deno tool that failed to register, start or answer
+    ├── ToolError                   a Deno tool that failed to register, start or answer
+    └── SkillError                  a malformed skill (file and reason), an unknown skill name
 
 A *denial* is not a CaveError: primitives and the guard raise the built-in `PermissionError`,
 because that is what agent code (and the model reading its traceback) already knows how to handle.
@@ -189,3 +190,12 @@ class CheckpointTampered(CheckpointError):
 
 class ToolError(CaveError):
     """A Deno tool that failed to register, start, or answer."""
+
+
+class SkillError(CaveError):
+    """A skill that cannot be used: which file, and what is wrong with it."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")

@@ -99,6 +99,13 @@ class Session:
         """Called with (session, completed) when a turn ends, in the turn's thread, still holding
         the turn lock (auto-checkpoints). A hook that raises is reported on stderr; it never
         replaces the turn's result or error."""
+        self.skills: Any = None
+        """``cave.skills.SkillRegistry``, discovered when the security layer is built."""
+        self.subagents: Any = None
+        """``cave.subagents._registry.SubAgents``: the sub-agents made in this session."""
+        self.checkpoint_parts: dict[str, tuple[Callable[[Session], Any], Any]] = {}
+        """Extra state a checkpoint carries: key -> (capture(session) -> JSON-able,
+        apply(session, saved or None) -> list of ``Problem``)."""
         self.checkpoint_store: str | None = None
         """Where checkpoints go: a directory or fsspec URL; None means ``$CAVE_CHECKPOINTS`` or
         ``<directory>/checkpoints``."""
@@ -172,6 +179,11 @@ class Session:
             session_dir=self.directory,
             exec_marker="<cave-",
         )
+        from .skills._attach import attach as attach_skills
+        from .subagents._registry import attach as attach_agents
+
+        attach_skills(self, self.security)
+        attach_agents(self, self.security)
         for name, primitive in self.security.primitives.items():
             self.runtime.add_primitive(name, primitive)
         self.code_context = self.security.agent_code
@@ -206,6 +218,7 @@ class Session:
                 audit=self.audit,
                 code_context=self.code_context,
                 echo=echo,
+                skills_doc=self.skills.listing() if self.skills is not None else "",
             )
             self._active = agent
             result = agent.run(prompt, on_event)
@@ -240,6 +253,8 @@ class Session:
         if agent is None:
             return False
         agent.cancel()
+        if self.subagents is not None:
+            self.subagents.cancel_all()  # the stop button stops the whole tree
         if self.security is not None:
             self.security.cancel_pending()
         return True

@@ -10,6 +10,7 @@ PUBLIC = {
     "ModelError", "ModelResponseError", "NameNotFound", "PolicyFileError", "RuntimeStateError",
     "ToolError", "TurnInterrupted", "TurnStopped", "TypeChangeRefused", "__version__", "inject",
     "load_ipython_extension", "retrieve", "session", "set_model", "update",
+    "Agent", "SkillError",
 }
 
 

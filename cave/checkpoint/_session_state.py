@@ -84,6 +84,9 @@ def capture(session: Session) -> tuple[Mapping[str, Any], dict[str, Any]]:
         "agent": dataclasses.asdict(session.agent_settings),
         "audit_head": list(audit.head) if audit is not None else None,
     }
+    parts = getattr(session, "checkpoint_parts", {})
+    if parts:  # skills, sub-agents: JSON-able state each part captures itself
+        state["parts"] = {key: take(session) for key, (take, _) in parts.items()}
     return runtime.namespace, state
 
 
@@ -291,6 +294,12 @@ def apply(
             security.restore(plan.security)
             grants = len(security.grants)
         pending = resubmit(session, plan.approvals, name)
+        saved_parts = restored.state.get("parts") or {}
+        for key, (_, put) in getattr(session, "checkpoint_parts", {}).items():
+            try:
+                problems.extend(put(session, saved_parts.get(key)))
+            except Exception as exc:  # a part that cannot come back is reported, not fatal
+                problems.append(Problem(key, "part", f"{type(exc).__name__}: {exc}", "restore"))
     report = RestoreReport(
         name,
         names,

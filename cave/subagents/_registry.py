@@ -1,0 +1,130 @@
+"""The sub-agents of one session, and the ``agents`` primitive (``agents.spawn``) behind them.
+
+``agents.spawn(name, policy=[...], instructions="")`` asks a person (capability
+``tool:agents.spawn:NAME``; the request shows the policy asked for) and returns a ``cave.Agent``
+whose authority is attenuated against the *calling* agent's: a sub-agent that spawns gets a
+grandchild bounded by its own authority, never by the session's.
+"""
+
+from __future__ import annotations
+
+import threading
+from types import MappingProxyType
+from typing import Any
+
+from ..models._protocol import ModelRequest
+from ..security._capabilities import Capability
+from ..security._primitives import _call, _Primitive, _text
+
+__all__ = ["Agents", "SubAgents", "attach", "registry_for"]
+
+
+class Agents(_Primitive):
+    """Sub-agents: helpers with their own namespace, conversation and narrower authority."""
+
+    __slots__ = ()
+
+    def spawn(self, name: str, *, policy: list[str] | None = None, instructions: str = "") -> Any:
+        """Create a sub-agent (asks the user) that may do only what `policy` lists and you hold;
+        use .ask(prompt), .inject(name, obj), .retrieve(name)."""
+        given = [_text(p, "policy item") for p in (policy or [])]
+        args = (_text(name, "name"), given, _text(instructions, "instructions"))
+        return _call(self._handle, "agents.spawn", args)
+
+
+class SubAgents:
+    """Every sub-agent of a session, by name and by vault handle."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, Any] = {}
+        self._by_handle: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def add(self, agent: Any) -> None:
+        with self._lock:
+            self._by_name[agent.name] = agent
+            self._by_handle[id(agent._handle)] = agent
+
+    def get(self, name: str) -> Any:
+        return self._by_name.get(name)
+
+    def by_handle(self, handle: object) -> Any:
+        return self._by_handle.get(id(handle))
+
+    def all(self) -> list[Any]:
+        with self._lock:
+            return list(self._by_name.values())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._by_name.clear()
+            self._by_handle.clear()
+
+    def cancel_all(self) -> int:
+        """The stop button: stop every running sub-agent turn (the whole tree)."""
+        n = 0
+        for agent in self.all():
+            if agent._loop is not None:
+                agent.cancel()
+                n += 1
+        return n
+
+
+def registry_for(session: Any) -> SubAgents:
+    registry = getattr(session, "subagents", None)
+    if registry is None:
+        registry = SubAgents()
+        session.subagents = registry
+    return registry
+
+
+def make_ops(session: Any) -> dict[str, Any]:
+    """The vault operations behind ``Agents`` and sub-agent model calls."""
+    from ._agent import Agent, _check_name, plain
+
+    registry = registry_for(session)
+
+    def query(ctx: Any, handle: object, data: Any) -> Any:
+        if not ctx.owns(handle):
+            raise PermissionError("agents.query: not a sub-agent of this agent")
+        agent = registry.by_handle(handle)
+        if agent is None:
+            raise PermissionError("agents.query: unknown sub-agent")
+        data = plain(data)
+        request = ModelRequest(
+            system=data["system"], messages=data["messages"], tools=data["tools"],
+            max_tokens=int(data["max_tokens"]),
+        )
+        model = agent._model
+        return ctx.aside(lambda: model.query(request), model.cancel)
+
+    def spawn(ctx: Any, name: str, given: list[str], instructions: str) -> Any:
+        from ..security._attenuation import given_policy
+        from ..security._facade import Security
+
+        _check_name(name, registry)
+        policy = given_policy(plain(given), ctx.workspace)  # validates each pattern
+        permit = ctx.authority.authorize(
+            Capability("tool", f"agents.spawn:{name}"),
+            origin="agents.spawn",
+            summary=f"create sub-agent {name!r} allowed only: {', '.join(given) or 'nothing'} "
+            "(and never more than its creator)",
+            details={"agent": name, "policy": list(given), "instructions": instructions[:2000]},
+            code_line=ctx.code_line,
+        )
+        ctx.authority.settle(permit, ok=True)
+        handle = ctx.spawn(name, policy, make_ops(session))
+        child = Security._adopt(handle, ctx.workspace)
+        child.primitives = MappingProxyType({**child.primitives, "agents": Agents(handle)})
+        return Agent._spawned(session, name, child, ctx.handle, None, instructions, given)
+
+    return {"agents.query": query, "agents.spawn": spawn}
+
+
+def attach(session: Any, security: Any) -> None:
+    """Give the session's agent the ``agents`` primitive."""
+    from ._checkpoint import apply_subagents, capture_subagents
+
+    registry_for(session)
+    security.extend("agents", Agents(security.handle), make_ops(session))
+    session.checkpoint_parts["subagents"] = (capture_subagents, apply_subagents)
