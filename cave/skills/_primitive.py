@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..security._capabilities import Capability
-from ..security._primitives import _call, _Primitive, _text
+from ..security._primitives import Env, Files, Human, Net, Shell, _call, _Primitive, _text
 from ._registry import SkillRegistry
 
 __all__ = ["Skills", "make_ops"]
@@ -51,11 +51,15 @@ class Skills(_Primitive):
             source, filename = result["code"]
             module = types.ModuleType(f"cave_skill_{name.replace('-', '_')}")
             module.__file__ = filename
+            h = self._handle  # the skill's code reaches the world through the same primitives
+            module.__dict__.update(fs=Files(h), shell=Shell(h), net=Net(h), env=Env(h), human=Human(h))
             exec(compile(source, filename, "exec"), module.__dict__)  # runs as agent code
             exports = getattr(module, "__all__", None)
+            given = {"fs", "shell", "net", "env", "human"}
             names = list(exports) if exports else [
                 n for n, v in vars(module).items()
-                if not n.startswith("_") and not isinstance(v, types.ModuleType)
+                if not n.startswith("_") and n not in given
+                and not isinstance(v, types.ModuleType)
             ]
             values = {n: getattr(module, n) for n in names}
             bound = list(_call(self._handle, "skills.bind", (name, values)))
