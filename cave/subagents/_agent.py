@@ -151,6 +151,55 @@ class _VaultModel:
         self._agent._model.cancel()
 
 
+class _VaultAudit:
+    """The sub-agent's audit records. From agent code (a sub-agent asked by its parent's code)
+    they go through the vault operation ``agents.audit``, which writes them as
+    ``subagent.KIND`` records naming the sub-agent: what the loop reports (turns, model calls,
+    code run) comes from the calling thread, as the main loop's does; decisions are recorded by
+    the vault itself."""
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+
+    def record(self, kind: str, /, **fields: Any) -> None:
+        from ..security._guard import _ask
+        from ..security._primitives import _call
+
+        agent = self._agent
+        if _ask("is_agent", ()):
+            _call(agent._parent_handle, "agents.audit", (agent._handle, kind, plain(fields)))
+        elif agent._session.audit is not None:
+            agent._session.audit.record(f"subagent.{kind}", agent=agent.name, **fields)
+
+
+class _SubAgentRef:
+    """What a checkpoint holds for a variable bound to a sub-agent: its name. After a restore
+    it forwards to the sub-agent of that name in the restoring session."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def _target(self) -> Agent:
+        from .._session import current_session
+        from ._registry import registry_for
+
+        agent = registry_for(current_session()).get(self._name)
+        if agent is None:
+            raise RuntimeStateError(f"sub-agent {self._name!r} is not in this session")
+        return agent  # type: ignore[no-any-return]
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return getattr(self._target(), attr)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_SubAgentRef, (self._name,))
+
+    def __repr__(self) -> str:
+        return f"<cave.Agent {self._name!r} (restored reference)>"
+
+
 class Agent:
     """A sub-agent: ``cave.Agent(name, model=, policy=, instructions=)``.
 
@@ -250,7 +299,7 @@ class Agent:
                 settings=settings,
                 history=self.history,
                 primitives_doc=self._security.describe_primitives(),
-                audit=self._session.audit,
+                audit=_VaultAudit(self),
                 code_context=self._security.agent_code,
                 instructions=self.instructions,
             )
@@ -288,6 +337,11 @@ class Agent:
 
     def __repr__(self) -> str:
         return f"<cave.Agent {self.name!r}: {len(self.runtime.agent_variables())} variables>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A checkpoint carries sub-agents whole (``_checkpoint``); a variable holding one
+        # carries its name.
+        return (_SubAgentRef, (self.name,))
 
     # -- checkpoints -----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:

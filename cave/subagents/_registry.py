@@ -118,7 +118,13 @@ def make_ops(session: Any) -> dict[str, Any]:
         child.primitives = MappingProxyType({**child.primitives, "agents": Agents(handle)})
         return Agent._spawned(session, name, child, ctx.handle, None, instructions, given)
 
-    return {"agents.query": query, "agents.spawn": spawn}
+    def audit(ctx: Any, handle: object, kind: str, fields: Any) -> None:
+        agent = registry.by_handle(handle) if ctx.owns(handle) else None
+        if agent is None:
+            raise PermissionError("agents.audit: not a sub-agent of this agent")
+        ctx.authority.record(f"subagent.{str(kind)[:40]}", agent=agent.name, **plain(fields))
+
+    return {"agents.query": query, "agents.spawn": spawn, "agents.audit": audit}
 
 
 def attach(session: Any, security: Any) -> None:
