@@ -30,7 +30,6 @@ from ._errors import (
     TurnStopped,
     TypeChangeRefused,
 )
-
 from .subagents._agent import Agent
 
 if TYPE_CHECKING:

@@ -358,10 +358,10 @@ class _Vault:
             if not session.descends_from(b.session):
                 raise _Refused("this thread is already running agent code for another session")
             # A sub-agent's step inside its parent's code: narrower authority until exit.
-            nonce = _Nested(b.session)
+            nested = _Nested(b.session)
             b.session = session
-            b.nonces.append(nonce)
-            return nonce
+            b.nonces.append(nested)
+            return nested
         nonce = object()
         b.nonces.append(nonce)
         return nonce

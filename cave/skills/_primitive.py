@@ -1,4 +1,4 @@
-"""The ``skills`` primitive: ``skills.activate(name)``, ``skills.read(name, path)``, ``skills.list()``.
+"""The ``skills`` primitive: ``skills.activate(name)``, ``skills.read(name, path)``, ``.list()``.
 
 The agent-facing object holds only the session's opaque handle; the work happens in operations
 the vault runs (``Security.extend``), which alone see the registry. What activation does:
@@ -52,7 +52,9 @@ class Skills(_Primitive):
             module = types.ModuleType(f"cave_skill_{name.replace('-', '_')}")
             module.__file__ = filename
             h = self._handle  # the skill's code reaches the world through the same primitives
-            module.__dict__.update(fs=Files(h), shell=Shell(h), net=Net(h), env=Env(h), human=Human(h))
+            module.__dict__.update(
+                fs=Files(h), shell=Shell(h), net=Net(h), env=Env(h), human=Human(h)
+            )
             exec(compile(source, filename, "exec"), module.__dict__)  # runs as agent code
             exports = getattr(module, "__all__", None)
             given = {"fs", "shell", "net", "env", "human"}
@@ -76,7 +78,7 @@ class Skills(_Primitive):
 
     def list(self) -> list[tuple[str, str]]:
         """(name, description) of every installed skill."""
-        return [tuple(x) for x in _call(self._handle, "skills.list", ())]  # type: ignore[misc]
+        return [tuple(x) for x in _call(self._handle, "skills.list", ())]
 
 
 def make_ops(registry: SkillRegistry, bind: Callable[[str, Any, str], None]) -> dict[str, Any]:

@@ -103,7 +103,10 @@ def _show_code(name: str, step: int, code: str) -> None:
 
 def _show_footer(name: str, event: Any) -> None:
     u = event.usage
-    text = f"sub-agent {name}: {event.steps} steps · {u.input_tokens:,} in / {u.output_tokens:,} out"
+    text = (
+        f"sub-agent {name}: {event.steps} steps · {u.input_tokens:,} in / "
+        f"{u.output_tokens:,} out"
+    )
     if u.cost_usd is not None:
         text += f" · ${u.cost_usd:.4f}"
     if event.stopped:
@@ -186,7 +189,7 @@ class _SubAgentRef:
         agent = registry_for(current_session()).get(self._name)
         if agent is None:
             raise RuntimeStateError(f"sub-agent {self._name!r} is not in this session")
-        return agent  # type: ignore[no-any-return]
+        return agent
 
     def __getattr__(self, attr: str) -> Any:
         if attr.startswith("__"):
@@ -395,4 +398,4 @@ def _resolve_model(session: Any, model: Any) -> Model:
         return model_from_settings(session.model_settings.with_name(model))
     if not hasattr(model, "query"):
         raise ConfigError(f"model= takes a model name or a Model object, not {model!r}")
-    return model  # type: ignore[no-any-return]
+    return model

@@ -32,7 +32,8 @@ def test_a_child_given_more_than_its_parent_gets_only_the_intersection(tmp_path:
     (ws / "out" / "b").mkdir(parents=True)
     try:
         kid = child_of(s, "kid", ["fs.write:out/**"])
-        ok = kid.run("fs.write('out/a/x.txt', 'fine')\nopen(f'{ws}/out/a/y.txt', 'w').write('r')", ws=ws)
+        code = "fs.write('out/a/x.txt', 'fine')\nopen(f'{ws}/out/a/y.txt', 'w').write('r')"
+        ok = kid.run(code, ws=ws)
         assert ok.error is None, ok.trace
         assert (ws / "out/a/x.txt").read_text() == "fine"
         for code in ("fs.write('out/b/x.txt', 'no')", "open(f'{ws}/out/b/y.txt', 'w')"):

@@ -56,7 +56,7 @@ def test_a_valid_skill_with_every_field_form(tmp_path: Path) -> None:
         ("---\nname: Bad_Name\ndescription: y\n---\n", "lower-case letters"),
         (f"---\nname: x\ndescription: {'d' * 1025}\n---\n", "limit is 1024"),
         ("---\nname: x\n  indented: 1\ndescription: y\n---\n", "a value and an indented block"),
-        ("---\nname: x\ndescription: y\ncapabilities: fs.write:out/*.csv\n---\n", "not other globs"),
+        ("---\nname: x\ndescription: y\ncapabilities: fs.write:o/*.csv\n---\n", "not other globs"),
         ("---\nname: x\ndescription: y\ncapabilities: bogus:thing\n---\n", "unknown capability"),
         ("---\nname: x\nname: z\ndescription: y\n---\n", "given twice"),
         ("---\nname: 'x\ndescription: y\n---\n", "unclosed quote"),

@@ -17,7 +17,10 @@ from cave.testing import reply  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-CODE = "def validate(rows):\n    '''Rows with a missing value.'''\n    return [r for r in rows if None in r]\n"
+CODE = (
+    "def validate(rows):\n    '''Rows with a missing value.'''\n"
+    "    return [r for r in rows if None in r]\n"
+)
 
 
 def make_skill(root: Path, name: str, body: str, code: str | None, caps: str = "") -> Path:
@@ -64,7 +67,8 @@ def test_activation_discloses_the_body_once_and_loads_approved_code(rig: Rig) ->
     rows = "rows = [(1, 2), (3, None)]\n"
     rig.script(
         reply("", rows + "skills.activate('row-check')"),
-        reply("", "print('bad rows:', validate(rows))\nprint(skills.read('row-check', 'reference.md'))"),
+        reply("", "print('bad rows:', validate(rows))\n"
+                  "print(skills.read('row-check', 'reference.md'))"),
         reply("Row 2 is incomplete."),
     )
     widgets = Widgets()
@@ -135,7 +139,9 @@ def test_declared_capabilities_are_granted_on_approval_but_never_past_deny(rig: 
         f"def export(text):\n    return fs.write({str(outside / 'export.txt')!r}, text)\n",
         caps=f"fs.write:{outside}/** fs.write:{outside}/locked/**",
     )
-    setup = rig.kernel.execute(f"%cave policy deny fs.write:{outside}/locked/**\n%cave skills refresh")
+    setup = rig.kernel.execute(
+        f"%cave policy deny fs.write:{outside}/locked/**\n%cave skills refresh"
+    )
     assert setup.status == "ok", setup.all_text
     rig.script(
         reply("", "skills.activate('exporter')\nprint(export('hi'))"),
