@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import sys
+import time as _time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "approvals"))
 from test_approvals_kernel import Rig, Widgets, clicker  # noqa: E402
 
-from cave.testing import reply  # noqa: E402
+from cave.testing import KernelHarness, reply  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -121,3 +123,41 @@ def test_a_sub_agent_cannot_approve_its_own_asks_or_widen_its_policy(rig: Rig) -
     assert "WORKED" not in seen
     policy = rig.kernel.execute("print(helper.policy.fallback)")
     assert policy.stdout.strip() == "deny"
+
+
+def test_the_stop_button_stops_the_whole_tree(rig: Rig) -> None:
+
+    rig.script(
+        reply("", "spinner = agents.spawn('spinner', policy=['fs.read:**'])\n"
+                  "print(spinner.ask('spin'))"),
+        reply("", "spins = 0\nwhile True:\n    spins += 1"),
+        reply("never sent"),
+    )
+    sent: dict[str, float] = {}
+
+    def on_message(msg: dict[str, Any], kernel: KernelHarness) -> None:
+        text = msg["content"].get("data", {}).get("text/plain", "")
+        if "interrupt" not in sent and "sub-agent spinner (step 1)" in text:
+            sent["interrupt"] = _time.monotonic()
+            kernel.interrupt()
+
+    widgets = Widgets()
+    approve = clicker(widgets, "Approve once")
+
+    def both(msg: dict[str, Any], kernel: KernelHarness) -> None:
+        approve(msg, kernel)
+        on_message(msg, kernel)
+
+    cell = rig.kernel.execute("%%agent\nspin up a helper", on_message=both, timeout=60)
+    assert "interrupt" in sent, cell.all_text
+    assert cell.status == "error" and cell.error is not None
+    assert cell.error["ename"] == "TurnInterrupted", cell.all_text
+    assert _time.monotonic() - sent["interrupt"] < 15
+    assert len(rig.requests) == 2  # neither agent asked the model anything more
+    # Both turns are over: the sub-agent takes a new turn, the session's agent too.
+    rig.script(reply("Stopped, then fine."))
+    again = rig.kernel.execute(
+        "import cave\nprint(cave.session().subagents.get('spinner').ask('still there?'))",
+        timeout=60,
+    )
+    assert again.status == "ok" and "Stopped, then fine." in again.stdout, again.all_text
