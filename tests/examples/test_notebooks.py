@@ -41,3 +41,22 @@ def test_quickstart_runs_offline_and_retrieves_the_agents_result(tmp_path: Path)
     assert all(region in first_turn for region in ("north", "south", "east", "west"))
     last = _text(code[-1])
     assert "amount" in last and "month" in last  # top_months rendered as a DataFrame
+
+
+def test_skills_and_subagents_runs_offline_and_the_sub_agents_write_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nobody clicks in a headless run: the notebook then allows this one skill's code by policy.
+    monkeypatch.setenv("CAVE_EXAMPLES_HEADLESS", "1")
+    nb = _execute("05-skills-and-subagents.ipynb", tmp_path)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "Scripted demo server (not Claude)" in _text(code[0])
+    assert "frame-checks  [available]" in _text(code[1])
+    used = _text(code[2])
+    assert "row 1: negative amount -5.0" in used and "row 2: missing value" in used
+    handed = _text(code[4])
+    assert "write refused:" in handed and "cleaner:" in handed  # footer: per-agent usage
+    assert "2 rows kept" in handed
+    last = _text(code[5])
+    assert "clean.csv exists: False" in last and "cleaner:" in last
+    assert not (tmp_path / "clean.csv").exists()
