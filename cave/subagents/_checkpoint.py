@@ -32,6 +32,8 @@ def apply_subagents(session: Any, saved: Any) -> list[Any]:
     from ._registry import Agents, make_ops, registry_for
 
     registry = registry_for(session)
+    for old in registry.all():  # replaced by the saved ones: their authority ends here
+        old._security.close()
     registry.clear()
     problems: list[Any] = []
     for item in saved or []:
