@@ -105,3 +105,10 @@ def test_the_listing_holds_names_and_descriptions_only_and_stays_bounded(tmp_pat
     assert "skill-000: " in listing and "more (skills.list() shows them)" in listing
     # Stable: the same set of skills gives the same text (the prompt cache keeps it).
     assert SkillRegistry(tmp_path, roots=[(root, "workspace")]).listing() == listing
+    # In the request it is part of the first (cached) system block, not the manifest's.
+    from cave.agent._context import system_blocks
+
+    fixed, manifest = system_blocks("fs: files", "(no objects)", skills=listing)
+    assert listing in fixed["text"] and "cache_control" in fixed
+    assert "skill-000" not in manifest["text"]
+    assert len(fixed["text"]) - len(system_blocks("fs: files", "")[0]["text"]) <= LISTING_CHARS + 2
