@@ -287,7 +287,9 @@ class Agent:
 
     # -- turns -----------------------------------------------------------------------------
     def ask(self, prompt: str, *, max_steps: int | None = None) -> str:
-        """Run one turn of this sub-agent; returns its answer text."""
+        """Run one turn of this sub-agent; returns its answer text. In a notebook cell prefer
+        ``await sub.ask_async(...)``: a cell that blocks cannot receive approval-widget clicks
+        (answer from a terminal then: ``cave approvals approve ID``)."""
         from ..agent._loop import Agent as Loop
 
         if not self._lock.acquire(blocking=False):
