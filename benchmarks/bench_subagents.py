@@ -43,6 +43,39 @@ def listing_size() -> tuple[int, int]:
     return len(listing), listing.count("\n- ") - 1  # the last line counts the rest
 
 
+def decision_us(ws: Path, rounds: int) -> dict[str, float]:
+    """Median cost of one fast-path decision (``allowed_by_policy``) by each authority."""
+    from cave.approvals._console import AutoDenyChannel
+    from cave.security import Policy
+    from cave.security._attenuation import ChildAuthority, given_policy
+    from cave.security._capabilities import Capability
+    from cave.security._engine import SessionAuthority
+
+    class Null:
+        def record(self, kind: str, /, **fields: object) -> None:
+            pass
+
+    top = SessionAuthority(
+        workspace=ws, policy=Policy.default(ws), channel=AutoDenyChannel(), audit=Null()
+    )
+    child = ChildAuthority(
+        parent=top, label="c", policy=given_policy(["fs.read:**", "fs.write:**"], ws)
+    )
+    grand = ChildAuthority(parent=child, label="g", policy=given_policy(["fs.read:**"], ws))
+    caps = [Capability("fs.read", str(ws / f"f{i}.txt")) for i in range(100)]
+    out = {}
+    for key, auth in (("session", top), ("child", child), ("grandchild", grand)):
+        samples = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for _ in range(100):
+                for cap in caps:
+                    assert auth.allowed_by_policy(cap)
+            samples.append((time.perf_counter() - t0) / 10_000 * 1e6)
+        out[key] = statistics.median(samples)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=9)
@@ -96,6 +129,12 @@ def main() -> None:
             round(med["child"] / med["session"], 3),
             round(med["grandchild"] / med["session"], 3),
         ])
+    d = decision_us(ws, args.rounds)
+    rows.append([
+        "one decision (allowed_by_policy), us",
+        round(d["session"], 2), round(d["child"], 2), round(d["grandchild"], 2),
+        round(d["child"] / d["session"], 3), round(d["grandchild"] / d["session"], 3),
+    ])
     opens = {k: statistics.median(v) for k, v in times["10,000 opens in the workspace"].items()}
     per_open = (opens["child"] - opens["session"]) / 10_000 * 1e6
     chars, shown = listing_size()

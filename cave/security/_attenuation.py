@@ -66,10 +66,11 @@ def held(authority: SessionAuthority, capability: Capability) -> Effect:
     """What ``authority`` holds for ``capability``: DENY, ALLOW (policy or session grant), ASK."""
     if isinstance(authority, ChildAuthority):
         return authority.holds(capability)
-    if authority.is_denied(capability):
+    if authority._protected(capability) is not None:
         return Effect.DENY
-    if authority.allowed_by_policy(capability):
-        return Effect.ALLOW
+    effect = authority.policy.decide(capability).effect
+    if effect is not Effect.ASK:
+        return effect
     for grant in authority.grants():
         if grant.scope == SESSION and grant.covers(capability):
             return Effect.ALLOW
@@ -97,12 +98,15 @@ class ChildAuthority(SessionAuthority):
 
     def holds(self, capability: Capability) -> Effect:
         """The intersection, without asking anyone (steps 1-4 of the module doc)."""
-        if held(self.parent, capability) is Effect.DENY or self.is_denied(capability):
+        parent = held(self.parent, capability)
+        if parent is Effect.DENY or self._protected(capability) is not None:
+            return Effect.DENY
+        mine = self._policy.decide(capability).effect
+        if mine is Effect.DENY:
             return Effect.DENY
         if self._own_grant(capability):
             return Effect.ALLOW
-        mine = self._policy.decide(capability).effect
-        if mine is Effect.ALLOW and held(self.parent, capability) is Effect.ALLOW:
+        if mine is Effect.ALLOW and parent is Effect.ALLOW:
             return Effect.ALLOW
         return Effect.ASK
 
