@@ -249,12 +249,12 @@ class Session:
 
     def cancel(self) -> bool:
         """Stop the running turn, if any (safe from any thread). True if there was one."""
+        # The stop button stops the whole tree, also sub-agents a user cell is running.
+        subagents = self.subagents.cancel_all() if self.subagents is not None else 0
         agent = self._active
         if agent is None:
-            return False
+            return subagents > 0
         agent.cancel()
-        if self.subagents is not None:
-            self.subagents.cancel_all()  # the stop button stops the whole tree
         if self.security is not None:
             self.security.cancel_pending()
         return True

@@ -334,6 +334,7 @@ class Agent:
         loop = self._loop
         if loop is not None:
             loop.cancel()
+            self._security.cancel_pending()  # its asks waiting for a person
 
     @property
     def policy(self) -> Any:

@@ -161,3 +161,26 @@ def test_the_stop_button_stops_the_whole_tree(rig: Rig) -> None:
         timeout=60,
     )
     assert again.status == "ok" and "Stopped, then fine." in again.stdout, again.all_text
+
+
+def test_the_stop_button_stops_a_sub_agent_a_user_cell_is_running(rig: Rig) -> None:
+    setup = rig.kernel.execute("import cave\nlooper = cave.Agent('looper', policy=['fs.read:**'])")
+    assert setup.status == "ok", setup.all_text
+    rig.script(reply("", "laps = 0\nwhile True:\n    laps += 1"), reply("never sent"))
+    sent: dict[str, float] = {}
+
+    def on_message(msg: dict[str, Any], kernel: KernelHarness) -> None:
+        text = msg["content"].get("data", {}).get("text/plain", "")
+        if "interrupt" not in sent and "sub-agent looper (step 1)" in text:
+            sent["interrupt"] = _time.monotonic()
+            kernel.interrupt()
+
+    cell = rig.kernel.execute("await looper.ask_async('loop')", on_message=on_message, timeout=60)
+    assert "interrupt" in sent, cell.all_text
+    assert cell.status == "error", cell.all_text
+    assert len(rig.requests) == 1
+    rig.script(reply("Back."))
+    again = rig.kernel.execute("print(looper.ask('there?'))", timeout=60)
+    assert again.status == "ok" and "Back." in again.stdout, again.all_text
+    laps = rig.kernel.execute("print(looper.retrieve('laps') > 0)")
+    assert laps.stdout.strip() == "True", laps.all_text
