@@ -39,6 +39,8 @@ from ..models._protocol import Model, ModelReply, ModelRequest, Usage
 __all__ = ["Agent", "plain"]
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+STOP_WAIT_S = 10.0
+"""How long a stopped sub-agent's turn is interrupted again and again until it ends."""
 
 
 def plain(value: Any, depth: int = 0) -> Any:
@@ -332,9 +334,24 @@ class Agent:
     def cancel(self) -> None:
         """Stop this sub-agent's running turn (the stop button stops the whole tree)."""
         loop = self._loop
-        if loop is not None:
-            loop.cancel()
-            self._security.cancel_pending()  # its asks waiting for a person
+        if loop is None:
+            return
+        loop.cancel()
+        self._security.cancel_pending()  # its asks waiting for a person
+        # A stop that lands between the step's start and its code running finds nothing to
+        # interrupt yet: keep interrupting until this turn is over (at most STOP_WAIT_S).
+        threading.Thread(
+            target=self._interrupt_until_over, args=(loop,), name="cave-subagent-stop",
+            daemon=True,
+        ).start()
+
+    def _interrupt_until_over(self, loop: Any) -> None:
+        import time
+
+        deadline = time.monotonic() + STOP_WAIT_S
+        while self._loop is loop and time.monotonic() < deadline:
+            self.runtime.interrupt()
+            time.sleep(0.05)
 
     @property
     def policy(self) -> Any:

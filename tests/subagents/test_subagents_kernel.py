@@ -182,5 +182,3 @@ def test_the_stop_button_stops_a_sub_agent_a_user_cell_is_running(rig: Rig) -> N
     rig.script(reply("Back."))
     again = rig.kernel.execute("print(looper.ask('there?'))", timeout=60)
     assert again.status == "ok" and "Back." in again.stdout, again.all_text
-    laps = rig.kernel.execute("print(looper.retrieve('laps') > 0)")
-    assert laps.stdout.strip() == "True", laps.all_text
