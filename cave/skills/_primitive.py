@@ -84,12 +84,25 @@ class Skills(_Primitive):
 def make_ops(registry: SkillRegistry, bind: Callable[[str, Any, str], None]) -> dict[str, Any]:
     """The vault operations behind ``Skills``; ``bind(name, obj, description)`` injects."""
 
+    # Files under the skill roots Cave itself scans (the session directory's skills/, the user's
+    # config skills/) are read for the agent; anything else (a path added with `%cave skills
+    # add`, or one agent code slipped into the registry object) is an fs.read like any other.
+    trusted = tuple(os.path.realpath(root) for root, _ in registry._roots)
+
     def read_file(ctx: Any, path: str) -> bytes:
+        from ..security._events import Check
+        from ..security._ops import _denied, _settled
+
         def run() -> bytes:
             with open(path, "rb") as f:
                 return f.read(MAX_READ_BYTES + 1)
 
-        data: bytes = ctx.run_with({f"fs.read:{path}"}, [], run)
+        if any(path.startswith(root + os.sep) for root in trusted):
+            data: bytes = ctx.run_with({f"fs.read:{path}"}, [], run)
+            return data
+        cap = Capability("fs.read", path)
+        permit = _denied(ctx, "skills.read", Check(cap, f"read {path}", {"path": path}))
+        data = _settled(ctx, permit, "skills.read", run, exact={str(cap)})
         return data
 
     def activate(ctx: Any, name: str) -> dict[str, Any]:

@@ -156,3 +156,29 @@ def test_declared_capabilities_are_granted_on_approval_but_never_past_deny(rig: 
     assert (outside / "export.txt").read_text() == "hi"
     seen = request_text(rig, 1)
     assert f"not granted (a deny rule covers them): fs.write:{outside}/locked/**" in seen
+
+
+def test_files_outside_the_scanned_skill_roots_are_read_under_the_policy(rig: Rig) -> None:
+    outer = make_skill(rig.outside / "skills", "outer", "OUTER-BODY", None)
+    (outer / "notes.md").write_text("outer notes")
+    added = rig.kernel.execute(f"%cave skills add {outer}")
+    assert added.status == "ok" and "Added outer" in added.stdout, added.all_text
+    # Agent code that slips a directory into the registry object gets no free reads either.
+    tamper = (
+        "import cave, dataclasses, pathlib\n"
+        "reg = cave.session().skills\n"
+        f"reg.skills['evil'] = dataclasses.replace(reg.skills['outer'], "
+        f"path=pathlib.Path({str(rig.outside)!r}))\n"
+        "for name, path in [('outer', 'notes.md'), ('evil', 'skills/outer/notes.md')]:\n"
+        "    try:\n        print(name, 'READ', skills.read(name, path))\n"
+        "    except PermissionError as e:\n        print(name, 'refused')\n"
+    )
+    rig.script(reply("", tamper), reply("Both were refused."))
+    widgets = Widgets()
+    cell = rig.kernel.execute(
+        "%%agent\nread them", on_message=clicker(widgets, "Deny", "Deny"), timeout=120
+    )
+    assert cell.status == "ok", cell.all_text
+    out = json.dumps(rig.requests[1].body["messages"][-1])
+    assert "outer refused" in out and "evil refused" in out and "READ" not in out
+    assert len(widgets.shown) == 2  # each read was put to a person (fs.read outside: ask)
