@@ -30,7 +30,7 @@ from ._errors import (
     TurnStopped,
     TypeChangeRefused,
 )
-from .subagents._agent import Agent
+from ._subagent import Agent
 
 if TYPE_CHECKING:
     from ._session import Session

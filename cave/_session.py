@@ -185,10 +185,14 @@ class Session:
             exec_marker="<cave-",
         )
         from .skills._attach import attach as attach_skills
-        from .subagents._registry import attach as attach_agents
+        from .subagents._primitive import attach as attach_agents
 
         attach_skills(self, self.security)
-        attach_agents(self, self.security)
+        attach_agents(
+            self,
+            self.security,
+            lambda name: model_from_settings(self.model_settings.with_name(name)),
+        )
         for name, primitive in self.security.primitives.items():
             self.runtime.add_primitive(name, primitive)
         self.code_context = self.security.agent_code

@@ -1,6 +1,6 @@
-"""Sub-agents: ``cave.Agent`` objects with their own namespace, conversation and attenuated
-authority (``cave.security._attenuation``), and the ``agents.spawn`` primitive."""
+"""Sub-agents: objects with their own namespace, conversation and attenuated authority
+(``cave.security._attenuation``), made with ``cave.Agent`` or the ``agents.spawn`` primitive."""
 
-from ._agent import Agent
+from ._agent import SubAgent
 
-__all__ = ["Agent"]
+__all__ = ["SubAgent"]

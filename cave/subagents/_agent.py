@@ -1,4 +1,4 @@
-"""``cave.Agent``: a sub-agent, an object in the runtime with its own namespace and conversation.
+"""``SubAgent`` (``cave.Agent``): a sub-agent, with its own namespace and conversation.
 
 Its authority is a sub-session of the security vault attenuated against its parent's
 (``cave.security._attenuation`` states the exact semantics), so whatever its code does, through
@@ -35,8 +35,9 @@ from typing import Any
 
 from .._errors import ConfigError, RuntimeStateError
 from ..models._protocol import Model, ModelReply, ModelRequest, Usage
+from ._registry import attached, registry_for
 
-__all__ = ["Agent", "plain"]
+__all__ = ["SubAgent", "plain"]
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 STOP_WAIT_S = 10.0
@@ -129,7 +130,7 @@ def _show_footer(name: str, event: Any) -> None:
 class _VaultModel:
     """The sub-agent's model, called through the vault when the caller is agent code."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: SubAgent) -> None:
         self._agent = agent
         self.name = agent._model.name
 
@@ -163,7 +164,7 @@ class _VaultAudit:
     code run) comes from the calling thread, as the main loop's does; decisions are recorded by
     the vault itself."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: SubAgent) -> None:
         self._agent = agent
 
     def record(self, kind: str, /, **fields: Any) -> None:
@@ -184,11 +185,9 @@ class _SubAgentRef:
     def __init__(self, name: str) -> None:
         self._name = name
 
-    def _target(self) -> Agent:
-        from .._session import current_session
-        from ._registry import registry_for
-
-        agent = registry_for(current_session()).get(self._name)
+    def _target(self) -> SubAgent:
+        registry = attached()
+        agent = registry.get(self._name) if registry is not None else None
         if agent is None:
             raise RuntimeStateError(f"sub-agent {self._name!r} is not in this session")
         return agent
@@ -205,8 +204,8 @@ class _SubAgentRef:
         return f"<cave.Agent {self._name!r} (restored reference)>"
 
 
-class Agent:
-    """A sub-agent: ``cave.Agent(name, model=, policy=, instructions=)``.
+class SubAgent:
+    """A sub-agent (``cave.Agent`` makes one for the current session; see there).
 
     ``policy``: a list of capability patterns it may use (everything else is denied), or a
     ``cave.security.Policy``; either way it never exceeds what its parent holds. ``model``: a
@@ -217,20 +216,18 @@ class Agent:
 
     def __init__(
         self,
+        session: Any,
         name: str,
         *,
         model: str | Model | None = None,
         policy: Iterable[str] | Any = None,
         instructions: str = "",
     ) -> None:
-        from .._session import current_session
-        from ._registry import registry_for
-
-        session = current_session()
         security = session.ensure_security()
         if security is None:
             raise ConfigError("Sub-agents need the security layer; this session runs without it.")
-        _check_name(name, registry_for(session))
+        registry = registry_for(session)
+        _check_name(name, registry)
         try:
             child = security.spawn(name, policy)
         except PermissionError:
@@ -238,16 +235,14 @@ class Agent:
                 "cave.Agent(...) cannot be created from agent code: use "
                 "agents.spawn(name, policy=[...]) (a person approves it)"
             ) from None
-        from ._registry import Agents, make_ops
-
-        child.extend("agents", Agents(child.handle), make_ops(session))
+        registry.extend_child(child)
         self._setup(session, name, child, security.handle, model, instructions, policy)
 
     @classmethod
     def _spawned(
         cls, session: Any, name: str, child: Any, parent_handle: object, model: Any,
         instructions: str, policy: Any,
-    ) -> Agent:
+    ) -> SubAgent:
         self = cls.__new__(cls)
         self._setup(session, name, child, parent_handle, model, instructions, policy)
         return self
@@ -257,7 +252,6 @@ class Agent:
         instructions: str, policy: Any,
     ) -> None:
         from ..runtime._namespace import AgentRuntime
-        from ._registry import registry_for
 
         self.name = name
         self.instructions = str(instructions or "")
@@ -413,9 +407,7 @@ def _resolve_model(session: Any, model: Any) -> Model:
         resolved: Model = session.model
         return resolved
     if isinstance(model, str):
-        from .._session import model_from_settings
-
-        return model_from_settings(session.model_settings.with_name(model))
+        return registry_for(session).build_model(model)
     if not hasattr(model, "query"):
         raise ConfigError(f"model= takes a model name or a Model object, not {model!r}")
     return model

@@ -28,8 +28,8 @@ def apply_subagents(session: Any, saved: Any) -> list[Any]:
 
     from ..checkpoint._protocol import Problem
     from ..security import Policy
-    from ._agent import Agent
-    from ._registry import Agents, make_ops, registry_for
+    from ._agent import SubAgent
+    from ._registry import registry_for
 
     registry = registry_for(session)
     for old in registry.all():  # replaced by the saved ones: their authority ends here
@@ -49,8 +49,8 @@ def apply_subagents(session: Any, saved: Any) -> list[Any]:
         if "policy" in snapshot:
             snapshot["policy"] = {**snapshot["policy"], "workspace": str(session.workspace)}
         child.restore(snapshot)
-        child.extend("agents", Agents(child.handle), make_ops(session))
-        agent = Agent._spawned(
+        registry.extend_child(child)
+        agent = SubAgent._spawned(
             session, name, child, security.handle, item.get("model"),
             item.get("instructions", ""), given,
         )

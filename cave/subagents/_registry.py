@@ -1,35 +1,19 @@
-"""The sub-agents of one session, and the ``agents`` primitive (``agents.spawn``) behind them.
+"""The sub-agents of one session: by name and by vault handle, and what making one needs.
 
-``agents.spawn(name, policy=[...], instructions="")`` asks a person (capability
-``tool:agents.spawn:NAME``; the request shows the policy asked for) and returns a ``cave.Agent``
-whose authority is attenuated against the *calling* agent's: a sub-agent that spawns gets a
-grandchild bounded by its own authority, never by the session's.
+Kept free of imports from the rest of the package (``_agent`` and ``_primitive`` use it), so the
+import graph has no cycle: the session hands in how to build a model and how to give a new
+sub-agent its own ``agents`` primitive when it attaches (``_primitive.attach``).
 """
 
 from __future__ import annotations
 
 import threading
-from types import MappingProxyType
+from collections.abc import Callable
 from typing import Any
 
-from ..models._protocol import ModelRequest
-from ..security._capabilities import Capability
-from ..security._primitives import _call, _Primitive, _text
+__all__ = ["SubAgents", "attached", "registry_for"]
 
-__all__ = ["Agents", "SubAgents", "attach", "registry_for"]
-
-
-class Agents(_Primitive):
-    """Sub-agents: helpers with their own namespace, conversation and narrower authority."""
-
-    __slots__ = ()
-
-    def spawn(self, name: str, *, policy: list[str] | None = None, instructions: str = "") -> Any:
-        """Create a sub-agent (asks the user) that may do only what `policy` lists and you hold;
-        use .ask(prompt), .inject(name, obj), .retrieve(name)."""
-        given = [_text(p, "policy item") for p in (policy or [])]
-        args = (_text(name, "name"), given, _text(instructions, "instructions"))
-        return _call(self._handle, "agents.spawn", args)
+_attached: list[SubAgents] = []
 
 
 class SubAgents:
@@ -39,6 +23,10 @@ class SubAgents:
         self._by_name: dict[str, Any] = {}
         self._by_handle: dict[int, Any] = {}
         self._lock = threading.Lock()
+        self.build_model: Callable[[str], Any] = _no_models
+        """Model name -> Model, with the session's settings (set when the session attaches)."""
+        self.extend_child: Callable[[Any], None] = lambda child: None
+        """Give a new sub-agent's ``Security`` the ``agents`` primitive (set on attach)."""
 
     def add(self, agent: Any) -> None:
         with self._lock:
@@ -70,6 +58,14 @@ class SubAgents:
         return n
 
 
+def _no_models(name: str) -> Any:
+    from .._errors import ConfigError
+
+    raise ConfigError(
+        f"model={name!r} needs a session that builds models; pass a Model object instead"
+    )
+
+
 def registry_for(session: Any) -> SubAgents:
     registry = getattr(session, "subagents", None)
     if registry is None:
@@ -78,59 +74,10 @@ def registry_for(session: Any) -> SubAgents:
     return registry
 
 
-def make_ops(session: Any) -> dict[str, Any]:
-    """The vault operations behind ``Agents`` and sub-agent model calls."""
-    from ._agent import Agent, _check_name, plain
-
-    registry = registry_for(session)
-
-    def query(ctx: Any, handle: object, data: Any) -> Any:
-        if not ctx.owns(handle):
-            raise PermissionError("agents.query: not a sub-agent of this agent")
-        agent = registry.by_handle(handle)
-        if agent is None:
-            raise PermissionError("agents.query: unknown sub-agent")
-        data = plain(data)
-        request = ModelRequest(
-            system=data["system"], messages=data["messages"], tools=data["tools"],
-            max_tokens=int(data["max_tokens"]),
-        )
-        model = agent._model
-        return ctx.aside(lambda: model.query(request), model.cancel)
-
-    def spawn(ctx: Any, name: str, given: list[str], instructions: str) -> Any:
-        from ..security._attenuation import given_policy
-        from ..security._facade import Security
-
-        _check_name(name, registry)
-        policy = given_policy(plain(given), ctx.workspace)  # validates each pattern
-        permit = ctx.authority.authorize(
-            Capability("tool", f"agents.spawn:{name}"),
-            origin="agents.spawn",
-            summary=f"create sub-agent {name!r} allowed only: {', '.join(given) or 'nothing'} "
-            "(and never more than its creator)",
-            details={"agent": name, "policy": list(given), "instructions": instructions[:2000]},
-            code_line=ctx.code_line,
-        )
-        ctx.authority.settle(permit, ok=True)
-        handle = ctx.spawn(name, policy, make_ops(session))
-        child = Security._adopt(handle, ctx.workspace)
-        child.primitives = MappingProxyType({**child.primitives, "agents": Agents(handle)})
-        return Agent._spawned(session, name, child, ctx.handle, None, instructions, given)
-
-    def audit(ctx: Any, handle: object, kind: str, fields: Any) -> None:
-        agent = registry.by_handle(handle) if ctx.owns(handle) else None
-        if agent is None:
-            raise PermissionError("agents.audit: not a sub-agent of this agent")
-        ctx.authority.record(f"subagent.{str(kind)[:40]}", agent=agent.name, **plain(fields))
-
-    return {"agents.query": query, "agents.spawn": spawn, "agents.audit": audit}
+def set_attached(registry: SubAgents) -> None:
+    """The registry of the session that attached last (the process's session)."""
+    _attached[:] = [registry]
 
 
-def attach(session: Any, security: Any) -> None:
-    """Give the session's agent the ``agents`` primitive."""
-    from ._checkpoint import apply_subagents, capture_subagents
-
-    registry_for(session)
-    security.extend("agents", Agents(security.handle), make_ops(session))
-    session.checkpoint_parts["subagents"] = (capture_subagents, apply_subagents)
+def attached() -> SubAgents | None:
+    return _attached[0] if _attached else None
