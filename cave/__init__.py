@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import tools
 from ._errors import (
     ApprovalError,
     AuditChainBroken,
@@ -25,6 +24,7 @@ from ._errors import (
     NameNotFound,
     PolicyFileError,
     RuntimeStateError,
+    SkillError,
     StrictModeUnavailable,
     ToolError,
     TurnInterrupted,
@@ -33,7 +33,9 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
+    from . import tools
     from ._session import Session
+    from ._subagent import Agent
     from .models import Model
 
 __version__ = "0.1.0"
@@ -74,6 +76,20 @@ def session() -> Session:
     return current_session()
 
 
+def __getattr__(name: str) -> Any:
+    """``cave.tools`` and ``cave.Agent`` load on first use: kernel start-up imports neither."""
+    if name == "tools":
+        import importlib
+
+        return importlib.import_module(".tools", __name__)  # binds cave.tools as it loads
+    if name == "Agent":
+        from ._subagent import Agent
+
+        globals()["Agent"] = Agent
+        return Agent
+    raise AttributeError(f"module 'cave' has no attribute {name!r}")
+
+
 def load_ipython_extension(shell: Any) -> None:
     """``%load_ext cave`` in a non-Cave IPython: the magics, with blocking agent turns."""
     from .kernel._magics import load_ipython_extension as load
@@ -110,4 +126,6 @@ __all__ = [
     "set_model",
     "tools",
     "update",
+    "Agent",
+    "SkillError",
 ]

@@ -22,7 +22,8 @@ log when they are built: whoever catches one decides whether it is worth a log l
     │   ├── CheckpointNotFound
     │   └── CheckpointTampered      signature or hash mismatch: refused before unpickling
     ├── ToolError                   a Deno tool that failed to register, start or answer
-    └── StrictModeUnavailable       the OS cannot confine strict mode's worker here (reasons)
+    ├── StrictModeUnavailable       the OS cannot confine strict mode's worker here (reasons)
+    └── SkillError                  a malformed skill (file and reason), an unknown skill name
 
 A *denial* is not a CaveError: primitives and the guard raise the built-in `PermissionError`,
 because that is what agent code (and the model reading its traceback) already knows how to handle.
@@ -229,3 +230,12 @@ class StrictModeUnavailable(CaveError):
             f"{lines}\n"
             "No agent code runs unconfined: fix the above, or use guard mode (`%cave mode guard`)."
         )
+
+
+class SkillError(CaveError):
+    """A skill that cannot be used: which file, and what is wrong with it."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")

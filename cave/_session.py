@@ -110,6 +110,13 @@ class Session:
         self.state_parts = {}
         """Extra JSON state a checkpoint carries: name -> (capture, prepare); ``prepare(saved)``
         raises ValueError on bad data and returns the step that applies it (all or nothing)."""
+        self.skills: Any = None
+        """``cave.skills.SkillRegistry``, discovered when the security layer is built."""
+        self.subagents: Any = None
+        """``cave.subagents._registry.SubAgents``: the sub-agents made in this session."""
+        self.checkpoint_parts: dict[str, tuple[Callable[[Session], Any], Any]] = {}
+        """Extra state a checkpoint carries: key -> (capture(session) -> JSON-able,
+        apply(session, saved or None) -> list of ``Problem``)."""
         self.checkpoint_store: str | None = None
         """Where checkpoints go: a directory or fsspec URL; None means ``$CAVE_CHECKPOINTS`` or
         ``<directory>/checkpoints``."""
@@ -183,6 +190,15 @@ class Session:
             session_dir=self.directory,
             exec_marker="<cave-",
         )
+        from .skills._attach import attach as attach_skills
+        from .subagents._primitive import attach as attach_agents
+
+        attach_skills(self, self.security)
+        attach_agents(
+            self,
+            self.security,
+            lambda name: model_from_settings(self.model_settings.with_name(name)),
+        )
         for name, primitive in self.security.primitives.items():
             self.runtime.add_primitive(name, primitive)
         self.code_context = self.security.agent_code
@@ -220,6 +236,7 @@ class Session:
                 audit=self.audit,
                 code_context=self.code_context,
                 echo=echo,
+                skills_doc=self.skills.listing() if self.skills is not None else "",
             )
             self._active = agent
             result = agent.run(prompt, on_event)
@@ -250,9 +267,11 @@ class Session:
 
     def cancel(self) -> bool:
         """Stop the running turn, if any (safe from any thread). True if there was one."""
+        # The stop button stops the whole tree, also sub-agents a user cell is running.
+        subagents = self.subagents.cancel_all() if self.subagents is not None else 0
         agent = self._active
         if agent is None:
-            return False
+            return subagents > 0
         agent.cancel()
         if self.security is not None:
             self.security.cancel_pending()

@@ -12,6 +12,7 @@ PUBLIC = {
     "load_ipython_extension", "retrieve", "session", "set_model", "update",
     "StrictModeUnavailable",
     "tools",
+    "Agent", "SkillError",
 }
 
 

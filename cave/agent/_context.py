@@ -32,8 +32,13 @@ NO_PRIMITIVES = ""
 CACHE = {"type": "ephemeral"}
 
 
-def system_blocks(primitives_doc: str, manifest: str) -> list[dict[str, Any]]:
-    """The system prompt as two cacheable blocks: the fixed rules, then the manifest."""
+def system_blocks(
+    primitives_doc: str, manifest: str, *, skills: str = "", instructions: str = ""
+) -> list[dict[str, Any]]:
+    """The system prompt as two cacheable blocks: the fixed rules, then the manifest.
+
+    ``skills`` (the bounded listing of skill names and descriptions) and ``instructions`` (a
+    sub-agent's role) belong to the first block: they change only when skills are added."""
     primitives = ""
     if primitives_doc.strip():
         primitives = (
@@ -41,9 +46,12 @@ def system_blocks(primitives_doc: str, manifest: str) -> list[dict[str, Any]]:
             "through these primitives, already in your namespace. A denied request raises "
             "PermissionError: report it, do not try to work around it.\n" + primitives_doc.rstrip()
         )
-    blocks: list[dict[str, Any]] = [
-        {"type": "text", "text": RULES.format(primitives=primitives), "cache_control": CACHE}
-    ]
+    fixed = RULES.format(primitives=primitives)
+    if skills.strip():
+        fixed += "\n\n" + skills.strip()
+    if instructions.strip():
+        fixed += "\n\nYour role (from the agent that created you):\n" + instructions.strip()
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": fixed, "cache_control": CACHE}]
     blocks.append({"type": "text", "text": manifest.strip(), "cache_control": CACHE})
     return blocks
 

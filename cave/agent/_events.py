@@ -62,6 +62,8 @@ class TurnFinished:
     duration_s: float
     model: str
     stopped: str | None = None
+    by_agent: tuple[tuple[str, Usage], ...] = ()
+    """Usage of sub-agents this turn's code asked (already included in ``usage``)."""
 
 
 Event = TextDelta | ModelCalled | CodeStarted | CodeFinished | ToolInputRejected | TurnFinished

@@ -91,8 +91,14 @@ class Agent:
         audit: AuditSink | None = None,
         code_context: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
         echo: bool = True,
+        skills_doc: str = "",
+        instructions: str = "",
     ) -> None:
         self.runtime = runtime
+        self.skills_doc = skills_doc
+        """The skills listing for the cached part of the system prompt (``cave.skills``)."""
+        self.instructions = instructions
+        """A sub-agent's role, given when it was made."""
         self.model = model
         self.settings = settings or AgentSettings()
         self.history: list[dict[str, Any]] = history if history is not None else []
@@ -103,10 +109,20 @@ class Agent:
         self._cancelled = threading.Event()
         self._sink: EventSink = lambda event: None
         self._usage = Usage()
+        self._by_agent: dict[str, Usage] = {}
+        self._charge_lock = threading.Lock()
+
+    def charge(self, who: str, usage: Usage) -> None:
+        """Usage spent for this turn by someone else (a sub-agent its code asked): it counts in
+        the turn's total (the footer, a budget) and is shown per agent."""
+        with self._charge_lock:
+            self._usage += usage
+            self._by_agent[who] = self._by_agent.get(who, Usage()) + usage
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self, prompt: str, on_event: EventSink | None = None) -> TurnResult:
         self._sink, self._usage = on_event or (lambda e: None), Usage()
+        self._by_agent = {}
         start, mark, step, stopped = time.perf_counter(), len(self.history), 0, None
         answer: str | None = None
         self._append_user(_context.user_prompt(prompt, self.runtime.agent_variables()))
@@ -141,6 +157,7 @@ class Agent:
                     time.perf_counter() - start,
                     self.model.name,
                     stopped,
+                    tuple(self._by_agent.items()),
                 )
             )
 
@@ -170,7 +187,10 @@ class Agent:
         self._check_cancelled(step)
         manifest = self.runtime.manifest(variables=False)
         request = _context.build_request(
-            system=_context.system_blocks(self.primitives_doc, manifest),
+            system=_context.system_blocks(
+                self.primitives_doc, manifest, skills=self.skills_doc,
+                instructions=self.instructions,
+            ),
             history=compact(self.history, self.settings.context_budget_tokens),
             max_tokens=self.settings.max_tokens,
         )
@@ -179,7 +199,8 @@ class Agent:
             reply = self.model.query(request, lambda text: self._sink(TextDelta(step, text)))
         except TurnInterrupted:
             raise TurnInterrupted(step) from None
-        self._usage += reply.usage
+        with self._charge_lock:
+            self._usage += reply.usage
         self.audit.record(
             "model_call",
             step=step,

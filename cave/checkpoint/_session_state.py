@@ -85,6 +85,9 @@ def capture(session: Session) -> tuple[Mapping[str, Any], dict[str, Any]]:
         "audit_head": list(audit.head) if audit is not None else None,
         "parts": {name: save() for name, (save, _) in session.state_parts.items()},
     }
+    parts = getattr(session, "checkpoint_parts", {})
+    if parts:  # skills, sub-agents: JSON-able state each part captures itself
+        state["parts"].update({key: take(session) for key, (take, _) in parts.items()})
     return runtime.namespace, state
 
 
@@ -302,6 +305,12 @@ def apply(
         pending = resubmit(session, plan.approvals, name)
         for step in plan.parts:
             step()
+        saved_parts = restored.state.get("parts") or {}
+        for key, (_, put) in getattr(session, "checkpoint_parts", {}).items():
+            try:
+                problems.extend(put(session, saved_parts.get(key)))
+            except Exception as exc:  # a part that cannot come back is reported, not fatal
+                problems.append(Problem(key, "part", f"{type(exc).__name__}: {exc}", "restore"))
     report = RestoreReport(
         name,
         names,

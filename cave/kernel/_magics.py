@@ -20,6 +20,8 @@ CAVE_USAGE = """\
 %cave key [openai]          enter an API key without echoing it (Anthropic by default)
 %cave reset                 forget the conversation (the agent's variables stay)
 %cave policy [...]          show or change the security policy (when the security layer is on)
+%cave skills [add PATH]     list skills (Agent Skills format), or add a skill directory
+%cave agents                list the sub-agents (cave.Agent) with their usage
 """
 
 _extra_commands: dict[str, Any] = {}
@@ -139,6 +141,10 @@ def load_ipython_extension(shell: Any) -> None:
 
     register_checkpoint(shell)
     shell.set_custom_exc((CaveError,), short_error_handler)
+    from ._skills_command import agents_command, skills_command
+
+    register_cave_command("skills", skills_command)
+    register_cave_command("agents", agents_command)
 
 
 __all__ = ["CaveMagics", "load_ipython_extension", "register_cave_command", "CaveError"]

@@ -67,6 +67,8 @@ def footer_text(event: TurnFinished) -> str:
     ]
     if event.stopped:
         parts.insert(0, f"stopped ({event.stopped})")
+    for who, usage in getattr(event, "by_agent", ()):
+        parts.append(f"{who}: {usage_text(usage)}")
     return " · ".join(parts)
 
 

@@ -231,6 +231,24 @@ class SessionAuthority:
             self.set_policy(policy, by="restore")
         self._record("grants.restore", grants=len(self._grants.all()))
 
+    def grant_session(
+        self, capabilities: Iterable[Capability], *, because: str, request_id: str | None
+    ) -> list[str]:
+        """Session grants for ``capabilities`` that no deny covers (a skill approved by a
+        person); returns those it refused. Callers: vault operations only."""
+        refused: list[str] = []
+        for capability in capabilities:
+            if self.is_denied(capability):
+                refused.append(str(capability))
+                continue
+            with self._lock:
+                grant = self._grants.add(str(capability), SESSION, request_id)
+            self._record(
+                "grant", capability=str(capability), scope=SESSION, grant=grant.id,
+                request=request_id, because=because,
+            )
+        return refused
+
     def allowed_by_policy(self, capability: Capability) -> bool:
         """The fast path of the guard: an ``allow`` verdict needs no grant, asks nobody."""
         if capability.kind in FS_KINDS and self._protected(capability) is not None:

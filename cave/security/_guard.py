@@ -38,12 +38,13 @@ to threads that already existed (a user's executor, the kernel's event loop), re
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,9 @@ _SPECIAL = frozenset(
 _FRESH_REFUSED = frozenset({"_thread", "_posixsubprocess", "posix", "_imp", "sys", "builtins"})
 """Modules we patched (or singletons): agent code may not build a fresh, unpatched copy."""
 
-_PRIVILEGED = frozenset({"register", "set_policy", "restore", "cancel", "close"})
+_PRIVILEGED = frozenset(
+    {"register", "set_policy", "restore", "cancel", "close", "spawn", "extend"}
+)
 
 _install_lock = threading.Lock()
 
@@ -176,16 +179,35 @@ class _Binding:
 class _Session:
     """One ``Security`` instance's state, inside the vault."""
 
-    __slots__ = ("authority", "exec_marker", "handle", "spawned", "workspace")
+    __slots__ = (
+        "authority", "exec_marker", "ext_ops", "handle", "parent", "spawned", "workspace"
+    )
 
     def __init__(
-        self, handle: object, authority: SessionAuthority, exec_marker: str | None
+        self,
+        handle: object,
+        authority: SessionAuthority,
+        exec_marker: str | None,
+        parent: _Session | None = None,
     ) -> None:
         self.handle = handle
         self.authority = authority
         self.workspace = authority.workspace
         self.exec_marker = exec_marker
         self.spawned: set[int] = set()
+        self.parent = parent
+        """The session this one was spawned from (a sub-agent's), or None."""
+        self.ext_ops: dict[str, Callable[..., Any]] = {}
+        """Operations added with ``Security.extend`` (skills, agents), run inside the vault."""
+
+    def descends_from(self, other: _Session) -> bool:
+        """True if ``other`` is this session's parent, grandparent, ... (not itself)."""
+        node = self.parent
+        while node is not None:
+            if node is other:
+                return True
+            node = node.parent
+        return False
 
 
 # -- the vault ----------------------------------------------------------------------------
@@ -278,6 +300,28 @@ class _Vault:
             raise _Refused("this Security session is closed or unknown")
         return session
 
+    def _op_spawn(self, b: _Binding | None, payload: tuple[Any, ...]) -> Any:
+        """A sub-agent's session under ``handle``'s (user side; agents use ``agents.spawn``)."""
+        handle, label, policy = payload
+        return self.spawn_child(self._session(handle), str(label), policy)
+
+    def spawn_child(self, parent: _Session, label: str, policy: Policy) -> object:
+        from ._attenuation import ChildAuthority
+
+        authority = ChildAuthority(
+            parent=parent.authority, label=label, policy=_private_copy(policy)
+        )
+        handle = _Handle()
+        with self.lock:
+            self.sessions[handle] = _Session(handle, authority, parent.exec_marker, parent)
+        authority.record("agent.spawn", agent=label, rules=len(authority.policy.rules))
+        return handle
+
+    def _op_extend(self, b: _Binding | None, payload: tuple[Any, ...]) -> Any:
+        handle, ops = payload
+        self._session(handle).ext_ops.update(dict(ops))
+        return True
+
     def _op_close(self, b: _Binding | None, payload: tuple[Any, ...]) -> Any:
         with self.lock:
             self.sessions.pop(payload[0], None)
@@ -311,7 +355,13 @@ class _Vault:
             b = _Binding(session, life=False)
             self.tl.b = b
         elif b.session is not session:
-            raise _Refused("this thread is already running agent code for another session")
+            if not session.descends_from(b.session):
+                raise _Refused("this thread is already running agent code for another session")
+            # A sub-agent's step inside its parent's code: narrower authority until exit.
+            nested = _Nested(b.session)
+            b.session = session
+            b.nonces.append(nested)
+            return nested
         nonce = object()
         b.nonces.append(nonce)
         return nonce
@@ -325,6 +375,10 @@ class _Vault:
                 )
             raise _Refused("agent_code() exit without its matching enter")
         b.nonces.pop()
+        if isinstance(nonce, _Nested):
+            self._summarise(b)
+            b.session = nonce.outer
+            return True
         if not b.nonces and not b.life:
             self._summarise(b)
             del self.tl.b
@@ -415,6 +469,9 @@ class _Vault:
             b = _Binding(session, life=False)  # a user cell calling a primitive: no guard
             b.depth = 1
         line = code_line if type(code_line) is str else None
+        ext = session.ext_ops.get(str(op))
+        if ext is not None:
+            return ext(_OpContext(self, b, line), *args)
         return run_op(_OpContext(self, b, line), str(op), args)
 
     # -- the guard proper --------------------------------------------------------------
@@ -607,6 +664,60 @@ class _OpContext:
 
     def spawned(self, pid: int) -> None:
         self._b.session.spawned.add(pid)
+
+    # -- for operations added with Security.extend (skills, sub-agents) ----------------------
+    @property
+    def handle(self) -> object:
+        """The handle of the session this operation runs for."""
+        return self._b.session.handle
+
+    def owns(self, handle: object) -> bool:
+        """True if ``handle`` is a sub-agent (at any depth) of this operation's session."""
+        child = self._vault.sessions.get(handle)
+        return child is not None and child.descends_from(self._b.session)
+
+    def spawn(self, label: str, policy: Policy, ops: Mapping[str, Callable[..., Any]]) -> object:
+        """A sub-agent session under this one (attenuated, see ``_attenuation``) with ``ops``."""
+        handle = self._vault.spawn_child(self._b.session, label, policy)
+        self._vault.sessions[handle].ext_ops.update(ops)
+        return handle
+
+    def aside(self, fn: Callable[[], Any], cancel: Callable[[], None]) -> Any:
+        """Run Cave's ``fn`` on a thread that is not agent code (a sub-agent's model call) and
+        wait; an interrupt of the waiting thread calls ``cancel`` and is re-raised."""
+        done = threading.Event()
+        box: list[Any] = []
+        context = contextvars.copy_context()
+
+        def run() -> None:
+            try:
+                box.append((True, context.run(fn)))
+            except BaseException as exc:  # noqa: B036 - handed to the waiting thread
+                box.append((False, exc))
+            finally:
+                done.set()
+
+        self._vault.start_new_thread(run, ())
+        try:
+            while not done.wait(0.05):
+                pass
+        except BaseException:
+            cancel()
+            done.wait(10.0)
+            raise
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+
+class _Nested:
+    """The nonce of a sub-agent's ``enter`` on a thread already running its parent's code."""
+
+    __slots__ = ("outer",)
+
+    def __init__(self, outer: _Session) -> None:
+        self.outer = outer
 
 
 class _Handle:

@@ -62,3 +62,22 @@ def test_typescript_tools_run_offline_and_a_fetch_outside_the_capabilities_is_re
     assert "net:collector.example.net:443 is outside the capabilities" in refused
     audit = _text(code[6])
     assert "tool.syscall" in audit and "fetch_rates" in audit
+
+
+def test_skills_and_subagents_runs_offline_and_the_sub_agents_write_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nobody clicks in a headless run: the notebook then allows this one skill's code by policy.
+    monkeypatch.setenv("CAVE_EXAMPLES_HEADLESS", "1")
+    nb = _execute("05-skills-and-subagents.ipynb", tmp_path)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "Scripted demo server (not Claude)" in _text(code[0])
+    assert "frame-checks  [available]" in _text(code[1])
+    used = _text(code[2])
+    assert "row 1: negative amount -5.0" in used and "row 2: missing value" in used
+    handed = _text(code[4])
+    assert "write refused:" in handed and "cleaner:" in handed  # footer: per-agent usage
+    assert "2 rows kept" in handed
+    last = _text(code[5])
+    assert "clean.csv exists: False" in last and "cleaner:" in last
+    assert not (tmp_path / "clean.csv").exists()
