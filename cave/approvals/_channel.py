@@ -52,6 +52,7 @@ from ._queue import (
     ApprovalRecord,
     UnknownRequest,
 )
+from ._unattended import is_unattended, note_unanswered
 
 if TYPE_CHECKING:
     from ..security._audit import AuditSink
@@ -162,9 +163,13 @@ class KernelApprovalChannel:
         # the row is committed but before submit returns must still cancel it, so the cancel
         # goes by the request's id, not by the record we may never have received.
         try:
-            record = self.queue.submit(
-                request, timeout=_timeout_of(request), on_timeout=_on_timeout_of(request)
-            )
+            timeout, on_timeout = _timeout_of(request), _on_timeout_of(request)
+            unattended = timeout is None and self._unattended()
+            if unattended:  # nobody can answer: expire at once, deny (see _unattended.py)
+                timeout, on_timeout = 0.0, "deny"
+            record = self.queue.submit(request, timeout=timeout, on_timeout=on_timeout)
+            if unattended:
+                note_unanswered(record.id, str(request.capability))
             self._audit("approval.requested", record)
             self._show(record)
             prompt = self._stdin_prompt(record)
@@ -340,6 +345,15 @@ class KernelApprovalChannel:
                 parent = {}
         user = parent.get("header", {}).get("username")
         return str(user) if user else _local_user()
+
+    def _unattended(self) -> bool:
+        if self.kernel is None:
+            return is_unattended(None)
+        try:
+            parent = self.kernel.get_parent("shell") or {}
+        except Exception:
+            parent = {}
+        return is_unattended(parent)
 
     # -- stdin -----------------------------------------------------------------------------
     def _stdin_prompt(self, record: ApprovalRecord) -> _StdinPrompt | None:
