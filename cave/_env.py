@@ -25,6 +25,8 @@ AUTOCHECKPOINT_KEEP_ENV = "CAVE_AUTOCHECKPOINT_KEEP"
 """How many automatic checkpoints to keep (default 20)."""
 WRITE_TRACKING_ENV = "CAVE_CHECKPOINT_WRITE_TRACKING"
 """``0`` stops checkpoints asking the kernel which large buffers were written (they are hashed)."""
+UNATTENDED_ENV = "CAVE_UNATTENDED"
+"""``1``: no one can answer approvals (fail the cell at once); ``0``: someone can; unset: guess."""
 CONFIG_DIR_ENV = "CAVE_CONFIG_DIR"
 """The user's Cave config directory (checkpoint signing secret, user policy)."""
 

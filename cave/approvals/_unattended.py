@@ -23,6 +23,7 @@ import os
 import threading
 from typing import Any
 
+from .._env import UNATTENDED_ENV as ENV
 from .._errors import ApprovalError
 
 __all__ = [
@@ -32,8 +33,6 @@ __all__ = [
     "note_unanswered",
     "raise_unanswered",
 ]
-
-ENV = "CAVE_UNATTENDED"
 
 
 class UnansweredInUnattendedRun(ApprovalError):

@@ -29,6 +29,7 @@ _BUILTIN = {
     "duckdb.duckdb.DuckDBPyRelation": "cave.describe._sql:duckdb_relation",
     "_duckdb.DuckDBPyRelation": "cave.describe._sql:duckdb_relation",
     "duckdb.DuckDBPyRelation": "cave.describe._sql:duckdb_relation",
+    "duckdb._relation.DuckDBPyRelation": "cave.describe._sql:duckdb_relation",
     "sqlalchemy.engine.base.Engine": "cave.describe._sql:sqlalchemy_engine",
     "dask.dataframe.dask_expr._collection.FrameBase": "cave.describe._dask:dask_frame",
     "dask_expr._collection.FrameBase": "cave.describe._dask:dask_frame",

@@ -26,10 +26,10 @@ MAX_FILES = 5
 
 
 def schema_line(pairs: list[tuple[str, Any]], total: int, budget: int) -> str:
-    """``columns: a (Int64), b (String), ... +N more``, cut to ``budget``."""
+    """``columns (N): a (Int64), b (String), ..., +M more``, cut to half the ``budget``."""
     cols = [f"{_cut(str(n), 40)} ({t})" for n, t in pairs[:MAX_COLUMNS]]
     more = f", +{total - MAX_COLUMNS:,} more" if total > MAX_COLUMNS else ""
-    return _cut("columns: " + ", ".join(cols) + more, max(80, budget // 2))
+    return _cut(f"columns ({total:,}): " + ", ".join(cols) + more, max(80, budget // 2))
 
 
 def _sample(columns: list[Any], rows: list[list[Any]], ncols: int) -> list[str]:

@@ -22,7 +22,7 @@ __all__ = ["BUDGET", "Describer", "describe_with", "lookup", "register", "unregi
 BUDGET = 1200
 """Characters a describer may use (the manifest's per-object cut leaves room for the header)."""
 _MAX_LINES = 30
-_LINE = 320
+_LINE = 1000
 
 Describer = Callable[[Any, int], "str | list[str]"]
 

@@ -3,8 +3,9 @@
 The user injects a Dask DataFrame over a partitioned Parquet dataset of 10 million rows and the
 client; the agent (loopback Anthropic server, scripted) computes an aggregate through the
 cluster; building the manifest runs no task on the scheduler; the session is checkpointed and
-resumed in a fresh kernel, which reconnects to the same cluster. The Dask policy (cave/_data_grants.py)
-lets the agent open its own connection to that scheduler without a question, and is audited.
+resumed in a fresh kernel, which reconnects to the same cluster. The Dask policy
+(cave/_data_grants.py) lets the agent open its own connection to that scheduler without a
+question, and is audited.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     region = pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(REGIONS))
     for i in range(FILES):
         amount = pa.array(np.full(per, float(i), dtype=np.float64))
-        pq.write_table(pa.table({"region": region, "amount": amount}), root / f"part-{i:02}.parquet",
-                       compression="none")
+        table = pa.table({"region": region, "amount": amount})
+        pq.write_table(table, root / f"part-{i:02}.parquet", compression="none")
     return root
 
 
@@ -78,8 +79,8 @@ def kernel(root: Path, name: str, model: Model, **env: str) -> KernelHarness:
     ws = root / name / "ws"
     ws.mkdir(parents=True, exist_ok=True)
     base = {**model.env(), "CAVE_CONFIG_DIR": str(root / "config"),
-            "CAVE_SESSION_DIR": str(root / name / "session"), "CAVE_CHECKPOINTS": str(root / "store"),
-            "CAVE_AUTOCHECKPOINT": "0"}
+            "CAVE_SESSION_DIR": str(root / name / "session"),
+            "CAVE_CHECKPOINTS": str(root / "store"), "CAVE_AUTOCHECKPOINT": "0"}
     return KernelHarness(env={**base, **env}, cwd=ws).start()
 
 
