@@ -47,12 +47,17 @@ def dask_array(arr: Any, budget: int) -> list[str]:
 def dask_client(client: Any, budget: int) -> list[str]:
     address = getattr(client.scheduler, "address", None) or "?"
     info = getattr(client, "_scheduler_identity", None) or {}
-    workers = info.get("workers", {}) or {}
-    threads = sum(int(w.get("nthreads", 0)) for w in workers.values())
-    memory = sum(int(w.get("memory_limit", 0) or 0) for w in workers.values())
+    workers = info.get("workers", {}) or {}  # per-worker entries: often left out of the cache
+    count = int(info.get("n_workers", len(workers)))
+    per_worker = sum(int(w.get("nthreads", 0)) for w in workers.values())
+    threads = int(info.get("total_threads", per_worker))
+    memory = int(info.get("total_memory", 0) or 0) or sum(
+        int(w.get("memory_limit", 0) or 0) for w in workers.values()
+    )
     dashboard = getattr(client, "dashboard_link", None)
     lines = [f"scheduler: {address}; status: {client.status}"]
-    lines.append(f"workers: {len(workers)}; threads: {threads}; memory: {_human(memory)}")
+    lines.append(f"workers: {count}; threads: {threads}; memory: {_human(memory)} (as of the "
+                 "client's last heartbeat)")
     if dashboard:
         lines.append(f"dashboard: {dashboard}")
     lines.append("collections computed with .compute() run on this cluster")
