@@ -71,13 +71,19 @@ def test_nbconvert_executes_the_data_stack_example(tmp_path: Path) -> None:
     _check_totals(_outputs(nbformat.read(work, as_version=4)), "north")
 
 
+def _work(tmp_path: Path) -> Path:
+    """The kernel's cwd (its workspace); the target of the write is outside it, so it asks."""
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    return work
+
+
 def _asking_notebook(target: Path, policy: str) -> nbformat.NotebookNode:
+    agent_code = f"fs.write({str(target)!r}, 'data')\nprint('written')"
     setup = (
         "import cave\nfrom cave.testing import AnthropicServer, reply\n"
-        "server = AnthropicServer([\n"
-        f"    reply('Writing.', 'fs.write({str(target)!r}, \"data\")\\nprint(\"written\")'),\n"
-        "    reply('Finished.'),\n"
-        "]).start()\n"
+        f"server = AnthropicServer([reply('Writing.', {agent_code!r}), reply('Finished.')])\n"
+        "server.start()\n"
         "cave.session().use_endpoint(server.base_url)"
     )
     cells = [nbformat.v4.new_code_cell(setup)]
@@ -96,7 +102,7 @@ def test_unattended_approval_fails_the_cell_instead_of_hanging(tmp_path: Path) -
     src, out = tmp_path / "ask.ipynb", tmp_path / "ask-out.ipynb"
     nbformat.write(_asking_notebook(target, ""), src)
     done = subprocess.run(
-        [str(BIN / "papermill"), str(src), str(out), "-k", "cave", "--cwd", str(tmp_path)],
+        [str(BIN / "papermill"), str(src), str(out), "-k", "cave", "--cwd", str(_work(tmp_path))],
         env=_env(tmp_path), timeout=170, capture_output=True, text=True,
     )
     assert done.returncode != 0  # the pipeline stops visibly
@@ -118,9 +124,11 @@ def test_unattended_approval_with_a_timeout_follows_on_timeout(tmp_path: Path) -
     src, out = tmp_path / "ask.ipynb", tmp_path / "ask-out.ipynb"
     nbformat.write(_asking_notebook(target, rule), src)
     subprocess.run(
-        [str(BIN / "papermill"), str(src), str(out), "-k", "cave", "--cwd", str(tmp_path)],
+        [str(BIN / "papermill"), str(src), str(out), "-k", "cave", "--cwd", str(_work(tmp_path))],
         env=_env(tmp_path), timeout=170, capture_output=True, check=True,
     )
     text = _outputs(nbformat.read(out, as_version=4))
     assert "after the agent cell" in text
     assert target.read_text() == "data"
+    audit = (tmp_path / "session" / "audit.jsonl").read_text()
+    assert '"approval.requested"' in audit  # it did ask, and silence was consent after 1 s
