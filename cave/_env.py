@@ -27,6 +27,8 @@ WRITE_TRACKING_ENV = "CAVE_CHECKPOINT_WRITE_TRACKING"
 """``0`` stops checkpoints asking the kernel which large buffers were written (they are hashed)."""
 UNATTENDED_ENV = "CAVE_UNATTENDED"
 """``1``: no one can answer approvals (fail the cell at once); ``0``: someone can; unset: guess."""
+UNATTENDED_WAIT_ENV = "CAVE_UNATTENDED_WAIT"
+"""Seconds an approval waits for `cave approvals` in a run that looks unattended (default 300)."""
 CONFIG_DIR_ENV = "CAVE_CONFIG_DIR"
 """The user's Cave config directory (checkpoint signing secret, user policy)."""
 

@@ -52,7 +52,7 @@ from ._queue import (
     ApprovalRecord,
     UnknownRequest,
 )
-from ._unattended import is_unattended, note_unanswered
+from ._unattended import note_unanswered, unattended_wait
 
 if TYPE_CHECKING:
     from ..security._audit import AuditSink
@@ -164,16 +164,16 @@ class KernelApprovalChannel:
         # goes by the request's id, not by the record we may never have received.
         try:
             timeout, on_timeout = _timeout_of(request), _on_timeout_of(request)
-            unattended = timeout is None and self._unattended()
-            if unattended:  # nobody can answer: expire at once, deny (see _unattended.py)
-                timeout, on_timeout = 0.0, "deny"
+            wait = self._unattended_wait() if timeout is None else None
+            if wait is not None:  # maybe nobody can answer: a deadline, then deny (_unattended.py)
+                timeout, on_timeout = wait, "deny"
             record = self.queue.submit(request, timeout=timeout, on_timeout=on_timeout)
-            if unattended:
-                note_unanswered(record.id, str(request.capability))
             self._audit("approval.requested", record)
             self._show(record)
             prompt = self._stdin_prompt(record)
             record = self._wait(record, waiter, cancelled, prompt)
+            if wait is not None and record.state == EXPIRED:
+                note_unanswered(record.id, str(request.capability))
         except BaseException as exc:  # noqa: B036 - the stop button arrives as KeyboardInterrupt
             record = self._cancel(request.id, f"the turn was stopped ({type(exc).__name__})")
             raise
@@ -346,14 +346,14 @@ class KernelApprovalChannel:
         user = parent.get("header", {}).get("username")
         return str(user) if user else _local_user()
 
-    def _unattended(self) -> bool:
+    def _unattended_wait(self) -> float | None:
         if self.kernel is None:
-            return is_unattended(None)
+            return unattended_wait(None)
         try:
             parent = self.kernel.get_parent("shell") or {}
         except Exception:
             parent = {}
-        return is_unattended(parent)
+        return unattended_wait(parent)
 
     # -- stdin -----------------------------------------------------------------------------
     def _stdin_prompt(self, record: ApprovalRecord) -> _StdinPrompt | None:

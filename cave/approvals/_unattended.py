@@ -1,20 +1,18 @@
 """Unattended runs (papermill, ``nbconvert --execute``, any client that cannot show a widget).
 
-An approval that nobody can answer must not hang a pipeline forever. A run is *unattended* when
-the ``execute_request`` that runs the cell neither allows stdin nor comes from a notebook frontend
-(JupyterLab and Notebook 7 tag each request with ``metadata.cellId``; nbclient, which papermill and
-nbconvert use, does not), or when ``CAVE_UNATTENDED=1`` is set in the kernel's environment
-(``CAVE_UNATTENDED=0`` forces the opposite, for a frontend that renders widgets without
-``cellId``).
+An approval that nobody can answer must not hang a pipeline forever. A run *looks unattended*
+when the ``execute_request`` that runs the cell neither allows stdin nor comes from a notebook
+frontend (JupyterLab and Notebook 7 tag each request with ``metadata.cellId``; nbclient, which
+papermill and nbconvert use, does neither). Someone may still answer such a request from a
+terminal (``cave approvals approve ID``) or over the control channel, so a request whose policy
+rule has no timeout of its own waits ``CAVE_UNATTENDED_WAIT`` seconds (default 300) for that,
+then expires and is denied. ``CAVE_UNATTENDED=1`` says no one will answer (expire at once);
+``CAVE_UNATTENDED=0`` turns the guess off (wait as the policy says, forever without a timeout).
 
-In an unattended run:
-
-* a request whose policy rule has a timeout (``ask CAP timeout=N on_timeout=allow|deny``) waits
-  those N seconds as usual (``cave approvals approve ID`` from a terminal can still answer), and
-  then ``on_timeout`` decides, exactly as the policy says;
-* a request without a timeout expires at once and is denied (the agent's code gets the
-  ``PermissionError``), and when the turn ends the cell fails with :class:`ApprovalError` naming
-  each such request and how to decide it ahead of time, so the pipeline stops visibly.
+A request whose rule has a timeout (``ask CAP timeout=N on_timeout=allow|deny``) always follows
+it. When a request expired this way, the agent's code got its ``PermissionError``, and when the
+turn ends the cell fails with :class:`UnansweredInUnattendedRun`, naming each request and how to
+decide it ahead of time, so the pipeline stops visibly.
 """
 
 from __future__ import annotations
@@ -24,12 +22,14 @@ import threading
 from typing import Any
 
 from .._env import UNATTENDED_ENV as ENV
+from .._env import UNATTENDED_WAIT_ENV as WAIT_ENV
 from .._errors import ApprovalError
 
 __all__ = [
     "UnansweredInUnattendedRun",
     "clear_unanswered",
     "is_unattended",
+    "unattended_wait",
     "note_unanswered",
     "raise_unanswered",
 ]
@@ -43,7 +43,8 @@ class UnansweredInUnattendedRun(ApprovalError):
         lines = "\n".join(f"  {rid}: {cap}" for rid, cap in requests)
         super().__init__(
             f"{len(requests)} approval request(s) had no one to answer in this unattended run "
-            f"(no widget or stdin front end), so they were denied:\n{lines}\n"
+            f"(no widget or stdin front end, no answer from `cave approvals` within "
+            f"${WAIT_ENV}), so they were denied:\n{lines}\n"
             "Decide them before the run: allow the capability in cave.toml or with "
             "`%cave policy allow CAPABILITY`, or give its ask rule a timeout "
             "(`ask CAPABILITY timeout=60 on_timeout=deny`) so a person can answer with "
@@ -63,6 +64,22 @@ def is_unattended(parent: dict[str, Any] | None) -> bool:
     if parent.get("content", {}).get("allow_stdin"):
         return False
     return "cellId" not in (parent.get("metadata") or {})
+
+
+DEFAULT_WAIT = 300.0
+
+
+def unattended_wait(parent: dict[str, Any] | None) -> float | None:
+    """Seconds a request without a timeout may wait in this run; None: as long as it takes."""
+    forced = os.environ.get(ENV, "").strip()
+    if forced in ("1", "true", "yes"):
+        return 0.0
+    if not is_unattended(parent):
+        return None
+    try:
+        return max(0.0, float(os.environ.get(WAIT_ENV, DEFAULT_WAIT)))
+    except ValueError:
+        return DEFAULT_WAIT
 
 
 _lock = threading.Lock()

@@ -1,8 +1,9 @@
 """Pipelines: papermill and ``nbconvert --execute`` run Cave notebooks, and approvals never hang.
 
-All offline: the notebooks start the scripted loopback server themselves. An approval in an
-unattended run (no widget or stdin front end) with no timeout in its rule fails the cell with a
-message naming the fix; one whose rule has a timeout follows ``on_timeout``.
+All offline: the notebooks start the scripted loopback server themselves. An approval in a run
+that looks unattended (no widget or stdin front end) with no timeout in its rule waits
+``CAVE_UNATTENDED_WAIT`` seconds for `cave approvals`, then fails the cell with a message naming
+the fix; one whose rule has a timeout follows ``on_timeout``.
 """
 
 from __future__ import annotations
@@ -101,9 +102,10 @@ def test_unattended_approval_fails_the_cell_instead_of_hanging(tmp_path: Path) -
     target.parent.mkdir()
     src, out = tmp_path / "ask.ipynb", tmp_path / "ask-out.ipynb"
     nbformat.write(_asking_notebook(target, ""), src)
+    env = {**_env(tmp_path), "CAVE_UNATTENDED_WAIT": "1"}  # the guess, with a short window
     done = subprocess.run(
         [str(BIN / "papermill"), str(src), str(out), "-k", "cave", "--cwd", str(_work(tmp_path))],
-        env=_env(tmp_path), timeout=170, capture_output=True, text=True,
+        env=env, timeout=170, capture_output=True, text=True,
     )
     assert done.returncode != 0  # the pipeline stops visibly
     text = _outputs(nbformat.read(out, as_version=4))
