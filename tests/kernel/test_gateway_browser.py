@@ -111,7 +111,9 @@ def gateway_lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         [sys.executable, "-m", "kernel_gateway", "--KernelGatewayApp.ip=127.0.0.1",
          f"--KernelGatewayApp.port={kg_port}", f"--KernelGatewayApp.auth_token={kg_token}",
          "--KernelGatewayApp.port_retries=0",
-         "--JupyterWebsocketPersonality.list_kernels=True"],  # JupyterLab lists kernels
+         "--JupyterWebsocketPersonality.list_kernels=True",  # JupyterLab lists kernels
+         # Kernel Gateway gives kernels only PATH and the variables named here (docs/deploy.md)
+         "--KernelGatewayApp.env_process_whitelist=CAVE_SESSION_DIR"],
         env, work, tmp_path / "gateway.log", f"http://127.0.0.1:{kg_port}/api/kernelspecs",
         {"Authorization": f"token {kg_token}"},
     )
@@ -195,5 +197,7 @@ def test_quickstart_approval_and_stop_through_the_gateway(gateway_lab) -> None: 
     assert "wrote 4 bytes" in text and "approved once by" in text
     assert target.read_text() == "plan"
     assert "after the stop" not in text  # Run All stops at the interrupted cell
+    audit = (root / "session" / "audit.jsonl").read_text()  # the session dir we passed through
+    assert '"approval.decided"' in audit and "plan.txt" in audit
     gateway_log = (root / "gateway.log").read_text()
     assert "Kernel started" in gateway_log  # the kernels ran in the gateway, not in JupyterLab
