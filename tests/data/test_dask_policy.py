@@ -47,3 +47,42 @@ def test_unattended_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     assert unattended_wait(_request(stdin=False, cell_id=False)) == 2.5
     monkeypatch.setenv("CAVE_UNATTENDED", "1")
     assert unattended_wait(_request(stdin=False, cell_id=True)) == 0.0  # nobody, say so at once
+
+
+def test_an_injected_client_grants_its_scheduler_only_once_and_deny_wins(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    distributed = pytest.importorskip("distributed")
+    from cave._data_grants import grant_injected_schedulers
+    from cave._session import Session
+    from cave.security._capabilities import Capability
+
+    monkeypatch.setenv("CAVE_SESSION_DIR", str(tmp_path / "session"))
+    with distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp",
+                                  dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as client:
+            cap = scheduler_capability(client.scheduler.address)
+            assert cap is not None
+            host_port = cap.removeprefix("net:")
+            host, port = host_port.rsplit(":", 1)
+            elsewhere = Capability("net", f"{host}:{int(port) + 1}")
+
+            s = Session(workspace=tmp_path)
+            s.runtime.inject("client", client)
+            security = s.ensure_security()
+            grant_injected_schedulers(s)
+            grant_injected_schedulers(s)  # the next turn: nothing new
+            assert security.policy.decide(Capability("net", host_port)).effect.value == "allow"
+            assert security.policy.decide(elsewhere).effect.value != "allow"
+            audit = (tmp_path / "session" / "audit.jsonl").read_text()
+            assert audit.count("injected Dask client 'client'") == 1
+
+            d = Session(workspace=tmp_path / "denied")
+            d.runtime.inject("client", client)
+            denied = d.ensure_security()
+            denied.with_policy(denied.policy.with_rules(("net:*", "deny")), by="test")
+            grant_injected_schedulers(d)
+            assert denied.policy.decide(Capability("net", host_port)).effect.value == "deny"
+            assert not any(r.capability == cap for r in denied.policy.rules)
+            security.close()
+            denied.close()
