@@ -100,6 +100,9 @@ class Session:
         self._secure = secure
         self.before_turn: list[Callable[[Session], None]] = []
         """Called at the start of each turn, in the turn's thread, after ``ensure_security``."""
+        from ._data_grants import grant_injected_schedulers
+
+        self.before_turn.append(grant_injected_schedulers)  # issue 13: the Dask policy
         self.after_turn: list[Callable[[Session, bool], None]] = []
         """Called with (session, completed) when a turn ends, in the turn's thread, still holding
         the turn lock (auto-checkpoints). A hook that raises is reported on stderr; it never

@@ -20,6 +20,7 @@ from typing import Any
 
 from .._errors import ConfigError, TurnInterrupted
 from .._session import Session, current_session
+from ..approvals._unattended import clear_unanswered, raise_unanswered
 
 USAGE = (
     "usage: %%agent [-o NAME] [--max-steps N] [--timeout SECONDS] [--model MODEL]\n"
@@ -123,6 +124,7 @@ async def agent_cell(line: str, body: str) -> None:
             )
             raise TurnInterrupted(0) from None
     _publish_output(session, options)
+    raise_unanswered()  # an unattended run (papermill, nbconvert) fails the cell, never hangs
 
 
 def run_agent_sync(line: str, body: str) -> None:
@@ -134,10 +136,12 @@ def run_agent_sync(line: str, body: str) -> None:
         session.cancel()
         raise
     _publish_output(session, options)
+    raise_unanswered()
 
 
 def _prepare(line: str, body: str) -> tuple[Session, AgentCellOptions, Callable[[], Any]]:
     """Parse the cell, apply ``--model``, and bind the turn (rendered into this cell) to run."""
+    clear_unanswered()
     from ._render import CellRenderer
 
     session = current_session()
