@@ -30,6 +30,7 @@ need, in summary form: long outputs are cut to their head and tail.
 NO_PRIMITIVES = ""
 
 CACHE = {"type": "ephemeral"}
+TOOLS = (PYTHON_TOOL,)
 
 
 def system_blocks(primitives_doc: str, manifest: str) -> list[dict[str, Any]]:

@@ -23,6 +23,8 @@ What a restore means for each part:
   capability is allowed without asking. A request's policy timeout restarts at restore.
   (`_session_approvals`.)
 * Model and agent settings: replaced by the saved ones. The audit head is recorded, not replayed.
+* Budget limits, the session's running totals (steps, tokens, cost) and the compaction summary:
+  replaced by the saved ones (a checkpoint from before they were saved gives fresh ones).
 
 Not guaranteed: a consistent snapshot of objects that another thread mutates while `save` runs
 (the kernel saves between turns; a subshell save during a turn sees whatever the namespace holds).
@@ -83,6 +85,9 @@ def capture(session: Session) -> tuple[Mapping[str, Any], dict[str, Any]]:
         },
         "agent": dataclasses.asdict(session.agent_settings),
         "audit_head": list(audit.head) if audit is not None else None,
+        "budget": dataclasses.asdict(session.budget),
+        "totals": session.totals.to_dict(),
+        "context": {"summary": session.compactor.summary, "covered": session.compactor.covered},
     }
     return runtime.namespace, state
 
@@ -175,6 +180,9 @@ class _Plan:
     model: Any
     agent: Any
     audit_head: Any
+    budget: Any = None
+    totals: Any = None
+    context: Any = None
 
 
 def _plan(state: Mapping[str, Any], session: Session, name: str) -> _Plan:
@@ -220,11 +228,28 @@ def _plan(state: Mapping[str, Any], session: Session, name: str) -> _Plan:
         approvals = [dict(a) for a in state.get("approvals") or ()]
         for a in approvals:
             str(a["capability"]), str(a["summary"])
+        budget, totals, context = _budget_plan(state, len(history))
     except (KeyError, TypeError, ValueError) as exc:
         raise bad(str(exc)) from None
     return _Plan(
-        history, injected, snapshot, approvals, model, agent, state.get("audit_head")
+        history, injected, snapshot, approvals, model, agent, state.get("audit_head"),
+        budget, totals, context,
     )
+
+
+def _budget_plan(state: Mapping[str, Any], messages: int) -> tuple[Any, Any, Any]:
+    """Budget, totals and compaction state (absent from checkpoints older than them: fresh)."""
+    from ..agent._budget import Budget, Totals
+    from ..agent._compaction import Compactor
+
+    known = {f.name for f in dataclasses.fields(Budget)}
+    budget = Budget(**{k: v for k, v in dict(state.get("budget") or {}).items() if k in known})
+    totals = Totals.from_dict(dict(state["totals"])) if state.get("totals") else Totals()
+    compactor = Compactor()
+    context = dict(state.get("context") or {})
+    if context.get("summary") is not None and 0 < int(context["covered"]) <= messages:
+        compactor.summary, compactor.covered = str(context["summary"]), int(context["covered"])
+    return budget, totals, compactor
 
 
 def apply(
@@ -286,6 +311,7 @@ def apply(
         if plan.model != session.model_settings:
             session.set_model(settings=plan.model)
         session.agent_settings = plan.agent
+        session.budget, session.totals, session.compactor = plan.budget, plan.totals, plan.context
         grants = 0
         if security is not None and plan.security is not None:
             security.restore(plan.security)

@@ -20,6 +20,8 @@ CAVE_USAGE = """\
 %cave key [openai]          enter an API key without echoing it (Anthropic by default)
 %cave reset                 forget the conversation (the agent's variables stay)
 %cave policy [...]          show or change the security policy (when the security layer is on)
+%cave budget [NAME=VALUE]   limits on steps, tokens and cost per turn and session (help: -h)
+%cave context               the next request's size, the model's window, what was compacted
 """
 
 _extra_commands: dict[str, Any] = {}
@@ -138,6 +140,8 @@ def load_ipython_extension(shell: Any) -> None:
     from ._checkpoint_magics import register as register_checkpoint
 
     register_checkpoint(shell)
+    from . import _budget_magics  # noqa: F401  (registers %cave budget and %cave context)
+
     shell.set_custom_exc((CaveError,), short_error_handler)
 
 

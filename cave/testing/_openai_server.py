@@ -76,9 +76,9 @@ class _ChatHandler(LoopbackHandler):
         whole, chunks = app._completion(body, item)
         if body.get("stream"):
             self.send_events(
-                None if data is None else
-                f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
-                for data in [*chunks, "[DONE]"])
+                (None if data is None else
+                 f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+                 for data in [*chunks, "[DONE]"]), item)
         else:
             self.send_json(200, whole)
         return None
