@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from .._errors import BudgetReached, ConfigError
 from ..models._protocol import Usage
@@ -35,7 +35,8 @@ class Budget:
     session_tokens: int | None = None
     session_cost: float | None = None
 
-    NONE: Any = None  # set below: the preset with no limits
+    NONE: ClassVar[Budget]
+    """The preset with no limits."""
 
     def with_limits(self, **changes: Any) -> Budget:
         """A copy with these limits changed (``None`` removes a limit)."""

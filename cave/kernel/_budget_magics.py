@@ -36,9 +36,10 @@ def budget_command(args: list[str]) -> None:
     if args and args[0] in ("help", "-h", "--help"):
         print(BUDGET_USAGE)
         return
-    if args == ["reset-totals"]:
+    if "reset-totals" in args:
+        args = [a for a in args if a != "reset-totals"]
         session.totals = _budget.Totals()
-    elif args:
+    if args:
         session.budget = _budget.parse_assignments(args, session.budget)
     print(_budget.describe(session.budget, session.totals))
 
