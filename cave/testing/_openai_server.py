@@ -140,7 +140,9 @@ class OpenAIServer(LoopbackServer):
         head = {"id": new_id("chatcmpl-"), "created": int(time.time()), "model": body["model"],
                 "system_fingerprint": None}
         tool_calls: list[dict[str, Any]] = [
-            {"id": i, "type": "function", "function": {"name": PYTHON_TOOL_NAME, "arguments": raw}}
+            {"id": i, "type": "function", "function": {
+                "name": item.tool if item.tool and raw == item.raw_tool_input else PYTHON_TOOL_NAME,
+                "arguments": raw}}
             for i, raw in calls]
         message: dict[str, Any] = {"role": "assistant", "content": text or None}
         if item.thinking:

@@ -35,6 +35,8 @@ class Reply:
     """Each item becomes a ``python`` tool_use block with input ``{"code": item}``."""
     raw_tool_input: str | None = None
     """Send exactly this string as one tool_use block's input JSON (for malformed-input tests)."""
+    tool: str | None = None
+    """The tool ``raw_tool_input`` calls (default ``python``): for fixtures of other agents."""
     stop_reason: str | None = None
     """Default: ``"tool_use"`` when there is code or raw input, else ``"end_turn"``."""
     input_tokens: int | None = None
