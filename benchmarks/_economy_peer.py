@@ -1,9 +1,9 @@
 """Run one context-economy task on a peer system, in that peer's own virtual environment.
 
 Usage: ``python _economy_peer.py caveagent|smolagents BASE_URL TASK`` prints one JSON line:
-the final result (canonical JSON), the number of model calls and the wall time. The model is the
-benchmark's loopback OpenAI-compatible server (zero latency, scripted by the benchmark), reached
-through each peer's own OpenAI model class, as each peer's README shows:
+the final result (canonical JSON) and the wall time of the agent's turns (set-up excluded). The
+model is the benchmark's loopback OpenAI-compatible server (zero latency, scripted by the
+benchmark), reached through each peer's own OpenAI model class, as each peer's README shows:
 
 * CaveAgent 0.8: ``CaveAgent(OpenAIModel(...), runtime=IPythonRuntime(variables=[Variable(...)]))``
   and ``await agent.run(prompt)``; the result read back with ``await runtime.retrieve(name)``
@@ -36,11 +36,13 @@ def run_caveagent(base_url: str, task: Any, sales: Any) -> Any:
             Variable(task.result, None, "store the result here"),
         ])
         agent = CaveAgent(model, runtime=runtime)
+        t0 = time.perf_counter()
         for prompt in task.prompts:
             await agent.run(prompt)
+        wall = time.perf_counter() - t0
         value = await runtime.retrieve(task.result)
         await model.aclose()
-        return value
+        return value, wall
 
     return asyncio.run(main())
 
@@ -52,18 +54,18 @@ def run_smolagents(base_url: str, task: Any, sales: Any) -> Any:
     agent = CodeAgent(tools=[], model=model, additional_authorized_imports=["pandas", "numpy"],
                       verbosity_level=0)
     value = None
+    t0 = time.perf_counter()
     for i, prompt in enumerate(task.prompts):
         value = agent.run(prompt, reset=i == 0, additional_args={"sales": sales})
-    return value
+    return value, time.perf_counter() - t0
 
 
 def main() -> int:
     system, base_url, name = sys.argv[1:4]
     task = next(t for t in TASKS if t.name == name)
     sales = make_sales()
-    t0 = time.perf_counter()
-    value = (run_caveagent if system == "caveagent" else run_smolagents)(base_url, task, sales)
-    wall = time.perf_counter() - t0
+    value, wall = (run_caveagent if system == "caveagent" else run_smolagents)(base_url, task,
+                                                                                sales)
     print(json.dumps({"result": canonical(value), "wall_s": wall}))
     return 0
 

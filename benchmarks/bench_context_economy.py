@@ -18,8 +18,9 @@ Counting, the same for every system: every request the server received during a 
 ``messages`` plus ``tools`` in JSON, through Cave's calibrated estimate (``text_tokens``: ASCII/4,
 other characters one each); received = the same estimate of each scripted reply's text and tool
 arguments. Each system's final result is compared with the one computed directly.
-Time per step: task wall time / model calls (includes the loopback HTTP round trip and the
-task's own pandas code, identical work for all systems).
+Time per step: the wall time of the agent's turns (set-up excluded: session, runtime, client
+and, for peers, their process start) / model calls; it includes the loopback HTTP round trip and
+the task's own pandas code, identical work for every system.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def cave_replies(task: Task) -> list[Any]:
     return out
 
 
-def run_cave(url: str, task: Task, sales: Any) -> tuple[Any, int]:
+def run_cave(url: str, task: Task, sales: Any) -> tuple[Any, float]:
     from cave._session import Session
     from cave.models._openai_compat import OpenAICompatModel
 
@@ -96,13 +97,16 @@ def run_cave(url: str, task: Task, sales: Any) -> tuple[Any, int]:
         model = OpenAICompatModel("scripted", base_url=url)
         session = Session(workspace=Path(work), model=model)
         session.runtime.inject("sales", sales, description="sales orders, one row per order")
+        session.ensure_security()
+        t0 = time.perf_counter()
         for prompt in task.prompts:
             session.ask(prompt, echo=False)
+        wall = time.perf_counter() - t0
         value = session.runtime.retrieve(task.result)
         model.close()
         if session.security is not None:
             session.security.close()
-    return value, 0
+    return value, wall
 
 
 def caveagent_replies(task: Task) -> list[Any]:
@@ -120,13 +124,14 @@ def smolagents_replies(task: Task) -> list[Any]:
     return out
 
 
-def run_peer(system: str, url: str, task: Task) -> Any:
+def run_peer(system: str, url: str, task: Task) -> tuple[Any, float]:
     python = PEERS / system / "bin" / "python"
     out = subprocess.run([str(python), str(HERE / "_economy_peer.py"), system, url, task.name],
                          capture_output=True, text=True, timeout=900, cwd=HERE)
     if out.returncode != 0:
         raise RuntimeError(f"{system} failed on {task.name}:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])["result"]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    return report["result"], report["wall_s"]
 
 
 def ensure_peer(system: str) -> str | None:
@@ -195,7 +200,7 @@ class JsonTools:
         return (df.head(limit) if limit else df).to_dict(orient="records")
 
 
-def run_json_agent(url: str, task: Task, sales: Any) -> tuple[Any, int]:
+def run_json_agent(url: str, task: Task, sales: Any) -> tuple[Any, float]:
     """The standard function-calling loop over the openai SDK; returns the final answer."""
     import openai
 
@@ -203,6 +208,7 @@ def run_json_agent(url: str, task: Task, sales: Any) -> tuple[Any, int]:
     tools = JsonTools(sales)
     messages: list[dict[str, Any]] = [{"role": "system", "content": JSON_SYSTEM}]
     answer = None
+    t0 = time.perf_counter()
     for prompt in task.prompts:
         messages.append({"role": "user", "content": prompt})
         while True:
@@ -217,8 +223,9 @@ def run_json_agent(url: str, task: Task, sales: Any) -> tuple[Any, int]:
                 result = getattr(tools, call.function.name)(**json.loads(call.function.arguments))
                 messages.append({"role": "tool", "tool_call_id": call.id,
                                  "content": json.dumps(result, default=str)})
+    wall = time.perf_counter() - t0
     client.close()
-    return json.loads(answer or "null"), 0
+    return json.loads(answer or "null"), wall
 
 
 def _tool_results(body: dict[str, Any]) -> list[Any]:
@@ -283,7 +290,11 @@ def json_replies(task: Task) -> list[Any]:
 SYSTEMS = ("Cave", "JSON agent", "CaveAgent 0.8", "smolagents")
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
+    """``--tasks a,b`` and ``--systems Cave,smolagents`` limit the run (for iterating)."""
+    opts = dict(zip(argv[::2], argv[1::2], strict=False))
+    only_tasks = set(opts.get("--tasks", ",".join(t.name for t in TASKS)).split(","))
+    only_systems = set(opts.get("--systems", ",".join(SYSTEMS)).split(","))
     sales = make_sales()
     trajectory = Trajectory()
     server = OpenAIServer(trajectory).start()
@@ -292,13 +303,12 @@ def main() -> None:
     rows: list[list[Any]] = []
     per_system: dict[str, list[tuple[int, int, float]]] = {s: [] for s in SYSTEMS}
     try:
-        for task in TASKS:
+        for task in [t for t in TASKS if t.name in only_tasks]:
             want = canonical(expected(task, sales))
             measured: dict[str, tuple[int, int, float, bool]] = {}
             runs = [
-                ("Cave", cave_replies(task), lambda t=task: run_cave(url, t, sales)[0]),
-                ("JSON agent", json_replies(task),
-                 lambda t=task: run_json_agent(url, t, sales)[0]),
+                ("Cave", cave_replies(task), lambda t=task: run_cave(url, t, sales)),
+                ("JSON agent", json_replies(task), lambda t=task: run_json_agent(url, t, sales)),
                 ("CaveAgent 0.8", caveagent_replies(task),
                  lambda t=task: run_peer("caveagent", url, t)),
                 ("smolagents", smolagents_replies(task),
@@ -306,20 +316,18 @@ def main() -> None:
             ]
             for system, replies, run in runs:
                 peer = {"CaveAgent 0.8": "caveagent", "smolagents": "smolagents"}.get(system)
-                if peer and peers_ok[peer]:
+                if (peer and peers_ok[peer]) or system not in only_systems:
                     continue
                 trajectory.load(replies)
                 first = len(server.requests)
-                t0 = time.perf_counter()
-                value = run()
-                wall = time.perf_counter() - t0
+                value, wall = run()
                 bodies = [r.body for r in server.requests[first:] if r.path.endswith("completions")]
                 ok = canonical(value) == want
                 steps = len(bodies)
                 measured[system] = (sent_tokens(bodies), received_tokens(trajectory.sent),
                                     wall / max(steps, 1) * 1000, ok)
                 per_system[system].append(measured[system][:3])
-            cave = measured["Cave"][0]
+            cave = measured["Cave"][0] if "Cave" in measured else float("nan")
             for system in SYSTEMS:
                 if system not in measured:
                     rows.append([task.name, system, None, None, None, None, "not run"])
@@ -342,4 +350,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
