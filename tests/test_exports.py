@@ -11,6 +11,7 @@ PUBLIC = {
     "ToolError", "TurnInterrupted", "TurnStopped", "TypeChangeRefused", "__version__", "inject",
     "load_ipython_extension", "retrieve", "session", "set_model", "update",
 }
+PUBLIC |= {"BudgetReached", "EmptyModelReply"}  # issue 11: long sessions
 
 
 def test_all_is_pinned() -> None:
