@@ -340,10 +340,10 @@ def main(argv: list[str]) -> None:
         server.stop()
     notes = ("Tokens counted the same way for every system (see bench_context_economy.py). "
              "`Cave / it`: Cave's sent tokens over this system's (below 0.10 meets the >=90% "
-             "target against the JSON agent; below 1 means Cave sent fewer). ms/step: task wall "
-             "time / model calls, including the loopback HTTP round trip and the task's pandas "
-             "code. Peers not run: " + (", ".join(f"{k}: {v}" for k, v in peers_ok.items() if v)
-                                        or "none") + ".")
+             "target against the JSON agent; below 1 means Cave sent fewer). ms/step: wall time "
+             "of the agents' turns (set-up excluded) / model calls, including the loopback HTTP "
+             "round trip and the task's pandas code. Peers not run: "
+             + (", ".join(f"{k}: {v}" for k, v in peers_ok.items() if v) or "none") + ".")
     write_table("context_economy",
                 ["task", "system", "tokens sent", "tokens received", "ms/step", "Cave / it",
                  "same result"], rows, notes)
