@@ -73,14 +73,18 @@ def system_blocks(primitives_doc: str, manifest: str) -> list[dict[str, Any]]:
     return blocks
 
 
+SHOWN_VARIABLES = 50
+"""The newest agent variables named in each new turn's prompt (with their types); the loop asks
+the runtime for one more, to know whether older ones exist."""
+
+
 def user_prompt(prompt: str, agent_variables: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
     """The user's message for a new turn, with a short note of what the runtime already holds."""
     blocks: list[dict[str, Any]] = []
     if agent_variables:
-        shown = ", ".join(f"{n}: {t}" for n, t in agent_variables[:50])
-        more = len(agent_variables) - 50
-        if more > 0:
-            shown += f", ... (+{more} more)"
+        shown = ", ".join(f"{n}: {t}" for n, t in agent_variables[-SHOWN_VARIABLES:])
+        if len(agent_variables) > SHOWN_VARIABLES:
+            shown = "(older ones not listed: `dir()` shows all) ... " + shown
         blocks.append({"type": "text", "text": f"[Runtime state] Your variables: {shown}"})
     blocks.append({"type": "text", "text": prompt})
     return blocks

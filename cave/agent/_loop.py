@@ -70,7 +70,7 @@ class Runtime(Protocol):
     """What the loop needs from ``cave.runtime.AgentRuntime``."""
 
     def manifest(self, *, variables: bool = ...) -> str: ...
-    def agent_variables(self) -> list[tuple[str, str]]: ...
+    def agent_variables(self, *, last: int | None = ...) -> list[tuple[str, str]]: ...
     def run(
         self, code: str, *, timeout: float | None = ..., echo: bool = ..., label: str = ...
     ) -> Any: ...
@@ -125,7 +125,8 @@ class Agent:
         start, mark, step, stopped = time.perf_counter(), len(self.history), 0, None
         answer: str | None = None
         self.totals.turns += 1
-        self._append_user(_context.user_prompt(prompt, self.runtime.agent_variables()))
+        names = self.runtime.agent_variables(last=_context.SHOWN_VARIABLES + 1)
+        self._append_user(_context.user_prompt(prompt, names))
         try:
             for step in range(1, self.settings.max_steps + 1):
                 answer = self.step(step)

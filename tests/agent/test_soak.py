@@ -10,9 +10,9 @@ process (no kernel over ZMQ: the memory reported is this process's).
 What is asserted (deterministic): every request stays under the configured window; summaries
 happened, each an update of the one before; the last turn reads the variable made in turn 1
 through the runtime (its value is in no request any more); the number of messages per request
-stays bounded. Framework time per turn (turn time minus code time; the model costs ~0) and
-resident memory are printed, and asserted only in the full soak (timing asserts would race a
-busy CI machine).
+stays bounded. Framework time per turn (turn time minus code time minus the scripted model's own
+time) and resident memory are printed, and asserted only in the full soak (timing asserts would
+race a busy CI machine).
 """
 
 from __future__ import annotations
@@ -66,6 +66,17 @@ def test_long_session_stays_in_the_window_and_keeps_its_variables(capsys: Any) -
         return reply(f"Turn {n} done.")
 
     model = ScriptedModel(script, name="soak")
+    model_s = [0.0]
+    scripted_query = model.query
+
+    def timed_query(*args: Any, **kwargs: Any) -> Any:  # the fixture's own time is not Cave's
+        t0 = time.perf_counter()
+        try:
+            return scripted_query(*args, **kwargs)
+        finally:
+            model_s[0] += time.perf_counter() - t0
+
+    model.query = timed_query  # type: ignore[method-assign]
     runtime = AgentRuntime()
     compactor = Compactor()
     history: list[dict[str, Any]] = []
@@ -77,12 +88,12 @@ def test_long_session_stays_in_the_window_and_keeps_its_variables(capsys: Any) -
     for n in range(1, TURNS + 1):
         turn["n"], turn["step"] = n, 0
         events: list[Any] = []
-        t0 = time.perf_counter()
+        t0, model_s[0] = time.perf_counter(), 0.0
         Agent(runtime, model, history=history, settings=settings, compactor=compactor,
               echo=False).run(f"turn {n}: make v_{n}", events.append)
         total = time.perf_counter() - t0
         code = sum(e.result.duration_s for e in events if isinstance(e, CodeFinished))
-        framework_ms.append((total - code) * 1000)
+        framework_ms.append((total - code - model_s[0]) * 1000)
         compactions += sum(1 for e in events if isinstance(e, Notice) and "folded" in e.text)
         if n == TURNS:
             answer_output = next(e.result.output for e in events if isinstance(e, CodeFinished))
@@ -99,13 +110,16 @@ def test_long_session_stays_in_the_window_and_keeps_its_variables(capsys: Any) -
     assert max(lengths[half:]) <= 1.5 * max(lengths[:half]) + 8, (max(lengths[:half]),
                                                                  max(lengths[half:]))
     assert len(history) >= 4 * TURNS  # ...while the stored history keeps every turn
-    early = sorted(framework_ms[5:15])[5]
-    late = sorted(framework_ms[-10:])[5]
+    def median(xs: list[float]) -> float:
+        return sorted(xs)[len(xs) // 2]
+
+    window = max(10, TURNS // 10)  # a window spans whole elide-then-summarise cycles
+    second, last = median(framework_ms[window : 2 * window]), median(framework_ms[-window:])
     with capsys.disabled():
         print(f"\n[soak] {TURNS} turns; {compactions} summaries; largest request ~{max(sizes):,} "
               f"tokens (window {WINDOW:,}); framework time per turn: turn 10 "
-              f"{framework_ms[9]:.2f} ms, turn {TURNS} {framework_ms[-1]:.2f} ms (medians of "
-              f"turns 6-15 / last 10: {early:.2f} / {late:.2f} ms); RSS at turn 10 "
-              f"{rss[10]:.1f} MB, at turn {TURNS} {rss[TURNS]:.1f} MB")
+              f"{framework_ms[9]:.2f} ms, turn {TURNS} {framework_ms[-1]:.2f} ms; median of turns "
+              f"{window + 1}-{2 * window}: {second:.2f} ms, of the last {window}: {last:.2f} ms; "
+              f"RSS at turn 10 {rss[10]:.1f} MB, at turn {TURNS} {rss[TURNS]:.1f} MB")
     if TURNS >= 1000:
-        assert late < 3 * early + 5, (early, late)
+        assert last < 2 * second + 2, (second, last)

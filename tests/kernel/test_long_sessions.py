@@ -45,8 +45,10 @@ def hits(cave: ScriptedKernel) -> str:
     ("turn-steps", "2", 2),
     ("turn-tokens", "1", 1),
     ("turn-cost", "0.000001", 1),
+    ("session-tokens", "1", 1),
+    ("session-cost", "0.000001", 1),
 ])
-def test_each_turn_limit_ends_the_turn_at_a_step_boundary(
+def test_each_limit_ends_the_turn_at_a_step_boundary(
         cave: ScriptedKernel, limit: str, value: str, after: int) -> None:
     reset(cave)
     ok(cave, f"%cave budget {limit}={value}")
