@@ -238,12 +238,16 @@ class Compactor:
         *,
         fixed_tokens: int = 0,
         force: bool = False,
+        count: Callable[[list[dict[str, Any]]], int | None] | None = None,
     ) -> tuple[list[dict[str, Any]], Compaction | None]:
         """The messages to send, and the compaction made now (None if nothing new happened).
 
         ``fixed_tokens``: the rest of the request (system prompt, tools), counted against the
         budget. ``force``: the provider said the request was too long: summarise all but the last
-        turn and elide every older output, whatever the estimate says.
+        turn and elide every older output, whatever the estimate says. ``count``: the provider's
+        token count of a whole request with these messages (None when it cannot say); asked once,
+        only before a summary the estimate calls for, so a summary call is not made for a request
+        that in fact fits (and the estimate is recalibrated with the answer).
         """
         if self.covered > len(history):  # the conversation was reset or replaced
             self.summary, self.covered = None, 0
@@ -255,9 +259,18 @@ class Compactor:
         if before <= budget and not force:
             return messages, None
         keep = 1 if force else KEEP_RECENT_TURNS
-        elided, count = self._elide(list(messages), 0 if force else budget, keep)
+        elided, count_elided = self._elide(list(messages), 0 if force else budget, keep)
         if self._size(elided) <= budget and not force:
-            return elided, self._remember(Compaction(0, before, self._size(elided), 0), count)
+            made = Compaction(0, before, self._size(elided), 0)
+            return elided, self._remember(made, count_elided)
+        if count is not None and not force:
+            counted = count(elided)
+            if counted is not None:
+                estimate = self._size(elided) + fixed_tokens
+                self.observe(estimate, counted)
+                if counted <= budget_tokens:
+                    made = Compaction(0, before, self._size(elided), 0)
+                    return elided, self._remember(made, count_elided)
         note = ""
         if summarise is None:
             note = "no summariser"
@@ -269,11 +282,12 @@ class Compactor:
                 note = folded
             else:
                 messages = self._assemble(history)
-                elided, count = self._elide(list(messages), 0 if force else budget, keep)
+                elided, count_elided = self._elide(list(messages), 0 if force else budget, keep)
                 made = Compaction(folded, before, self._size(elided),
                                   text_tokens(self.summary or ""))
-                return elided, self._remember(made, count)
-        return elided, self._remember(Compaction(0, before, self._size(elided), 0, note), count)
+                return elided, self._remember(made, count_elided)
+        made = Compaction(0, before, self._size(elided), 0, note)
+        return elided, self._remember(made, count_elided)
 
     def _remember(self, made: Compaction, elided: int) -> Compaction | None:
         """Record ``made``; return it only if it is news (for the cell and the audit log): a

@@ -211,7 +211,8 @@ class Agent:
         fixed = estimate_tokens([{"s": system, "t": _context.TOOLS}])
         history, made = self.compactor.history_for_request(
             self.history, self.context_budget(),
-            lambda prev, msgs: self._summarise(step, prev, msgs), fixed_tokens=fixed, force=force)
+            lambda prev, msgs: self._summarise(step, prev, msgs), fixed_tokens=fixed, force=force,
+            count=lambda msgs: self._count_tokens(system, msgs))
         if made is not None:
             self.audit.record("compaction", step=step, summarised_turns=made.summarised_turns,
                               tokens_before=made.tokens_before, tokens_after=made.tokens_after,
@@ -223,6 +224,17 @@ class Agent:
 
     def context_budget(self) -> int:
         return context_budget(self.settings, self.model.name)[0]
+
+    def _count_tokens(self, system: Any, messages: list[dict[str, Any]]) -> int | None:
+        """The provider's count for a request, when the model has a counting endpoint."""
+        count = getattr(self.model, "count_tokens", None)
+        if not callable(count):
+            return None
+        try:
+            return int(count(_context.build_request(system=system, history=messages,
+                                                    max_tokens=self.settings.max_tokens)))
+        except Exception:  # optional: the estimate decides
+            return None
 
     def _summarise(self, step: int, previous: str | None, messages: Any) -> str:
         summary, reply = _summariser.summarise(self.model, previous, messages)

@@ -131,3 +131,19 @@ def test_calibration_follows_the_provider_counts() -> None:
     assert compactor.scale == pytest.approx(1.3)
     compactor.observe(estimated=10_000, reported=100)  # absurd: clamped
     assert compactor.scale == 0.5
+
+
+def test_a_provider_count_that_fits_saves_the_summary_call() -> None:
+    compactor, summarise = Compactor(), Summariser()
+    history = [m for n in range(6) for m in turn(n, 8000)]
+    counted: list[int] = []
+
+    def count(messages: list[Any]) -> int:  # the provider says: it fits
+        counted.append(len(messages))
+        return 4000
+
+    sent, made = compactor.history_for_request(history, 4300, summarise, count=count)
+    assert counted and not summarise.calls and compactor.scale < 1.0
+    assert made is not None and made.summarised_turns == 0 and "elided" in str(sent)
+    over, _ = Compactor().history_for_request(history, 4300, summarise, count=lambda m: 99_999)
+    assert summarise.calls  # the provider says it does not fit: summarised
