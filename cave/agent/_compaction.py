@@ -208,6 +208,10 @@ class Compactor:
     def _size(self, messages: Sequence[dict[str, Any]]) -> int:
         return sum(self._tokens(m) for m in messages)
 
+    def size(self, messages: Sequence[dict[str, Any]]) -> int:
+        """Estimated tokens of ``messages`` (unscaled), from the per-message cache."""
+        return self._size(messages)
+
     def _forget_before(self, index: int, history: Sequence[dict[str, Any]]) -> None:
         """Drop cache entries of messages now covered by the summary."""
         for message in history[:index]:

@@ -218,7 +218,7 @@ class Agent:
                               tokens_before=made.tokens_before, tokens_after=made.tokens_after,
                               forced=force, note=made.note)
             self._sink(Notice(step, made.line()))
-        self._estimate = fixed + estimate_tokens(history)
+        self._estimate = fixed + self.compactor.size(history)
         return _context.build_request(system=system, history=history,
                                       max_tokens=self.settings.max_tokens)
 
