@@ -30,3 +30,18 @@ def test_a_bad_table_names_the_file_and_the_fix(tmp_path: Path,
     (tmp_path / "cave.toml").write_text("[budget]\nturn-cost = 'cheap'\n")
     with pytest.raises(ConfigError, match=r"cave.toml \[budget\].*needs a number"):
         budget_from_toml(tmp_path, Budget())
+
+
+def test_kernel_traits_become_the_budget() -> None:
+    from types import SimpleNamespace
+
+    from cave.kernel._budget_magics import budget_from_traits
+    from cave.kernel._kernel import CaveKernel
+
+    assert {"turn_cost", "session_cost", "turn_tokens", "session_tokens", "turn_steps",
+            "session_steps", "context_window"} <= set(CaveKernel.class_trait_names(config=True))
+    kernel = SimpleNamespace(turn_steps=None, turn_tokens=None, turn_cost=0.5, session_steps=None,
+                             session_tokens=2_000_000, session_cost=None)
+    assert budget_from_traits(kernel) == Budget(turn_cost=0.5, session_tokens=2_000_000)
+    with pytest.raises(ConfigError, match="turn_cost must be above 0"):
+        budget_from_traits(SimpleNamespace(**{**vars(kernel), "turn_cost": 0}))
