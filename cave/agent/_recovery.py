@@ -120,7 +120,7 @@ def query(
                        f"{request.max_tokens * 2:,} output tokens (the cut call was not run)")
                 request = replace(request, max_tokens=request.max_tokens * 2)
                 continue
-            if not cut_call and continued < policy.max_continuations and part.content:
+            if not cut_call and continued < policy.max_continuations and part.text.strip():
                 continued += 1
                 notify("the reply was cut at max_tokens; continuing it")
                 reply, base = part, base or request
