@@ -14,7 +14,9 @@ log when they are built: whoever catches one decides whether it is worth a log l
     │   └── TypeChangeRefused       update() that would change an object's type
     ├── TurnStopped                 a turn ended before the model answered in text
     │   ├── MaxStepsReached
-    │   └── TurnInterrupted         the user pressed stop
+    │   ├── TurnInterrupted         the user pressed stop
+    │   ├── BudgetReached           a turn or session limit on steps, tokens or cost
+    │   └── EmptyModelReply         the model answered with neither text nor code, twice
     ├── AuthorityError              the security layer could not decide (not a denial: see below)
     ├── ApprovalError               unknown request id, request already decided
     ├── AuditChainBroken            `cave audit verify` found an edited, missing or reordered record
@@ -139,6 +141,35 @@ class TurnInterrupted(TurnStopped):
         super().__init__(
             f"Interrupted during step {step}. The agent's variables hold whatever its code had "
             "assigned before the interrupt; the conversation records the interruption."
+        )
+
+
+class BudgetReached(TurnStopped):
+    """A budget limit was reached; the turn ended at a step boundary, nothing was lost."""
+
+    def __init__(self, limit: str, spent: str, allowed: str) -> None:
+        self.limit = limit
+        self.spent = spent
+        self.allowed = allowed
+        scope = "session" if limit.startswith("session") else "turn"
+        super().__init__(
+            f"Budget reached: {limit} (spent {spent} of {allowed}), so the turn stopped before "
+            f"the next model call. The agent's variables and the conversation are kept; raise "
+            f"the limit with `%cave budget {limit}=NEW`"
+            + (" (or `%%agent --max-cost USD` for one cell)" if scope == "turn" else "")
+            + " and ask it to continue."
+        )
+
+
+class EmptyModelReply(TurnStopped):
+    """The model answered with neither text nor a tool call, and again when asked once more."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        super().__init__(
+            f"The model sent an empty reply (no text, no code) at step {step}, twice. Nothing was "
+            "added to the conversation, so the next cell can go on: re-run the cell or rephrase "
+            "the request."
         )
 
 

@@ -120,6 +120,15 @@ class Session:
         self.checkpoint_parts: dict[str, tuple[Callable[[Session], Any], Any]] = {}
         """Extra state a checkpoint carries: key -> (capture(session) -> JSON-able,
         apply(session, saved or None) -> list of ``Problem``)."""
+        from .agent._budget import Budget, Totals
+        from .agent._compaction import Compactor
+
+        self.budget = Budget()
+        """Limits per turn and per session (``%cave budget``); saved with checkpoints."""
+        self.totals = Totals()
+        """What this session has spent; saved with checkpoints."""
+        self.compactor = Compactor()
+        """The conversation's summary and compaction state (requests only; history is whole)."""
         self.checkpoint_store: str | None = None
         """Where checkpoints go: a directory or fsspec URL; None means ``$CAVE_CHECKPOINTS`` or
         ``<directory>/checkpoints``."""
@@ -219,13 +228,15 @@ class Session:
         *,
         settings: AgentSettings | None = None,
         echo: bool = True,
+        budget: Any = None,
     ) -> TurnResult:
-        """Run one turn in the calling thread. One turn at a time per session."""
+        """Run one turn in the calling thread. One turn at a time per session. ``budget``: this
+        turn's limits instead of the session's (``%%agent --max-cost``)."""
         with self.exclusive("run the next agent cell"):
-            return self._turn(prompt, on_event, settings=settings, echo=echo)
+            return self._turn(prompt, on_event, settings=settings, echo=echo, budget=budget)
 
     def _turn(self, prompt: str, on_event: EventSink | None, *,
-              settings: AgentSettings | None, echo: bool) -> TurnResult:
+              settings: AgentSettings | None, echo: bool, budget: Any = None) -> TurnResult:
         completed = False
         try:
             self.ensure_security()
@@ -240,6 +251,9 @@ class Session:
                 code_context=self.code_context,
                 echo=echo,
                 skills_doc=self.skills.listing() if self.skills is not None else "",
+                budget=budget or self.budget,
+                totals=self.totals,
+                compactor=self.compactor,
             )
             self._active = agent
             result = agent.run(prompt, on_event)
@@ -286,7 +300,10 @@ class Session:
 
     def reset_conversation(self) -> None:
         """Forget the conversation; the runtime (the memory that matters) is untouched."""
+        from .agent._compaction import Compactor
+
         self.history.clear()
+        self.compactor = Compactor()
 
 
 AUDIT_FILE = "audit.jsonl"

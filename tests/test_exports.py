@@ -14,6 +14,7 @@ PUBLIC = {
     "tools",
     "Agent", "SkillError",
 }
+PUBLIC |= {"BudgetReached", "EmptyModelReply"}  # issue 11: long sessions
 
 
 def test_all_is_pinned() -> None:

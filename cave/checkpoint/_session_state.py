@@ -23,6 +23,8 @@ What a restore means for each part:
   capability is allowed without asking. A request's policy timeout restarts at restore.
   (`_session_approvals`.)
 * Model and agent settings: replaced by the saved ones. The audit head is recorded, not replayed.
+* Budget limits, the session's running totals (steps, tokens, cost) and the compaction summary:
+  replaced by the saved ones (a checkpoint from before they were saved gives fresh ones).
 
 Not guaranteed: a consistent snapshot of objects that another thread mutates while `save` runs
 (the kernel saves between turns; a subshell save during a turn sees whatever the namespace holds).
@@ -84,6 +86,9 @@ def capture(session: Session) -> tuple[Mapping[str, Any], dict[str, Any]]:
         "agent": dataclasses.asdict(session.agent_settings),
         "audit_head": list(audit.head) if audit is not None else None,
         "parts": {name: save() for name, (save, _) in session.state_parts.items()},
+        "budget": dataclasses.asdict(session.budget),
+        "totals": session.totals.to_dict(),
+        "context": {"summary": session.compactor.summary, "covered": session.compactor.covered},
     }
     parts = getattr(session, "checkpoint_parts", {})
     if parts:  # skills, sub-agents: JSON-able state each part captures itself
@@ -179,6 +184,9 @@ class _Plan:
     model: Any
     agent: Any
     audit_head: Any
+    budget: Any = None
+    totals: Any = None
+    context: Any = None
     parts: tuple[Callable[[], None], ...] = ()
     """Steps that apply the extra parts (``Session.state_parts``), checked already."""
 
@@ -232,11 +240,34 @@ def _plan(state: Mapping[str, Any], session: Session, name: str) -> _Plan:
         parts = tuple(
             prepare(saved_parts.get(part)) for part, (_, prepare) in session.state_parts.items()
         )
+        budget, totals, context = _budget_plan(state, len(history), session)
     except (KeyError, TypeError, ValueError) as exc:
         raise bad(str(exc)) from None
     return _Plan(
-        history, injected, snapshot, approvals, model, agent, state.get("audit_head"), parts
+        history, injected, snapshot, approvals, model, agent, state.get("audit_head"),
+        budget, totals, context, parts,
     )
+
+
+def _budget_plan(
+    state: Mapping[str, Any], messages: int, session: Session
+) -> tuple[Any, Any, Any]:
+    """Budget, totals and compaction state (absent from checkpoints older than them: fresh).
+
+    Built with the session's own types (the agent layer defines them, above us).
+    """
+    Budget, Totals, Compactor = (  # noqa: N806
+        type(session.budget), type(session.totals), type(session.compactor)
+    )
+
+    known = {f.name for f in dataclasses.fields(Budget)}
+    budget = Budget(**{k: v for k, v in dict(state.get("budget") or {}).items() if k in known})
+    totals = Totals.from_dict(dict(state["totals"])) if state.get("totals") else Totals()
+    compactor = Compactor()
+    context = dict(state.get("context") or {})
+    if context.get("summary") is not None and 0 < int(context["covered"]) <= messages:
+        compactor.summary, compactor.covered = str(context["summary"]), int(context["covered"])
+    return budget, totals, compactor
 
 
 def apply(
@@ -298,6 +329,7 @@ def apply(
         if plan.model != session.model_settings:
             session.set_model(settings=plan.model)
         session.agent_settings = plan.agent
+        session.budget, session.totals, session.compactor = plan.budget, plan.totals, plan.context
         grants = 0
         if security is not None and plan.security is not None:
             security.restore(plan.security)

@@ -63,6 +63,19 @@ class CaveKernel(IPythonKernel):
         "default $CAVE_AUTOCHECKPOINT_KEEP or 20.",
     )
 
+    turn_steps = Int(None, allow_none=True, config=True, help="Budget: model calls per turn.")
+    turn_tokens = Int(None, allow_none=True, config=True,
+                      help="Budget: prompt + output tokens per turn.")
+    turn_cost = Float(None, allow_none=True, config=True, help="Budget: estimated USD per turn.")
+    session_steps = Int(None, allow_none=True, config=True,
+                        help="Budget: model calls per session.")
+    session_tokens = Int(None, allow_none=True, config=True,
+                         help="Budget: prompt + output tokens per session.")
+    session_cost = Float(None, allow_none=True, config=True,
+                         help="Budget: estimated USD per session.")
+    context_window = Int(None, allow_none=True, config=True,
+                         help="The model's context window in tokens (default: known per model).")
+
     @default("resume")
     def _resume_default(self) -> str | None:
         return os.environ.get(RESUME_ENV) or None
@@ -112,6 +125,12 @@ class CaveKernel(IPythonKernel):
             channel_factory=lambda session: make_channel(session, self),
         )
         session.checkpoint_store = self.checkpoints
+        from ._budget_magics import budget_from_toml, budget_from_traits
+
+        session.budget, window = budget_from_toml(session.workspace, budget_from_traits(self))
+        if window or self.context_window:
+            session.agent_settings = session.agent_settings.with_limits(
+                context_window=window or self.context_window)
         if self.autocheckpoint:
             from ..checkpoint._autocheckpoint import enable_autocheckpoint
 

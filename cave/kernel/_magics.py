@@ -22,6 +22,8 @@ CAVE_USAGE = """\
 %cave policy [...]          show or change the security policy (when the security layer is on)
 %cave skills [add PATH]     list skills (Agent Skills format), or add a skill directory
 %cave agents                list the sub-agents (cave.Agent) with their usage
+%cave budget [NAME=VALUE]   limits on steps, tokens and cost per turn and session (help: -h)
+%cave context               the next request's size, the model's window, what was compacted
 """
 
 _extra_commands: dict[str, Any] = {}
@@ -140,6 +142,11 @@ def load_ipython_extension(shell: Any) -> None:
     from ._checkpoint_magics import register as register_checkpoint
 
     register_checkpoint(shell)
+    from ._budget_magics import budget_command, context_command
+
+    register_cave_command("budget", budget_command)
+    register_cave_command("context", context_command)
+
     shell.set_custom_exc((CaveError,), short_error_handler)
     from ._skills_command import agents_command, skills_command
 

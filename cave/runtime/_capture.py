@@ -32,8 +32,13 @@ class Capture:
         head_chars: int = 8000,
         tail_chars: int = 8000,
         echo_chars: int = 200_000,
+        keep_chars: int = 0,
     ) -> None:
         self.echo = echo
+        self.keep_chars = keep_chars
+        """Also keep the first ``keep_chars`` characters whole (for ``_outputs``); 0: no."""
+        self._all: list[str] = []
+        self._all_len = 0
         self.head_chars = head_chars
         self.tail_chars = tail_chars
         self.echo_chars = echo_chars
@@ -50,6 +55,10 @@ class Capture:
     # Called with self.lock held.
     def _record(self, s: str) -> None:
         self.total += len(s)
+        if self._all_len < self.keep_chars:
+            part = s[: self.keep_chars - self._all_len]
+            self._all.append(part)
+            self._all_len += len(part)
         room = self.head_chars - self._head_len
         if room > 0:
             part = s[:room]
@@ -102,6 +111,13 @@ class Capture:
         """Record text for the model only (display summaries); the notebook shows the display."""
         with self.lock:
             self._record(s)
+
+    def whole(self) -> str | None:
+        """The output kept whole (up to ``keep_chars``) if the model's view is cut, else None."""
+        with self.lock:
+            if self.total <= self.head_chars + self.tail_chars or not self._all:
+                return None
+            return "".join(self._all)
 
     def text(self) -> str:
         """The model's view: everything, or head + ``[... N characters omitted ...]`` + tail."""

@@ -194,15 +194,22 @@ class AgentRuntime:
                 {n: i for n, i in self._injected.items() if n in self.namespace}
             )
 
-    def agent_variables(self) -> list[tuple[str, str]]:
-        """``(name, type name)`` of what the agent made: not injected, primitive, dunder, module."""
+    def agent_variables(self, *, last: int | None = None) -> list[tuple[str, str]]:
+        """``(name, type name)`` of what the agent made: not injected, primitive, dunder, module.
+
+        ``last``: only the newest N, found from the end of the namespace, so a turn's cost does
+        not grow with a namespace of thousands of names (the prompt shows the newest 50)."""
         skip = self._injected.keys() | self._primitives.keys() | _RESERVED.keys()
-        out = []
-        for name, value in list(self.namespace.items()):
+        names = list(self.namespace)
+        out: list[tuple[str, str]] = []
+        for name in reversed(names) if last is not None else names:
+            if last is not None and len(out) >= last:
+                break
+            value = self.namespace.get(name)
             if name in skip or _is_dunder(name) or isinstance(value, ModuleType):
                 continue
             out.append((name, type_name(value)))
-        return out
+        return out[::-1] if last is not None else out
 
     # ----------------------------------------------------------------- primitives
 

@@ -155,11 +155,15 @@ def test_keyboard_interrupt_raised_by_code_is_reported_not_raised() -> None:
 
 
 def test_ten_megabytes_of_output_are_truncated_head_and_tail() -> None:
+    """With ``_output_N`` keeping off, the capture itself holds only head and tail (keeping is
+    tested in test_runtime_outputs.py: it holds the whole text, by design)."""
     code = "print('START')\nline = 'x' * 999\nfor i in range(10_000):\n    print(line)\n"
     code += "print('END')"
+    executor = make()
+    executor.keep_chars = 0
     tracemalloc.start()
     try:
-        r = run(code)
+        r = run(code, executor)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
