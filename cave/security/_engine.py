@@ -237,6 +237,14 @@ class SessionAuthority:
             return False
         return self._policy.decide(capability).effect is Effect.ALLOW
 
+    def session_grant_covers(self, capability: Capability) -> bool:
+        """A session grant covers ``capability`` and nothing denies it (no permit needed)."""
+        if self.is_denied(capability):
+            return False
+        with self._lock:
+            grant = self._grants.find(capability)
+        return grant is not None and grant.scope == SESSION
+
     def is_denied(self, capability: Capability) -> bool:
         """Denied by a protected path or a deny rule (grants and approvals cannot change it)."""
         if self._protected(capability) is not None:

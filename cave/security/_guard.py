@@ -49,6 +49,7 @@ from typing import Any
 
 from ._capabilities import Capability
 from ._engine import Permit, SessionAuthority
+from ._environ import ENV_EVENT, EnvironVault, install_environ
 from ._events import EVENTS, Check, Refusal, classify, resolve_path, shell_program
 from ._ops import run_op
 from ._policy import Effect, Policy
@@ -66,6 +67,11 @@ _SPECIAL = frozenset(
 )
 _FRESH_REFUSED = frozenset({"_thread", "_posixsubprocess", "posix", "_imp", "sys", "builtins"})
 """Modules we patched (or singletons): agent code may not build a fresh, unpatched copy."""
+
+_EXEC_WITHOUT_ENV = (
+    "os.exec* without an environment would hand this process's whole environment to the new "
+    "program; use os.execve(path, args, env) with the variables it needs"
+)
 
 _PRIVILEGED = frozenset({"register", "set_policy", "restore", "cancel", "close"})
 
@@ -99,6 +105,11 @@ def _os_open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = N
     if not isinstance(path, (int, str, bytes)):
         path = os.fspath(path)  # agent code runs here, outside the vault
     return int(_ask("open_at", (path, flags, mode, dir_fd)))
+
+
+def _os_system(command: Any) -> int:
+    """Forwarder for ``os.system``: agent code's shell gets the filtered environment."""
+    return int(_ask("system", (command,)))
 
 
 def _create_builtin(spec: Any) -> Any:
@@ -176,7 +187,7 @@ class _Binding:
 class _Session:
     """One ``Security`` instance's state, inside the vault."""
 
-    __slots__ = ("authority", "exec_marker", "handle", "spawned", "workspace")
+    __slots__ = ("authority", "env_set", "exec_marker", "handle", "spawned", "workspace")
 
     def __init__(
         self, handle: object, authority: SessionAuthority, exec_marker: str | None
@@ -186,6 +197,8 @@ class _Session:
         self.workspace = authority.workspace
         self.exec_marker = exec_marker
         self.spawned: set[int] = set()
+        self.env_set: set[str] = set()
+        """Environment names agent code set itself (it knows their values): readable freely."""
 
 
 # -- the vault ----------------------------------------------------------------------------
@@ -207,13 +220,17 @@ class _Vault:
         self.create_builtin = _imp.create_builtin
         self.create_dynamic = _imp.create_dynamic
         self.getaddrinfo = socket.getaddrinfo
+        self.system = os.system
+        self.environ = EnvironVault(os.environ._data)  # type: ignore[attr-defined]
         self.protected_code: list[Any] = []
         """Code objects whose generators' frames agent code may not read (agent_code())."""
-        self.interesting = EVENTS | _SPECIAL | _FRAME_EVENTS | {EVENT, "os.killpg"}
+        self.interesting = EVENTS | _SPECIAL | _FRAME_EVENTS | {EVENT, ENV_EVENT, "os.killpg"}
 
     # entry point: returns None (allow) or (exception class, args) for the hook to raise
     def handle(self, event: str, args: tuple[Any, ...]) -> Any:
         try:
+            if event == ENV_EVENT:
+                return self._env(args)
             if event == EVENT:
                 return self._command(args)
             b: _Binding | None = getattr(self.tl, "b", None)
@@ -393,10 +410,105 @@ class _Vault:
                 err = self._checks(b, "fork_exec", (check,))
                 if err is not None:
                     return err
+            if len(payload) > 5 and payload[5] is None:  # no env=: only what the agent may read
+                env = self.environ.child_env(lambda name: self._env_visible(b, name))
+                payload = (*payload[:5], env, *payload[6:])
         pid = self.fork_exec(*payload)
         if b is not None:
             b.session.spawned.add(int(pid))
         return pid
+
+    # -- the environment (``_environ``) --------------------------------------------------
+    def _env(self, args: tuple[Any, ...]) -> Any:
+        if len(args) != 4 or type(args[3]) is not list:
+            return None
+        op, a, c, box = args
+        b: _Binding | None = getattr(self.tl, "b", None)
+        if b is None or b.depth > 0:  # not agent code, or Cave working on its behalf
+            list.append(box, self.environ.plain(str(op), a, c))
+            return None
+        b.depth += 1
+        try:
+            result = self.environ.agent(
+                str(op),
+                a,
+                c,
+                visible=lambda name: self._env_visible(b, name),
+                decide=lambda name: self._env_decide(b, name),
+                write=lambda name, is_set, fn: self._env_write(b, name, is_set, fn),
+                count=lambda: self._count(b, "os.environ"),
+            )
+        finally:
+            b.depth -= 1
+        list.append(box, result)
+        return None
+
+    def _count(self, b: _Binding, event: str) -> None:
+        b.counts[event] = b.counts.get(event, 0) + 1
+
+    def _env_visible(self, b: _Binding, name: str) -> bool:
+        """Readable by agent code without asking: allowed by policy, a session grant, or set by
+        the agent itself."""
+        if name in b.session.env_set:
+            return True
+        cap = Capability("env", name)
+        authority = b.session.authority
+        return authority.allowed_by_policy(cap) or authority.session_grant_covers(cap)
+
+    def _env_decide(self, b: _Binding, name: str) -> None:
+        """The ``env.get`` primitive decides (policy, grants, approval, audit) or raises."""
+        run_op(_OpContext(self, b), "env.get", (name,))
+
+    def _env_write(self, b: _Binding, name: str, is_set: bool, fn: Callable[[], None]) -> None:
+        cap = Capability("env", name)
+        verb = "set" if is_set else "unset"
+        check = Check(cap, f"{verb} environment variable {name}", {"name": name})
+        err = self._checks(b, "os.putenv" if is_set else "os.unsetenv", (check,))
+        if err is not None:
+            raise err[0](*err[1])
+        outer = b.ticket
+        b.ticket = _Ticket({str(cap)}, [])
+        try:
+            fn()
+        finally:
+            b.ticket = outer
+        if is_set:
+            b.session.env_set.add(name)
+        else:
+            b.session.env_set.discard(name)
+
+    def _op_system(self, b: _Binding | None, payload: tuple[Any, ...]) -> Any:
+        command = payload[0]
+        if b is None:
+            return self.system(command)
+        text = os.fsdecode(command) if isinstance(command, bytes) else command
+        if not isinstance(text, str):
+            raise TypeError(f"os.system takes a str command, not {type(command).__name__}")
+        checks = classify("os.system", (text,))
+        assert isinstance(checks, tuple)
+        err = self._checks(b, "os.system", checks)
+        if err is not None:
+            return err
+        env = dict(
+            entry.split(b"=", 1)
+            for entry in self.environ.child_env(lambda name: self._env_visible(b, name))
+        )
+        outer = b.ticket
+        b.ticket = _Ticket({str(c.capability) for c in checks}, [])
+        try:
+            pid = os.posix_spawn("/bin/sh", ["sh", "-c", text], env)
+        finally:
+            b.ticket = outer
+        b.session.spawned.add(pid)
+        try:
+            return os.waitpid(pid, 0)[1]
+        except BaseException:
+            try:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+            raise
 
     def _op_imp(self, b: _Binding | None, payload: tuple[Any, ...]) -> Any:
         kind, name, file, spec = payload
@@ -426,6 +538,8 @@ class _Vault:
         try:
             if event in _SPECIAL or event in _FRAME_EVENTS or event in _GUARDED_KILL:
                 return self._special(b, event, args)
+            if event == "os.exec" and (len(args) < 3 or args[2] is None):
+                return self._refuse(b, event, _EXEC_WITHOUT_ENV)
             result = classify(event, args)
             if result is None:
                 return None
@@ -761,3 +875,7 @@ def _patch() -> None:
         os.supports_dir_fd.add(_os_open)
     _imp.create_builtin = _create_builtin
     _imp.create_dynamic = _create_dynamic
+    os.system = _os_system
+    if posix is not None:
+        posix.system = _os_system  # type: ignore[attr-defined]
+    install_environ()

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ._capabilities import Capability, Pattern, compile_pattern, expand_kinds, parse_capability
+from ._environ import DEFAULT_ENV_ALLOW
 
 __all__ = [
     "DEFAULT_SECRETS",
@@ -301,6 +302,8 @@ def default_rules() -> tuple[Rule, ...]:
         Rule("env:*", Effect.ASK, d),
         Rule("tool:*", Effect.ASK, d),
     ]
+    harmless = "default (harmless environment names)"
+    rules += [Rule(f"env:{name}", Effect.ALLOW, harmless) for name in DEFAULT_ENV_ALLOW]
     return tuple(rules)
 
 
