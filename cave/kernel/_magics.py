@@ -116,8 +116,10 @@ def _key_command(provider: str = "anthropic") -> None:
     key = getpass.getpass(f"{provider} API key (not echoed, not stored on disk): ").strip()
     if not key:
         raise ConfigError("No key entered; nothing changed.")
-    set_key(provider, key)
-    current_session().set_model(settings=current_session().model_settings)
+    settings = current_session().model_settings
+    set_key(provider, key, base_url=settings.base_url if provider == "anthropic" else None)
+    del key
+    current_session().set_model(settings=settings)
     print(
         "Key set for this kernel. It is kept out of os.environ, so agent code cannot read it there."
     )
