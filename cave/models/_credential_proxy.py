@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -33,6 +34,7 @@ __all__ = ["CredentialProxy", "Route", "ROUTE_HOST"]
 ROUTE_HOST = "http://cave-credentials"
 """The host part of the base URL SDK clients get (the transport ignores it: unix socket)."""
 _SERVER = Path(__file__).with_name("_credential_server.py")
+_JSON_SAFE = re.compile(rb'[\x21\x23-\x5b\x5d-\x7e]+')
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class CredentialProxy:
             self._proc = subprocess.Popen(
                 [*_server_argv(), str(listener.fileno())],
                 stdin=subprocess.PIPE,
+                bufsize=0,  # no buffer in this process keeps a copy of a line
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 pass_fds=(listener.fileno(),),
@@ -81,26 +84,38 @@ class CredentialProxy:
         self._send({"op": "token", "token": self._token})
         atexit.register(self.close)
 
-    def _send(self, message: dict[str, str]) -> None:
+    def _send(self, message: dict[str, str], secret: bytes | None = None) -> None:
+        """One control line; ``secret`` goes in as ``"value"`` without a ``str`` copy, and the
+        line is zeroed after the write."""
         stdin = self._proc.stdin
         if stdin is None or self._proc.poll() is not None:
             raise RuntimeError("Cave's credential process is not running; restart the kernel")
-        line = json.dumps(message).encode() + b"\n"
-        with self._lock:
-            stdin.write(line)
-            stdin.flush()
-        del line, message
+        line = bytearray(json.dumps(message).encode())
+        if secret is not None:
+            if not _JSON_SAFE.fullmatch(secret):
+                raise ValueError("a key must be printable ASCII without quotes or backslashes")
+            line[-1:] = b', "value": "'
+            line += secret
+            line += b'"}'
+        line += b"\n"
+        try:
+            with self._lock:
+                view = memoryview(line)
+                while view:
+                    view = view[stdin.write(view) or 0 :]
+                view.release()
+        finally:
+            line[:] = bytes(len(line))
 
-    def add_key(self, provider: str, upstream: str, key: str, *, header: str) -> Route:
+    def add_key(self, provider: str, upstream: str, key: str | bytes, *, header: str) -> Route:
         """Hand ``key`` to the process, bound to ``upstream``; return the route to use it."""
         upstream = upstream.rstrip("/")
         with self._lock:
             found = self._routes.get((provider, upstream))
             route_id = found[0] if found else f"{len(self._routes) + 1}"
             self._routes[(provider, upstream)] = (route_id, header)
-        self._send(
-            {"op": "route", "id": route_id, "upstream": upstream, "header": header, "value": key}
-        )
+        raw = key.encode() if isinstance(key, str) else key
+        self._send({"op": "route", "id": route_id, "upstream": upstream, "header": header}, raw)
         return self._route(route_id, header)
 
     def route(self, provider: str, upstream: str) -> Route | None:

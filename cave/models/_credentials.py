@@ -77,14 +77,21 @@ def start_credential_process() -> list[str]:
     """Kernel start: move provider keys out of the environment (``os.environ`` and the initial
     block) into a credential-holding process; return the variable names moved.
 
-    If the process cannot start, the keys stay in this module (logged), as without a kernel.
+    The values are taken as the environment's own ``bytes`` (never decoded to ``str``), sent,
+    and then overwritten in place, so no copy is left in freed memory either. If the process
+    cannot start, the keys stay in this module (logged), as without a kernel.
     """
-    found: dict[str, str] = {}
+    found: dict[str, bytes] = {}
     with _lock:
+        data = getattr(os.environ, "_data", None)  # before the guard takes it (kernel start)
         for var in PROVIDER_ENV_VARS:
-            value = os.environ.pop(var, None)  # pop -> __delitem__ -> os.unsetenv
-            if value is not None:
-                found[var] = value
+            raw = data.get(var.encode()) if isinstance(data, dict) else None
+            if raw is not None and isinstance(data, dict):
+                found[var] = raw
+                os.unsetenv(var)
+                data.pop(var.encode(), None)
+            elif var in os.environ:  # the guard is on already: a plain move
+                found[var] = os.environ.pop(var).encode()
     scrub_initial_environ(set(PROVIDER_ENV_VARS))
     if not _proxy:
         try:
@@ -93,13 +100,33 @@ def start_credential_process() -> list[str]:
             _proxy.append(CredentialProxy())
         except Exception as exc:  # keep the kernel usable: keys stay in-process
             _log.warning("Cave's credential process did not start (%s); keys stay in memory", exc)
-    for var, value in found.items():
+    for var, raw in found.items():
         provider = PROVIDER_ENV_VARS[var]
-        if value:
-            _store(provider, value, None)
+        if raw and _proxy and provider in UPSTREAMS and _proxy[0].alive():
+            _proxy[0].add_key(
+                provider, default_upstream(provider), raw, header=UPSTREAMS[provider][2]
+            )
+        elif raw and provider in UPSTREAMS:
+            with _lock:
+                _keys[provider] = raw.decode()
+        wipe(raw)
     moved = sorted(found)
     found.clear()
     return moved
+
+
+def wipe(raw: bytes | bytearray) -> None:
+    """Overwrite a secret's bytes in place before they are freed (CPython ``bytes`` layout).
+
+    Only for buffers nothing else shares: the environment's own values, lines built to send.
+    """
+    if isinstance(raw, bytearray):
+        raw[:] = bytes(len(raw))
+    elif type(raw) is bytes and len(raw) > 1:  # b"" and 1-byte bytes are shared singletons
+        import ctypes
+        import sys
+
+        ctypes.memset(id(raw) + sys.getsizeof(b"") - 1, 0, len(raw))
 
 
 def route(provider: str, base_url: str | None = None) -> Route | None:
@@ -138,12 +165,12 @@ def scrub_initial_environ(names: set[str]) -> int:
         with open("/proc/self/stat", "rb") as f:
             stat = f.read()
         fields = stat[stat.rindex(b")") + 2 :].split()
-        start, end = int(fields[48]), int(fields[49])  # env_start, env_end (fields 51, 52)
+        start, end = int(fields[47]), int(fields[48])  # env_start, env_end (fields 50, 51)
         with open("/proc/self/environ", "rb") as f:
             block = f.read()
     except (OSError, ValueError, IndexError):
         return 0
-    if not start or len(block) > end - start:
+    if not start or len(block) != end - start:
         return 0
     import ctypes
 
