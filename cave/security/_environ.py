@@ -9,9 +9,12 @@ How it works, and why:
   vault (``EnvironVault``). ``posix.environ`` becomes ``os.environb``. ``GuardedEnviron`` holds no
   data: each operation is one ``sys.audit("cave.env", ...)`` event that only the guard's hook
   receives, so replacing its methods (or writing the class dictionary) gains agent code nothing.
-* **Threads that are not agent code** (user cells, the kernel, Cave) get the real environment:
-  the vault answers from the dictionary after one thread-local lookup (the cost is in
-  ``benchmarks/bench_environ.py``).
+* **Threads that are not agent code** (user cells, the kernel, Cave) get the real environment.
+  The first read in such a thread asks the vault, which puts the dictionary in that thread's
+  slot of a ``threading.local``; later reads use it directly (one more dictionary lookup than
+  stock CPython: ``benchmarks/bench_environ.py``). The vault empties the slot when the thread
+  enters ``agent_code()``, and threads started by agent code never get one, so an agent thread
+  always goes through the vault.
 * **Agent threads**: a name the policy allows (``default_env_rules``: ``PATH``, ``HOME``,
   ``LANG``, ``LC_*``, ``PYTHON*``, ...), a name a session grant covers, or a name the agent set
   itself is read freely (counted in the step's ``guard.summary`` record); any other *set* name is
@@ -39,6 +42,7 @@ from __future__ import annotations
 import os
 import posix
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -78,15 +82,26 @@ def _env(op: str, a: Any = None, b: Any = None, _audit: Any = sys.audit) -> Any:
     return box[0]
 
 
+_cache = threading.local()
+"""Per thread: the real dictionary, once the vault has seen that this thread is not agent code.
+The vault clears it when a thread starts running agent code (``forget_thread``); threads that
+agent code starts never have it. An agent thread reading it sees only its own (empty) slot."""
+
+
+def _fast() -> dict[bytes, bytes] | None:
+    return _cache.__dict__.get("d")
+
+
 class GuardedEnviron(os._Environ):
     """The class of ``os.environ``/``os.environb`` once the guard is on. Holds no data."""
 
     @property
     def _data(self) -> dict[bytes, bytes]:
-        return _env("data")
+        return _fast() or _env("data")
 
     def __getitem__(self, key: Any) -> Any:
-        value = _env("get", self.encodekey(key))
+        data = _fast()
+        value = _env("get", self.encodekey(key)) if data is None else data.get(self.encodekey(key))
         if value is None:
             raise KeyError(key) from None
         return self.decodevalue(value)
@@ -99,20 +114,26 @@ class GuardedEnviron(os._Environ):
             raise KeyError(key) from None
 
     def __iter__(self) -> Iterator[Any]:
-        for key in _env("names"):
+        data = _fast()
+        for key in _env("names") if data is None else list(data):
             yield self.decodekey(key)
 
     def __len__(self) -> int:
-        return len(_env("names"))
+        data = _fast()
+        return len(_env("names") if data is None else data)
 
     def __repr__(self) -> str:
         shown = ", ".join(
-            f"{self.decodekey(k)!r}: {self.decodevalue(v)!r}" for k, v in _env("items")
+            f"{self.decodekey(k)!r}: {self.decodevalue(v)!r}" for k, v in self._pairs()
         )
         return f"environ({{{shown}}})"
 
     def copy(self) -> dict[Any, Any]:
-        return {self.decodekey(k): self.decodevalue(v) for k, v in _env("items")}
+        return {self.decodekey(k): self.decodevalue(v) for k, v in self._pairs()}
+
+    def _pairs(self) -> list[tuple[bytes, bytes]]:
+        data = _fast()
+        return _env("items") if data is None else list(data.items())
 
 
 class EnvironVault:
@@ -123,12 +144,21 @@ class EnvironVault:
     checks a write and returns a context that lets its own ``putenv`` event through.
     """
 
-    __slots__ = ("data", "putenv", "unsetenv")
+    __slots__ = ("cache", "data", "putenv", "unsetenv")
 
     def __init__(self, data: dict[bytes, bytes]) -> None:
         self.data = data
         self.putenv = posix.putenv
         self.unsetenv = posix.unsetenv
+        self.cache = _cache
+
+    def remember_thread(self) -> None:
+        """This thread is not agent code: let ``GuardedEnviron`` read the dictionary directly."""
+        self.cache.d = self.data
+
+    def forget_thread(self) -> None:
+        """This thread is about to run agent code: no direct reads from now on."""
+        self.cache.__dict__.clear()
 
     # -- threads that are not agent code ------------------------------------------------
     def plain(self, op: str, a: Any, b: Any) -> Any:

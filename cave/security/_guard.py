@@ -73,6 +73,11 @@ _EXEC_WITHOUT_ENV = (
     "program; use os.execve(path, args, env) with the variables it needs"
 )
 
+_RAW_ENVIRON = (
+    "agent code may not read os.environ's raw dictionary; use os.environ[NAME] or "
+    "env.get(NAME), which the policy decides"
+)
+
 _PRIVILEGED = frozenset({"register", "set_policy", "restore", "cancel", "close"})
 
 _install_lock = threading.Lock()
@@ -325,6 +330,7 @@ class _Vault:
     def _op_enter(self, b: _Binding | None, payload: tuple[Any, ...]) -> Any:
         session = self._session(payload[0])
         if b is None:
+            self.environ.forget_thread()
             b = _Binding(session, life=False)
             self.tl.b = b
         elif b.session is not session:
@@ -373,6 +379,7 @@ class _Vault:
             session = self.tickets.pop(payload[0], None)
         if session is None or b is not None:
             return False
+        self.environ.forget_thread()  # a new thread has none; this makes sure
         self.tl.b = _Binding(session, life=True)
         return True
 
@@ -425,10 +432,14 @@ class _Vault:
         op, a, c, box = args
         b: _Binding | None = getattr(self.tl, "b", None)
         if b is None or b.depth > 0:  # not agent code, or Cave working on its behalf
+            if b is None:
+                self.environ.remember_thread()
             list.append(box, self.environ.plain(str(op), a, c))
             return None
         b.depth += 1
         try:
+            if op == "data":
+                return self._refuse(b, "os.environ", _RAW_ENVIRON)
             result = self.environ.agent(
                 str(op),
                 a,

@@ -251,3 +251,26 @@ def test_the_guard_is_installed_in_this_process(s2: Session) -> None:
     assert type(os.environ).__name__ == "GuardedEnviron"
     assert sys.modules["posix"].environ is os.environb  # type: ignore[attr-defined]
     assert subprocess.run([ENV], capture_output=True, text=True).stdout.count(SECRET) == 1
+
+
+def test_a_thread_that_read_as_user_code_is_guarded_once_it_runs_agent_code(s2: Session) -> None:
+    """User-side reads are served from a per-thread slot; entering agent code empties it."""
+    import threading
+
+    seen: dict[str, object] = {}
+
+    def worker() -> None:
+        seen["user"] = os.environ[SECRET_NAME]  # fills this thread's fast path
+        try:
+            with s2.security.agent_code():
+                seen["agent"] = os.environ[SECRET_NAME]
+        except PermissionError as exc:
+            seen["agent"] = exc
+        seen["after"] = os.environ[SECRET_NAME]  # user code again
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen["user"] == SECRET and seen["after"] == SECRET
+    assert isinstance(seen["agent"], PermissionError)
+    assert s2.channel.capabilities == [f"env:{SECRET_NAME}"]
