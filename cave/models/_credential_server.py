@@ -17,7 +17,9 @@ Bearer`` is sent to ``<upstream>/<path>`` with the token replaced by the key. Th
 back as it arrives (``read1``: server-sent events are not buffered), with its status, headers and
 body unchanged, so the SDK's retries (429, 5xx) and error messages work as without the proxy.
 If the upstream cannot be reached, or breaks mid-response, the client's connection is reset, so
-the SDK sees a connection error just as it would have.
+the SDK sees a connection error just as it would have. Upstream connections are kept alive and
+reused; an idle one the server has closed is dropped before use (it reads as ready), as
+urllib3's pool does. Nothing is ever re-sent by this process: retrying is the SDK's job.
 
 The process makes itself undumpable (``PR_SET_DUMPABLE`` 0: no ``ptrace`` or
 ``/proc/<pid>/mem``/``environ`` for processes of the same user) and dies with its parent
@@ -30,6 +32,7 @@ import hmac
 import http.client
 import json
 import os
+import select
 import signal
 import socket
 import socketserver
@@ -156,11 +159,9 @@ class _Handler(BaseHTTPRequestHandler):
         upstream, header, value = route
         rest = parts[3] if len(parts) > 3 else ""
         target = urllib.parse.urlsplit(upstream + "/" + rest)
+        path = (target.path or "/") + ("?" + target.query if target.query else "")
+        conn = _take(target)
         try:
-            conn = _connect(target)
-            path = target.path or "/"
-            if target.query:
-                path += "?" + target.query
             conn.putrequest(self.command, path, skip_host=True, skip_accept_encoding=True)
             conn.putheader("host", target.netloc)
             for name, val in self.headers.items():
@@ -172,14 +173,20 @@ class _Handler(BaseHTTPRequestHandler):
             conn.endheaders(body)
             response = conn.getresponse()
         except (OSError, http.client.HTTPException):
+            conn.close()
             self._reset()
             return
         try:
             self._relay(response)
         except (OSError, http.client.HTTPException):
-            self._reset()
-        finally:
             conn.close()
+            self._reset()
+            return
+        response.close()  # read to the end; marks the connection free for the next request
+        if response.will_close:
+            conn.close()
+        else:
+            _give(target, conn)
 
     def _relay(self, response: http.client.HTTPResponse) -> None:
         self.send_response_only(response.status, response.reason)
@@ -221,6 +228,33 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.close()
         except OSError:
             pass
+
+
+_pool: dict[tuple[str, str], list[http.client.HTTPConnection]] = {}
+"""Idle upstream connections kept alive, per (scheme, host:port), as the SDK's own pool would."""
+
+
+def _take(target: urllib.parse.SplitResult) -> http.client.HTTPConnection:
+    """An idle kept-alive connection the server has not closed, else a new one."""
+    while True:
+        with _lock:
+            idle = _pool.get((target.scheme, target.netloc))
+            conn = idle.pop() if idle else None
+        if conn is None:
+            return _connect(target)
+        sock = conn.sock
+        if sock is not None and not select.select([sock], [], [], 0)[0]:
+            return conn  # nothing to read: still open (readable would mean EOF or junk)
+        conn.close()
+
+
+def _give(target: urllib.parse.SplitResult, conn: http.client.HTTPConnection) -> None:
+    with _lock:
+        idle = _pool.setdefault((target.scheme, target.netloc), [])
+        if len(idle) < 8:
+            idle.append(conn)
+            return
+    conn.close()
 
 
 def _connect(target: urllib.parse.SplitResult) -> http.client.HTTPConnection:

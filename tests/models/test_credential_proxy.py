@@ -254,3 +254,60 @@ def test_it_ends_when_the_kernel_side_closes_its_pipe() -> None:
     assert proc.wait(timeout=30) == 0
     p.close()
     assert not os.path.exists(p.uds)
+
+
+def test_upstream_connections_are_kept_alive_and_a_closed_one_is_not_reused(
+    proxy: CredentialProxy,
+) -> None:
+    """Three requests: the first two share one upstream connection, which the server then
+    closes; the third goes out on a fresh one instead of failing."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    connections: list[int] = []
+    closed = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def setup(self) -> None:
+            super().setup()
+            connections.append(1)
+            self.served = 0
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["content-length"]))
+            self.served += 1
+            body = self.headers.get("x-api-key", "").encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = self.served == 2  # closes without saying so
+
+        def finish(self) -> None:
+            super().finish()
+            self.connection.close()
+            closed.set()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    route = proxy.add_key("anthropic", base, KEY, header="x-api-key")
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=route.uds)) as client:
+            answers = []
+            for i in range(3):
+                if i == 2:
+                    assert closed.wait(30)  # the server has closed the first connection
+                r = client.post(
+                    route.base_url + "/v1/x", headers={"x-api-key": route.token}, json={}
+                )
+                answers.append((r.status_code, r.text))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answers == [(200, KEY)] * 3
+    assert len(connections) == 2
