@@ -210,6 +210,18 @@ def test_a_policy_rule_lets_the_agent_read_a_name(k: ScriptedKernel) -> None:
     assert out["result"] == {"v": ENV_SECRET}
 
 
+def test_a_typed_key_goes_to_the_credential_process_too(k: ScriptedKernel) -> None:
+    """``%cave key`` (getpass over stdin): later model calls carry the typed key, and the
+    kernel's containers do not hold it. Last of the module's tests: it replaces the key."""
+    typed = "sk-ant-typed-key-0c4e2f"
+    cell = k.execute("%cave key", timeout=60, stdin=lambda _msg: typed)
+    assert cell.status == "ok" and "Key set" in cell.stdout, cell.all_text
+    out = _agent(k, "result['y'] = 2")
+    assert out["result"] == {"y": 2}
+    assert k.requests and all(r.headers.get("x-api-key") == typed for r in k.requests)
+    assert "HITS []" in _user(k, USER_SCAN % typed.encode().hex())
+
+
 def test_the_credential_process_ends_with_its_kernel() -> None:
     with ScriptedKernel(env={"ANTHROPIC_API_KEY": KEY}) as kernel:
         out = _user(
