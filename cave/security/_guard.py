@@ -32,8 +32,9 @@ state on the ``Security`` object (``security._policy = ...`` would switch the gu
 What this does not stop (``docs/security.md`` has the full table, each with a test): ctypes
 calls through function pointers that already exist (CPython 3.11 raises no event for them),
 monkeypatching shared modules so that *kernel* threads later run agent-chosen code, work handed
-to threads that already existed (a user's executor, the kernel's event loop), reads of
-``os.environ``, metadata via ``os.stat``, and symlink races between the check and the use.
+to threads that already existed (a user's executor, the kernel's event loop), metadata via
+``os.stat``, and symlink races between the check and the use. ``os.environ`` is guarded too: see
+``_environ`` (its data lives in this vault).
 """
 
 from __future__ import annotations
