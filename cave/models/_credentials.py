@@ -65,6 +65,8 @@ UPSTREAMS: dict[str, tuple[str, str, str]] = {
 _keys: dict[str, str] = {}
 _lock = threading.Lock()
 _proxy: list[CredentialProxy] = []
+_wanted: list[bool] = []
+"""Non-empty once the kernel asked for keys to live in a credential process."""
 
 
 def default_upstream(provider: str) -> str:
@@ -93,19 +95,12 @@ def start_credential_process() -> list[str]:
             elif var in os.environ:  # the guard is on already: a plain move
                 found[var] = os.environ.pop(var).encode()
     scrub_initial_environ(set(PROVIDER_ENV_VARS))
-    if not _proxy:
-        try:
-            from ._credential_proxy import CredentialProxy
-
-            _proxy.append(CredentialProxy())
-        except Exception as exc:  # keep the kernel usable: keys stay in-process
-            _log.warning("Cave's credential process did not start (%s); keys stay in memory", exc)
+    _wanted.append(True)
     for var, raw in found.items():
         provider = PROVIDER_ENV_VARS[var]
-        if raw and _proxy and provider in UPSTREAMS and _proxy[0].alive():
-            _proxy[0].add_key(
-                provider, default_upstream(provider), raw, header=UPSTREAMS[provider][2]
-            )
+        proxy = _ensure_proxy() if raw and provider in UPSTREAMS else None
+        if proxy is not None:
+            proxy.add_key(provider, default_upstream(provider), raw, header=UPSTREAMS[provider][2])
         elif raw and provider in UPSTREAMS:
             with _lock:
                 _keys[provider] = raw.decode()
@@ -142,10 +137,30 @@ def credential_process_pid() -> int | None:
     return _proxy[0].pid if _proxy and _proxy[0].alive() else None
 
 
+def _ensure_proxy() -> CredentialProxy | None:
+    """The running credential process, started now if the kernel asked for one and it is not
+    running yet (no process is started for a kernel without keys). None without a kernel, or if
+    it cannot start (logged; keys then stay in this module)."""
+    if _proxy and _proxy[0].alive():
+        return _proxy[0]
+    if not _wanted:
+        return None
+    try:
+        from ._credential_proxy import CredentialProxy
+
+        proxy = CredentialProxy()
+    except Exception as exc:  # keep the kernel usable: keys stay in-process
+        _log.warning("Cave's credential process did not start (%s); keys stay in memory", exc)
+        return None
+    _proxy[:] = [proxy]
+    return proxy
+
+
 def _store(provider: str, key: str, base_url: str | None) -> None:
-    if _proxy and provider in UPSTREAMS and _proxy[0].alive():
+    proxy = _ensure_proxy() if provider in UPSTREAMS else None
+    if proxy is not None:
         upstream = (base_url or default_upstream(provider)).rstrip("/")
-        _proxy[0].add_key(provider, upstream, key, header=UPSTREAMS[provider][2])
+        proxy.add_key(provider, upstream, key, header=UPSTREAMS[provider][2])
         with _lock:
             _keys.pop(provider, None)
         return
