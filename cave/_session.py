@@ -13,13 +13,18 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._env import MODEL_ENV, SCRIPT_ENV, session_dir
 from ._errors import ConfigError
 from .agent._events import EventSink
 from .agent._loop import Agent, AgentSettings, TurnResult
 from .models._protocol import Model
+
+if TYPE_CHECKING:
+    from .approvals._protocol import ApprovalChannel
+    from .security import Security
+    from .security._audit import ChainedAuditSink
 
 
 @dataclass(frozen=True)
@@ -85,11 +90,11 @@ class Session:
         self._lock = threading.Lock()
         self._active: Agent | None = None
         self.primitives_doc = ""
-        self.audit: Any = None
+        self.audit: ChainedAuditSink | None = None
         self.code_context: Callable[[], Any] | None = None
-        self.security: Any = None
+        self.security: Security | None = None
         """``cave.security.Security``, built on the first turn (``ensure_security``)."""
-        self.approvals: Any = None
+        self.approvals: ApprovalChannel | None = None
         """The approval channel the security layer asks through."""
         self._channel_factory = channel_factory
         self._secure = secure
@@ -264,7 +269,7 @@ def default_channel(session: Session) -> Any:
         from .approvals._console import ConsoleChannel
 
         return ConsoleChannel()
-    from .approvals._kernel_glue import make_channel
+    from .approvals._session_channel import make_channel
 
     return make_channel(session)
 

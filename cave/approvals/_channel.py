@@ -39,19 +39,12 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from .._agent_code import is_agent_filename
 from .._errors import ApprovalError as _ApprovalError
-from ._kernel_glue import cell_context_for_thread
+from ._cell_context import cell_context_for_thread
 from ._owner import Owner
-from ._queue import (
-    APPROVED,
-    CANCELLED,
-    EXPIRED,
-    PENDING,
-    AlreadyDecided,
-    ApprovalQueue,
-    ApprovalRecord,
-    UnknownRequest,
-)
+from ._queue import AlreadyDecided, ApprovalQueue, UnknownRequest
+from ._record import APPROVED, CANCELLED, EXPIRED, PENDING, ApprovalRecord
 
 if TYPE_CHECKING:
     from ..security._audit import AuditSink
@@ -399,13 +392,11 @@ def agent_line() -> str | None:
     that very line while we run, so its innermost frame from a ``<cave-...>`` file is it. Display
     only: ambiguous (several agent threads) or unknown gives None, and agent code can lie anyway.
     """
-    from ..runtime._executor import _FILENAME_PREFIX
-
     found: list[tuple[str, int]] = []
     for frame in sys._current_frames().values():
         walker: Any = frame
         while walker is not None:
-            if walker.f_code.co_filename.startswith(_FILENAME_PREFIX):
+            if is_agent_filename(walker.f_code.co_filename):
                 found.append((walker.f_code.co_filename, walker.f_lineno))
                 break
             walker = walker.f_back

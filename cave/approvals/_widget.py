@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._queue import MAX_ANSWER_CHARS, PENDING, ApprovalRecord
+from ._record import MAX_ANSWER_CHARS, PENDING, ApprovalRecord
 
 __all__ = ["ApprovalView", "BUTTONS", "QuestionView", "describe_html", "describe_text"]
 

@@ -178,9 +178,11 @@ class _Plan:
 
 
 def _plan(state: Mapping[str, Any], session: Session, name: str) -> _Plan:
-    from .._session import ModelSettings
-    from ..agent._loop import AgentSettings
     from ..runtime._namespace import InjectedInfo
+
+    # The settings types are the session's own (the agent layer defines them, above us).
+    model_settings_type = type(session.model_settings)
+    agent_settings_type = type(session.agent_settings)
 
     def bad(problem: str) -> CheckpointError:
         return CheckpointError(
@@ -213,10 +215,10 @@ def _plan(state: Mapping[str, Any], session: Session, name: str) -> _Plan:
             for g in snapshot.get("grants", ()):
                 if g["scope"] not in ("once", "session") or not str(g["capability"]):
                     raise ValueError(f"a malformed grant {g!r}")
-        model = ModelSettings(**dict(state.get("model") or {}))
-        known = {f.name for f in dataclasses.fields(AgentSettings)}
+        model = model_settings_type(**dict(state.get("model") or {}))
+        known = {f.name for f in dataclasses.fields(agent_settings_type)}
         saved = dict(state.get("agent") or {})
-        agent = AgentSettings(**{k: v for k, v in saved.items() if k in known})
+        agent = agent_settings_type(**{k: v for k, v in saved.items() if k in known})
         approvals = [dict(a) for a in state.get("approvals") or ()]
         for a in approvals:
             str(a["capability"]), str(a["summary"])

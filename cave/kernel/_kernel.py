@@ -93,10 +93,10 @@ class CaveKernel(IPythonKernel):
         start_credential_process()
         self._loop: asyncio.AbstractEventLoop | None = None
         install_agent_cells(self.shell)
+        from .._session import current_session, set_session_factory
         from ..approvals._kernel_glue import install as install_approvals
 
-        install_approvals(self)
-        from .._session import set_session_factory
+        install_approvals(self, current_session)
 
         set_session_factory(self._make_session)
         if self.resume:
@@ -105,7 +105,7 @@ class CaveKernel(IPythonKernel):
     def _make_session(self) -> Any:
         from .._session import ModelSettings, Session
         from ..agent._loop import AgentSettings
-        from ..approvals._kernel_glue import make_channel
+        from ..approvals._session_channel import make_channel
 
         session = Session(
             model_settings=ModelSettings(self.model, self.base_url),

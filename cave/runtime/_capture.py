@@ -134,8 +134,11 @@ class TeeStream(io.TextIOBase):
 
     def __init__(self, capture: Capture, original: TextIO | None, name: str,
                  bystanders: frozenset[int] = frozenset(),
-                 before_write: Callable[[str], None] | None = None) -> None:
+                 before_write: Callable[[str], None] | None = None,
+                 fd: int | None = None) -> None:
         super().__init__()
+        self._fd = fd
+        """The descriptor whose output is captured for this stream too (fd capture), or None."""
         self._capture = capture
         self._original = original
         self._name = name
@@ -179,9 +182,12 @@ class TeeStream(io.TextIOBase):
         return False
 
     def fileno(self) -> int:
-        # Like StringIO: code that wants a descriptor (subprocess, faulthandler) must not get the
-        # kernel's, which would bypass the capture.
-        raise io.UnsupportedOperation("captured stream has no file descriptor")
+        """1 or 2 while fd capture redirects it into the step's output, so that
+        ``subprocess.run(..., stdout=sys.stdout)`` and ``faulthandler`` work. Without fd capture,
+        like StringIO: a descriptor would be the kernel's, bypassing the capture."""
+        if self._fd is None:
+            raise io.UnsupportedOperation("captured stream has no file descriptor")
+        return self._fd
 
     @property
     def wrapped(self) -> TextIO | None:

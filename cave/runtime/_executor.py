@@ -46,13 +46,13 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+from .._agent_code import AGENT_FILENAME_PREFIX as _FILENAME_PREFIX
 from ._capture import Capture, TeeStream
 from ._fd_capture import FdCapture, prepare
 from ._manifest import bounded_repr
 
 __all__ = ["ExecutionResult", "Executor", "StepTimeout", "interrupt_thread"]
 
-_FILENAME_PREFIX = "<cave-"
 _step_ids = itertools.count(1)
 _RUN_LOCK = threading.RLock()
 _ACTIVE: dict[int, _RunState] = {}
@@ -521,8 +521,9 @@ class Executor:
                 out = fds.target(1, old_out) if fds is not None else old_out
                 err = fds.target(2, old_err) if fds is not None else old_err
                 sync = fds.sync if fds is not None else None
-                sys.stdout = TeeStream(capture, out, "<stdout>", bystanders, sync)
-                sys.stderr = TeeStream(capture, err, "<stderr>", bystanders, sync)
+                fd_out, fd_err = (1, 2) if fds is not None else (None, None)
+                sys.stdout = TeeStream(capture, out, "<stdout>", bystanders, sync, fd_out)
+                sys.stderr = TeeStream(capture, err, "<stderr>", bystanders, sync, fd_err)
                 shell = _active_shell()
                 tap = _DisplayTap(shell, capture, echo) if shell is not None else None
                 watchdog: threading.Thread | None = None

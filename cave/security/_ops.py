@@ -19,30 +19,48 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._capabilities import Capability
 from ._events import Check, resolve_path, shell_program
 
 if TYPE_CHECKING:
-    from ._engine import Permit
-    from ._guard import _OpContext
+    from pathlib import Path
 
-__all__ = ["run_op"]
+    from ._engine import Permit
+
+__all__ = ["OpContext", "run_op"]
+
+
+class OpContext(Protocol):
+    """What an operation may do on the guard's behalf (the guard's ``_OpContext`` is one).
+
+    A protocol here, so the operations do not import the guard that calls them.
+    """
+
+    authority: Any
+    workspace: Path
+
+    def permit(self, check: Check, origin: str) -> Permit: ...
+    def run_with(
+        self, exact: set[str], trees: list[tuple[str, str]], fn: Callable[[], Any]
+    ) -> Any: ...
+    def resolve_host(self, host: str, port: int) -> list[str]: ...
+    def spawned(self, pid: int) -> None: ...
 
 MAX_OUTPUT_CHARS = 1_000_000
 """``shell.run`` keeps at most this much of stdout and of stderr (the rest is cut, with a note)."""
 MAX_FETCH_BYTES = 20_000_000
 
 
-def run_op(ctx: _OpContext, op: str, args: tuple[Any, ...]) -> Any:
+def run_op(ctx: OpContext, op: str, args: tuple[Any, ...]) -> Any:
     fn = _OPS.get(op)
     if fn is None:
         raise ValueError(f"unknown primitive {op!r}")
     return fn(ctx, *args)
 
 
-def _path(ctx: _OpContext, path: str, *, follow: bool = True) -> str:
+def _path(ctx: OpContext, path: str, *, follow: bool = True) -> str:
     if not isinstance(path, str) or not path:
         raise TypeError("path must be a non-empty str")
     if not os.path.isabs(path):
@@ -53,7 +71,7 @@ def _path(ctx: _OpContext, path: str, *, follow: bool = True) -> str:
 
 
 def _settled(
-    ctx: _OpContext,
+    ctx: OpContext,
     permit: Permit,
     op: str,
     run: Callable[[], Any],
@@ -88,7 +106,7 @@ def _settled(
         ctx.authority.record("primitive", **record)
 
 
-def _denied(ctx: _OpContext, op: str, check: Check) -> Permit:
+def _denied(ctx: OpContext, op: str, check: Check) -> Permit:
     try:
         return ctx.permit(check, op)
     except PermissionError as exc:
@@ -99,7 +117,7 @@ def _denied(ctx: _OpContext, op: str, check: Check) -> Permit:
 
 
 # -- fs ------------------------------------------------------------------------------------
-def fs_read(ctx: _OpContext, path: str, binary: bool) -> bytes:
+def fs_read(ctx: OpContext, path: str, binary: bool) -> bytes:
     real = _path(ctx, path)
     cap = Capability("fs.read", real)
     permit = _denied(ctx, "fs.read", Check(cap, f"read {real}", {"path": real}))
@@ -113,7 +131,7 @@ def fs_read(ctx: _OpContext, path: str, binary: bool) -> bytes:
     )
 
 
-def fs_write(ctx: _OpContext, path: str, data: bytes, append: bool, is_text: bool) -> int:
+def fs_write(ctx: OpContext, path: str, data: bytes, append: bool, is_text: bool) -> int:
     real = _path(ctx, path)
     cap = Capability("fs.write", real)
     digest = hashlib.sha256(data).hexdigest()
@@ -143,7 +161,7 @@ def fs_write(ctx: _OpContext, path: str, data: bytes, append: bool, is_text: boo
     )
 
 
-def fs_list(ctx: _OpContext, path: str) -> list[str]:
+def fs_list(ctx: OpContext, path: str) -> list[str]:
     real = _path(ctx, path)
     cap = Capability("fs.read", real)
     permit = _denied(ctx, "fs.list", Check(cap, f"list {real}", {"path": real}))
@@ -160,7 +178,7 @@ def fs_list(ctx: _OpContext, path: str) -> list[str]:
     )
 
 
-def fs_delete(ctx: _OpContext, path: str, recursive: bool) -> None:
+def fs_delete(ctx: OpContext, path: str, recursive: bool) -> None:
     real = _path(ctx, path, follow=False)
     is_dir = os.path.isdir(real) and not os.path.islink(real)
     cap = Capability("fs.delete", real)
@@ -202,7 +220,7 @@ def fs_delete(ctx: _OpContext, path: str, recursive: bool) -> None:
 
 # -- shell ---------------------------------------------------------------------------------
 def shell_run(
-    ctx: _OpContext, argv: tuple[str, ...], cwd: str | None, timeout: float, stdin: str | None
+    ctx: OpContext, argv: tuple[str, ...], cwd: str | None, timeout: float, stdin: str | None
 ) -> dict[str, Any]:
     if not argv:
         raise ValueError("argv is empty: pass the program and its arguments as a list")
@@ -277,7 +295,7 @@ def _cut(text: str | None) -> str:
 
 # -- net -----------------------------------------------------------------------------------
 def net_fetch(
-    ctx: _OpContext,
+    ctx: OpContext,
     url: str,
     method: str,
     headers: tuple[tuple[str, str], ...],
@@ -338,7 +356,7 @@ def net_fetch(
 
 
 # -- env, human ----------------------------------------------------------------------------
-def env_get(ctx: _OpContext, name: str) -> str | None:
+def env_get(ctx: OpContext, name: str) -> str | None:
     if not isinstance(name, str) or not name:
         raise TypeError("name must be a non-empty str")
     cap = Capability("env", name)
@@ -358,7 +376,7 @@ def env_get(ctx: _OpContext, name: str) -> str | None:
     )
 
 
-def human_ask(ctx: _OpContext, question: str, timeout: float | None = None) -> str:
+def human_ask(ctx: OpContext, question: str, timeout: float | None = None) -> str:
     return ctx.authority.ask_human(question, timeout=timeout)
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from cave._errors import CheckpointError, CheckpointTampered, ConfigError
 from cave._session import Session
-from cave.approvals._kernel_glue import make_channel
+from cave.approvals._session_channel import make_channel
 from cave.checkpoint import Restored, SessionStore
 from cave.checkpoint._autocheckpoint import enable_autocheckpoint
 from cave.checkpoint._session_io import restore, save
