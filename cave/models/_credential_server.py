@@ -1,6 +1,6 @@
 """The credential-holding process: a loopback HTTP forwarder that adds the provider key.
 
-Run by ``_credential_proxy`` as ``python -I <this file>`` (standard library only, so it starts in
+Run by ``_credential_proxy`` as ``python -I -S <this file>`` (standard library only, so it starts in
 a few milliseconds and imports nothing of Cave's). It inherits exactly three descriptors: stdin,
 the control pipe from the kernel (JSON lines); the descriptor named by ``argv[1]``, a listening
 unix socket in a private 0700
