@@ -117,7 +117,9 @@ def _key_command(provider: str = "anthropic") -> None:
     if not key:
         raise ConfigError("No key entered; nothing changed.")
     settings = current_session().model_settings
-    set_key(provider, key, base_url=settings.base_url if provider == "anthropic" else None)
+    uses_openai = (settings.name or "").startswith("openai")  # the key goes to this endpoint
+    same = (provider == "openai") == uses_openai
+    set_key(provider, key, base_url=settings.base_url if same else None)
     del key
     current_session().set_model(settings=settings)
     print(
