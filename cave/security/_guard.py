@@ -53,7 +53,7 @@ from ._engine import Permit, SessionAuthority
 from ._environ import ENV_EVENT, EnvironVault, install_environ
 from ._events import EVENTS, Check, Refusal, classify, resolve_path, shell_program
 from ._ops import run_op
-from ._policy import Effect, Policy
+from ._policy import HARMLESS_ENV, Effect, Policy
 
 __all__ = ["EVENT", "install"]
 
@@ -78,6 +78,8 @@ _RAW_ENVIRON = (
     "agent code may not read os.environ's raw dictionary; use os.environ[NAME] or "
     "env.get(NAME), which the policy decides"
 )
+
+_ENV_WRITES = frozenset({"os.putenv", "os.unsetenv"})
 
 _PRIVILEGED = frozenset({"register", "set_policy", "restore", "cancel", "close"})
 
@@ -597,6 +599,22 @@ class _Vault:
             cap = check.capability
             if b.ticket is not None and b.ticket.covers(cap):
                 continue
+            if event in _ENV_WRITES and _read_only_allow(authority, cap):
+                # Reading PATH or PYTHONPATH is harmless; changing them (for every child the
+                # kernel starts later, the user's included) is not: ask, unless a grant covers it.
+                try:
+                    permit = authority.authorize(
+                        cap,
+                        origin=f"guard:{event}",
+                        summary=check.summary,
+                        details=check.details,
+                        at_least_ask=True,
+                    )
+                except PermissionError as exc:
+                    return (PermissionError, (str(exc),))
+                authority.settle(permit, ok=True)
+                self._allowed(b, event, check, permit)
+                continue
             if authority.allowed_by_policy(cap):
                 b.counts[event] = b.counts.get(event, 0) + 1
                 if cap.kind == "net" and event != "socket.connect":
@@ -746,6 +764,18 @@ class _Handle:
 
 class _Refused(Exception):
     """Raised inside the vault for a refused command; becomes a PermissionError."""
+
+
+def _read_only_allow(authority: SessionAuthority, cap: Capability) -> bool:
+    """``cap`` is an ``env`` capability allowed only by a default harmless-name rule."""
+    if cap.kind != "env":
+        return False
+    verdict = authority.policy.decide(cap)
+    return (
+        verdict.effect is Effect.ALLOW
+        and verdict.rule is not None
+        and verdict.rule.source == HARMLESS_ENV
+    )
 
 
 def _sanitize(exc: BaseException) -> tuple[type[BaseException], tuple[Any, ...]]:

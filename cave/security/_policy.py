@@ -59,6 +59,9 @@ class Effect(str, enum.Enum):
 
 _STRICTNESS = {Effect.ALLOW: 0, Effect.ASK: 1, Effect.DENY: 2}
 
+HARMLESS_ENV = "default (harmless environment names, to read)"
+"""The source of the default ``allow env:...`` rules: they allow reading; writes still ask."""
+
 DEFAULT_SECRETS = ("/**/.env", "/**/.env.*", "/**/.git/**", "/**/.ssh/**", "/**/*.pem", "/**/*.key")
 """Paths that ask even inside the workspace: credentials and repository internals."""
 
@@ -302,8 +305,7 @@ def default_rules() -> tuple[Rule, ...]:
         Rule("env:*", Effect.ASK, d),
         Rule("tool:*", Effect.ASK, d),
     ]
-    harmless = "default (harmless environment names)"
-    rules += [Rule(f"env:{name}", Effect.ALLOW, harmless) for name in DEFAULT_ENV_ALLOW]
+    rules += [Rule(f"env:{name}", Effect.ALLOW, HARMLESS_ENV) for name in DEFAULT_ENV_ALLOW]
     return tuple(rules)
 
 

@@ -274,3 +274,33 @@ def test_a_thread_that_read_as_user_code_is_guarded_once_it_runs_agent_code(s2: 
     assert seen["user"] == SECRET and seen["after"] == SECRET
     assert isinstance(seen["agent"], PermissionError)
     assert s2.channel.capabilities == [f"env:{SECRET_NAME}"]
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "os.environ['PYTHONPATH'] = '/tmp/planted'",
+        "os.environ['PATH'] = '/tmp/planted:' + os.environ['PATH']",
+        "os.putenv('PATH', '/tmp/planted')",
+        "del os.environ['HOME']",
+    ],
+)
+def test_names_that_are_free_to_read_still_ask_to_be_changed(s2: Session, code: str) -> None:
+    """Changing PATH or PYTHONPATH would reach every child the kernel starts later (the user's
+    ``!python`` included), so the default rules that allow reading them do not allow writing."""
+    before = dict(os.environ)
+    out = s2.run("import os\n" + code)
+    assert out.denied, out.trace
+    assert len(s2.channel.requests) == 1 and s2.channel.capabilities[0].startswith("env:")
+    assert dict(os.environ) == before
+
+
+def test_an_explicit_allow_rule_lets_agent_code_change_a_name(tmp_path: Path) -> None:
+    s = _session(tmp_path, rules=(("env:CAVE_ENV_TEST_FREE", "allow"),))
+    try:
+        out = s.run("import os\nos.environ['CAVE_ENV_TEST_FREE'] = 'x'")
+        assert out.error is None and os.environ["CAVE_ENV_TEST_FREE"] == "x"
+        assert s.channel.requests == []
+    finally:
+        os.environ.pop("CAVE_ENV_TEST_FREE", None)
+        s.security.close()
