@@ -7,22 +7,25 @@ How it works, and why:
   class becomes ``GuardedEnviron``, and the dictionary behind them (``_data``, which is also
   ``posix.environ``) is taken out of every place Python code can reach and handed to the guard's
   vault (``EnvironVault``). ``posix.environ`` becomes ``os.environb``. ``GuardedEnviron`` holds no
-  data: each operation is one ``sys.audit("cave.env", ...)`` event that only the guard's hook
-  receives, so replacing its methods (or writing the class dictionary) gains agent code nothing.
+  data: on an agent thread each operation is one ``sys.audit("cave.env", ...)`` event that only
+  the guard's hook receives, so replacing its methods (or writing the class dictionary) gains
+  agent code nothing by itself (it can make a *user* thread copy the data out later: the
+  general monkeypatching bypass of ``docs/security.md``).
 * **Threads that are not agent code** (user cells, the kernel, Cave) get the real environment.
   The first read in such a thread asks the vault, which puts the dictionary in that thread's
   slot of a ``threading.local``; later reads use it directly (one more dictionary lookup than
   stock CPython: ``benchmarks/bench_environ.py``). The vault empties the slot when the thread
   enters ``agent_code()``, and threads started by agent code never get one, so an agent thread
   always goes through the vault.
-* **Agent threads**: a name the policy allows (``default_env_rules``: ``PATH``, ``HOME``,
+* **Agent threads**: a name the policy allows (``DEFAULT_ENV_ALLOW``: ``PATH``, ``HOME``,
   ``LANG``, ``LC_*``, ``PYTHON*``, ...), a name a session grant covers, or a name the agent set
   itself is read freely (counted in the step's ``guard.summary`` record); any other *set* name is
   decided by the ``env.get`` primitive, the one decision point for ``env:NAME`` (policy, grants,
   approval, audit record). A name that is not set reads as "not set" without asking: there is no
   secret to protect, and libraries probe many (``NUMPY_*``, ``PANDAS_*``) at import.
   Iterating (``keys()``, ``items()``, ``dict(os.environ)``, ``copy()``, ``repr``, ``len``) shows
-  only the freely readable names and never asks. Writes and deletes are ``env:NAME`` too.
+  only the freely readable names and never asks. Writes and deletes are ``env:NAME`` too, and
+  the default rules (source ``HARMLESS_ENV``) do not cover them: changing ``PATH`` asks.
 * **Children**: ``subprocess`` and ``multiprocessing`` children started by agent code without an
   ``env=`` get only the freely readable names (the guard's ``fork_exec`` forwarder fills it in);
   ``os.posix_spawn(..., os.environ)`` reads the guarded mapping; ``os.system`` is replaced by a
