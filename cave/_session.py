@@ -168,13 +168,15 @@ class Session:
         """Whether a turn could reach a model: a model object, an endpoint, a key or a script."""
         if self._model is not None or self.model_settings.base_url or os.environ.get(SCRIPT_ENV):
             return True
-        from .models._credentials import get_key
+        from .models._credentials import get_key, route
 
         name = self.model_settings.name or os.environ.get(MODEL_ENV) or ""
         if name.startswith("openai"):
-            return bool(get_key("openai") or os.environ.get("OPENAI_BASE_URL"))
+            return bool(get_key("openai") or os.environ.get("OPENAI_BASE_URL") or route("openai"))
         return bool(
             get_key("anthropic")
+            or route("anthropic")
+            or route("anthropic_auth_token")
             or os.environ.get("ANTHROPIC_API_KEY")
             or os.environ.get("ANTHROPIC_BASE_URL")
         )

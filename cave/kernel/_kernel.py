@@ -1,8 +1,9 @@
 """CaveKernel: the stock IPython kernel plus agent cells. Deliberately thin.
 
-It sets kernel info, takes provider keys out of ``os.environ``, installs the agent-cell transformer
-and magics, makes the stop button reach a running turn, and wires checkpoints: auto-checkpoint
-after each turn, and resume from a checkpoint at start. Everything else lives below it.
+It sets kernel info, hands provider keys to a credential-holding process, installs the
+agent-cell transformer and magics, makes the stop button reach a running turn, and wires
+checkpoints: auto-checkpoint after each turn, and resume from a checkpoint at start. Everything
+else lives below it.
 """
 
 from __future__ import annotations
@@ -100,9 +101,9 @@ class CaveKernel(IPythonKernel):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        from ..models._credentials import take_provider_keys_from_environ
+        from ..models._credentials import start_credential_process
 
-        take_provider_keys_from_environ()
+        start_credential_process()
         self._loop: asyncio.AbstractEventLoop | None = None
         install_agent_cells(self.shell)
         from .._session import current_session, set_session_factory

@@ -120,8 +120,12 @@ def _key_command(provider: str = "anthropic") -> None:
     key = getpass.getpass(f"{provider} API key (not echoed, not stored on disk): ").strip()
     if not key:
         raise ConfigError("No key entered; nothing changed.")
-    set_key(provider, key)
-    current_session().set_model(settings=current_session().model_settings)
+    settings = current_session().model_settings
+    uses_openai = (settings.name or "").startswith("openai")  # the key goes to this endpoint
+    same = (provider == "openai") == uses_openai
+    set_key(provider, key, base_url=settings.base_url if same else None)
+    del key
+    current_session().set_model(settings=settings)
     print(
         "Key set for this kernel. It is kept out of os.environ, so agent code cannot read it there."
     )

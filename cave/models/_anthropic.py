@@ -101,7 +101,8 @@ class AnthropicModel:
     ) -> None:
         """Resolve the key and endpoint now, so a missing key shows in the first ``%%agent`` cell.
 
-        Key: ``api_key``, else the stored key (``_credentials``), else ``ANTHROPIC_API_KEY``, else
+        Key: ``api_key``, else Cave's credential process (requests go through it and it adds the
+        key), else the stored key (``_credentials``), else ``ANTHROPIC_API_KEY``, else
         an ``ANTHROPIC_AUTH_TOKEN`` (stored or in the environment). Endpoint: ``base_url``, else
         ``ANTHROPIC_BASE_URL``. With an endpoint but no key, a placeholder key is sent.
         ``max_tokens`` caps each request's own ``max_tokens`` (the smaller one is used); it is
@@ -115,6 +116,25 @@ class AnthropicModel:
 
         base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
         auth_token: str | None = None
+        route = None
+        if api_key is None:  # a key in Cave's credential process: go through it
+            route = _credentials.route("anthropic", base_url) or _credentials.route(
+                "anthropic_auth_token", base_url
+            )
+        if route is not None:
+            self.name = model
+            self.max_tokens = max_tokens
+            self._client: Any = anthropic.Anthropic(
+                api_key=route.token if route.header == "x-api-key" else None,
+                auth_token=route.token if route.header == "authorization" else None,
+                base_url=route.base_url, max_retries=max_retries,
+                timeout=anthropic.Timeout(timeout, read=min(timeout, stream_idle_timeout)),
+                http_client=_uds_client(anthropic, route.uds),
+            )
+            self.stream_idle_timeout = min(timeout, stream_idle_timeout)
+            self.base_url = (base_url or _credentials.default_upstream("anthropic")).rstrip("/")
+            self._relay = StreamRelay("cave-anthropic-stream")
+            return
         if api_key is None:
             api_key = _credentials.get_key("anthropic") or os.environ.get("ANTHROPIC_API_KEY")
         if not api_key:
@@ -128,7 +148,7 @@ class AnthropicModel:
         self.name = model
         self.max_tokens = max_tokens
         # Explicit credentials: the SDK then reads no key, profile or token from the environment.
-        self._client: Any = anthropic.Anthropic(
+        self._client = anthropic.Anthropic(
             api_key=api_key, auth_token=auth_token, base_url=base_url, max_retries=max_retries,
             timeout=anthropic.Timeout(timeout, read=min(timeout, stream_idle_timeout)),
         )
@@ -298,6 +318,17 @@ def _is_read_timeout(exc: BaseException) -> bool:
         if type(e).__name__ == "ReadTimeout":
             return True
     return False
+
+
+def _uds_client(anthropic: Any, path: str) -> Any:
+    """The SDK's own HTTP client class over the credential process's unix socket (the SDK may
+    use ``httpx`` or its fork ``httpx2``, and refuses the other's objects)."""
+    import importlib
+
+    client_class = anthropic.DefaultHttpxClient
+    base = next(c for c in client_class.__mro__[1:] if c.__name__ == "Client")
+    http = importlib.import_module(base.__module__.partition(".")[0])
+    return client_class(transport=http.HTTPTransport(uds=path))
 
 
 def _plain_block(block: Any) -> dict[str, Any]:

@@ -106,20 +106,29 @@ class OpenAICompatModel:
         if max_retries < 0 or timeout <= 0:
             raise ConfigError(f"max_retries must be >= 0 and timeout > 0 (got {max_retries}, "
                               f"{timeout}).")
-        if api_key is None:
+        route = _credentials.route("openai", base_url) if api_key is None else None
+        if api_key is None and route is None:
             api_key = _credentials.get_key("openai") or os.environ.get("OPENAI_API_KEY") or None
         self.name = model
         self.base_url = base_url.rstrip("/")
+        self._endpoint = self.base_url if route is None else route.base_url
+        """Where requests go: ``base_url``, or Cave's credential process, which adds the key."""
         self.tools = tools
         self.max_retries = max_retries
         self.last_usage_estimated = False
         """True when the last reply's usage is an estimate (the server sent none)."""
         self._headers = {"accept": "text/event-stream"}
+        if route is not None:
+            api_key = route.token
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
         self.stream_idle_timeout = min(timeout, stream_idle_timeout)
-        self._client: Any = httpx.Client(timeout=httpx.Timeout(
-            timeout, connect=min(timeout, 30.0), read=self.stream_idle_timeout))
+        transport = None if route is None else httpx.HTTPTransport(uds=route.uds)
+        self._client: Any = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0),
+                                  read=self.stream_idle_timeout),
+            transport=transport,
+        )
         self._relay = StreamRelay("cave-openai-stream")
 
     def __repr__(self) -> str:
@@ -169,7 +178,7 @@ class OpenAICompatModel:
         """Worker: POST (with retries), put ("text", str)... then ("done", ChunkAccumulator)."""
         import httpx
 
-        url = self.base_url + "/chat/completions"
+        url = self._endpoint + "/chat/completions"
         for attempt in range(self.max_retries + 1):
             delay: float | None = None
             try:
@@ -315,7 +324,8 @@ def model_from_name(name: str, base_url: str | None = None, *, api_key: str | No
         )
     base_url = base_url or os.environ.get(BASE_URL_ENV) or None
     if base_url is None:
-        if not (api_key or _credentials.get_key("openai") or os.environ.get("OPENAI_API_KEY")):
+        if not (api_key or _credentials.get_key("openai") or os.environ.get("OPENAI_API_KEY")
+                or _credentials.route("openai", OPENAI_URL)):
             raise ConfigError(
                 f"{name!r} needs an endpoint: set {BASE_URL_ENV} or pass --base-url, for example "
                 "http://localhost:11434/v1 (Ollama), http://localhost:8000/v1 (vLLM), "

@@ -130,6 +130,7 @@ class ChildAuthority(SessionAuthority):
         details: Mapping[str, Any] | None = None,
         code_line: str | None = None,
         grant_as: str | None = None,
+        at_least_ask: bool = False,
     ) -> Permit:
         if held(self.parent, capability) is Effect.DENY:
             self._record_denial(
@@ -163,4 +164,5 @@ class ChildAuthority(SessionAuthority):
             details={**(details or {}), "agent": self.label},
             code_line=code_line,
             grant_as=grant_as,
+            at_least_ask=at_least_ask,
         )

@@ -116,8 +116,12 @@ class SessionAuthority:
         details: Mapping[str, Any] | None = None,
         code_line: str | None = None,
         grant_as: str | None = None,
+        at_least_ask: bool = False,
     ) -> Permit:
         """A permit, or ``PermissionError`` saying why not.
+
+        ``at_least_ask``: an ``allow`` verdict asks anyway (a grant still counts); the guard uses
+        it for writes to environment names the default policy lets agent code *read*.
 
         ``origin``: what asked (``fs.write`` for a primitive, ``guard:open`` for a raw event).
         ``grant_as``: the capability an approval grants, if broader than the request (a
@@ -148,7 +152,7 @@ class SessionAuthority:
                 f"{grant.scope} grant {grant.id}",
                 grant if grant.scope == ONCE else None,
             )
-        if verdict.effect is Effect.ALLOW:
+        if verdict.effect is Effect.ALLOW and not at_least_ask:
             return Permit(capability, "policy", verdict.reason)
         return self._ask(capability, verdict, origin, summary, details or {}, code_line, grant_as)
 
@@ -254,6 +258,14 @@ class SessionAuthority:
         if capability.kind in FS_KINDS and self._protected(capability) is not None:
             return False
         return self._policy.decide(capability).effect is Effect.ALLOW
+
+    def session_grant_covers(self, capability: Capability) -> bool:
+        """A session grant covers ``capability`` and nothing denies it (no permit needed)."""
+        if self.is_denied(capability):
+            return False
+        with self._lock:
+            grant = self._grants.find(capability)
+        return grant is not None and grant.scope == SESSION
 
     def is_denied(self, capability: Capability) -> bool:
         """Denied by a protected path or a deny rule (grants and approvals cannot change it)."""
