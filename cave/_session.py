@@ -99,6 +99,13 @@ class Session:
         """Called with (session, completed) when a turn ends, in the turn's thread, still holding
         the turn lock (auto-checkpoints). A hook that raises is reported on stderr; it never
         replaces the turn's result or error."""
+        self.mode = "guard"
+        """Where agent code runs: ``"guard"`` (the kernel) or ``"strict"`` (a confined worker);
+        change it with :meth:`set_mode`."""
+        from .strict._process import StrictSettings
+
+        self.strict_settings = StrictSettings()
+        """Limits of the strict-mode worker (per-step memory, stop grace period)."""
         self.checkpoint_store: str | None = None
         """Where checkpoints go: a directory or fsspec URL; None means ``$CAVE_CHECKPOINTS`` or
         ``<directory>/checkpoints``."""
@@ -178,6 +185,20 @@ class Session:
         self.primitives_doc = self.security.describe_primitives()
         return self.security
 
+    def set_mode(self, mode: str) -> None:
+        """Switch to ``"strict"`` or ``"guard"``; strict raises (with the reason) if it cannot be
+        enforced here, and the mode stays as it was."""
+        from .strict._mode import MODES, enter_strict, leave_strict
+
+        if mode not in MODES:
+            raise ConfigError(f"Unknown mode {mode!r}: use one of {', '.join(MODES)}.")
+        with self.exclusive(f"switch to {mode} mode"):
+            if mode == "strict":
+                enter_strict(self)
+            else:
+                leave_strict(self)
+            self.mode = mode
+
     # -- turns ------------------------------------------------------------------------------
     def ask(
         self,
@@ -196,6 +217,15 @@ class Session:
         completed = False
         try:
             self.ensure_security()
+            code_context = self.code_context
+            if self.mode != "guard":  # no silent fallback: start the worker or fail the turn
+                from .strict._mode import MODES, enter_strict
+
+                if self.mode not in MODES:
+                    raise ConfigError(f"Mode {self.mode!r} is not a mode: `%cave mode strict` or "
+                                      "`%cave mode guard` (c.CaveKernel.mode, cave.toml mode).")
+                enter_strict(self)
+                code_context = None  # the broker enters the guard for each request instead
             self._run_hooks(self.before_turn)
             agent = Agent(
                 self.runtime,
@@ -204,7 +234,7 @@ class Session:
                 history=self.history,
                 primitives_doc=self.primitives_doc,
                 audit=self.audit,
-                code_context=self.code_context,
+                code_context=code_context,
                 echo=echo,
             )
             self._active = agent

@@ -63,6 +63,19 @@ class CaveKernel(IPythonKernel):
         "default $CAVE_AUTOCHECKPOINT_KEEP or 20.",
     )
 
+    mode = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="Where agent code runs: 'guard' (in the kernel) or 'strict' (a confined worker "
+        "process); default: mode in cave.toml, else guard. Strict fails loudly if unsupported.",
+    )
+    strict_step_memory = Int(
+        8 * 2**30,
+        config=True,
+        help="Strict mode: bytes of address space one agent step may add (0: no limit).",
+    )
+
     @default("resume")
     def _resume_default(self) -> str | None:
         return os.environ.get(RESUME_ENV) or None
@@ -112,6 +125,14 @@ class CaveKernel(IPythonKernel):
             channel_factory=lambda session: make_channel(session, self),
         )
         session.checkpoint_store = self.checkpoints
+        from ..strict._mode import MODES, configured_mode
+
+        mode = self.mode or configured_mode(session.workspace) or "guard"
+        if mode not in MODES:  # a typo must not silently weaken: every turn reports it
+            self.log.error("c.CaveKernel.mode=%r is not a mode; use strict or guard", self.mode)
+        session.mode = mode
+        session.strict_settings = session.strict_settings.with_step_memory(
+            self.strict_step_memory or None)
         if self.autocheckpoint:
             from ..checkpoint._autocheckpoint import enable_autocheckpoint
 

@@ -20,6 +20,7 @@ CAVE_USAGE = """\
 %cave key [openai]          enter an API key without echoing it (Anthropic by default)
 %cave reset                 forget the conversation (the agent's variables stay)
 %cave policy [...]          show or change the security policy (when the security layer is on)
+%cave mode [strict|guard]   where agent code runs: a confined worker process, or the kernel
 """
 
 _extra_commands: dict[str, Any] = {}
@@ -66,6 +67,10 @@ class CaveMagics(Magics):
         elif command == "reset":
             current_session().reset_conversation()
             print("Conversation cleared; the agent's variables are kept.")
+        elif command == "mode":
+            from ._mode_command import mode_command
+
+            mode_command(rest)
         elif command in _extra_commands:
             _extra_commands[command](rest)
         else:
