@@ -21,7 +21,8 @@ log when they are built: whoever catches one decides whether it is worth a log l
     ├── CheckpointError             a checkpoint that cannot be saved or restored
     │   ├── CheckpointNotFound
     │   └── CheckpointTampered      signature or hash mismatch: refused before unpickling
-    └── ToolError                   a Deno tool that failed to register, start or answer
+    ├── ToolError                   a Deno tool that failed to register, start or answer
+    └── StrictModeUnavailable       the OS cannot confine strict mode's worker here (reasons)
 
 A *denial* is not a CaveError: primitives and the guard raise the built-in `PermissionError`,
 because that is what agent code (and the model reading its traceback) already knows how to handle.
@@ -189,3 +190,20 @@ class CheckpointTampered(CheckpointError):
 
 class ToolError(CaveError):
     """A Deno tool that failed to register, start, or answer."""
+
+
+class StrictModeUnavailable(CaveError):
+    """Strict mode cannot be enforced here: the OS lacks what the confinement needs.
+
+    Raised instead of confining partially: a worker that is only half confined must not run
+    agent code believing it is strict.
+    """
+
+    def __init__(self, reasons: tuple[str, ...] | list[str]) -> None:
+        self.reasons = tuple(reasons)
+        lines = "\n".join(f"  * {r}" for r in self.reasons) or "  * (no reason given)"
+        super().__init__(
+            "Strict mode cannot be enforced on this machine:\n"
+            f"{lines}\n"
+            "Nothing was run unconfined. Fix the above, or stay in guard mode (`%cave mode guard`)."
+        )

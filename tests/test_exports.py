@@ -10,6 +10,7 @@ PUBLIC = {
     "ModelError", "ModelResponseError", "NameNotFound", "PolicyFileError", "RuntimeStateError",
     "ToolError", "TurnInterrupted", "TurnStopped", "TypeChangeRefused", "__version__", "inject",
     "load_ipython_extension", "retrieve", "session", "set_model", "update",
+    "StrictModeUnavailable",
 }
 
 
@@ -23,7 +24,7 @@ def test_every_error_is_a_cave_error_with_a_fix_in_its_message() -> None:
     errors = [getattr(cave, n) for n in cave.__all__ if n.endswith(("Error", "Broken", "Key",
                                                                      "Found", "Tampered", "Refused",
                                                                      "Reached", "Interrupted",
-                                                                     "Stopped"))]
+                                                                     "Stopped", "Unavailable"))]
     assert all(issubclass(e, cave.CaveError) for e in errors)
     message = str(cave.MissingAPIKey())
     assert "ANTHROPIC_API_KEY" in message and "ANTHROPIC_BASE_URL" in message
