@@ -42,6 +42,9 @@ from ._unpickle import safe_loads
 __all__ = ["StrictExecutor"]
 
 _MERGEABLE = (list, dict, set)
+_OPAQUE = b"opaque"
+"""Fingerprint of an object whose in-place changes cannot be seen (it does not pickle plainly):
+it is sent again only when its name is rebound."""
 
 
 class StrictExecutor:
@@ -337,16 +340,7 @@ class StrictExecutor:
         return out
 
     def _fingerprint(self, obj: Any) -> bytes | None:
-        import cloudpickle
-
-        h = self.regions.fingerprint(obj)
-        if h is not None:
-            return h
-        try:
-            packed = self.regions.dumps(obj, share=False, pickler=cloudpickle.dumps)
-        except Exception:
-            return None
-        return repr((packed.data, packed.refs)).encode()
+        return self.regions.fingerprint(obj)
 
     def _sync(self) -> tuple[dict[str, Any], list[int]]:
         """What the worker must learn before this step: sets, deletions, regions, imports."""
@@ -361,14 +355,14 @@ class StrictExecutor:
         for name, obj in current:
             prev = self._synced.get(name)
             if prev is not None and prev[0] == id(obj):
-                if prev[1] is not None and self._fingerprint(obj) == prev[1]:
+                if prev[1] == _OPAQUE or self._fingerprint(obj) == prev[1]:
                     continue
             try:
                 packed = self.regions.dumps(obj, pickler=cloudpickle.dumps)
             except Exception as exc:
                 self._note(f"[strict mode] {name!r} ({type(obj).__name__}) cannot be sent to the "
                            f"worker and is not available to agent code: {exc}")
-                self._synced[name] = (id(obj), None, frozenset())
+                self._synced[name] = (id(obj), _OPAQUE, frozenset())
                 continue
             if packed.new_regions:  # the one copy: from now on the kernel holds the shared one
                 import pickle
@@ -376,7 +370,7 @@ class StrictExecutor:
                 obj = pickle.loads(packed.data, buffers=self.regions.buffers(packed))
                 self.namespace[name] = obj
             sets.append((name, packed.data, packed.refs))
-            self._synced[name] = (id(obj), self._fingerprint(obj),
+            self._synced[name] = (id(obj), self._fingerprint(obj) or _OPAQUE,
                                   frozenset(r[0] for r in packed.refs))
         needed = [rid for _, _, refs in sets for rid, _, _ in refs]
         regions = [rid for rid in dict.fromkeys(needed) if rid not in self._worker_regions]
@@ -456,7 +450,8 @@ class StrictExecutor:
                 old.update(obj)
             obj = old
         self.namespace[name] = obj
-        self._synced[name] = (id(obj), self._fingerprint(obj), frozenset(r[0] for r in refs))
+        self._synced[name] = (id(obj), self._fingerprint(obj) or _OPAQUE,
+                              frozenset(r[0] for r in refs))
 
     def _collect_regions(self) -> None:
         keep: set[str] = set()

@@ -11,18 +11,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .._errors import ConfigError
+from .._errors import ConfigError, StrictModeUnavailable
 
 __all__ = ["MODES", "allowed_environment", "enter_strict", "leave_strict", "mode_text"]
 
 MODES = ("guard", "strict")
-
-
-def _unavailable(reason: str) -> Exception:
-    from .. import _errors
-
-    cls = getattr(_errors, "StrictModeUnavailable", ConfigError)
-    return cls(reason) if cls is ConfigError else cls(reason)  # type: ignore[no-any-return]
 
 
 def allowed_environment(security: Any) -> dict[str, str]:
@@ -46,11 +39,7 @@ def enter_strict(session: Any) -> Any:
 
     support = strict_support()
     if not support.available:
-        raise _unavailable(
-            "Strict mode cannot be enforced on this machine, so it was not switched on:\n"
-            + "\n".join(f"  * {r}" for r in support.reasons)
-            + "\nAgent code keeps running in guard mode only if you say so: `%cave mode guard`."
-        )
+        raise StrictModeUnavailable(support.reasons)
     current = getattr(session.runtime, "executor", None)
     if isinstance(current, StrictExecutor):
         return current
@@ -69,9 +58,7 @@ def enter_strict(session: Any) -> Any:
         executor._ensure_worker()
     except _StartFailed as exc:
         executor.close()
-        raise _unavailable(
-            f"Strict mode could not confine its worker, so it was not switched on: {exc}"
-        ) from None
+        raise StrictModeUnavailable((f"the worker could not confine itself: {exc}",)) from None
     session.runtime.use_executor(executor)
     return executor
 

@@ -21,6 +21,9 @@ import traceback
 from typing import Any
 
 _FIXED = frozenset({"exit", "quit", "__builtins__", "__name__"})
+_OPAQUE = b"opaque"
+"""Fingerprint of an object whose changes cannot be seen (unpicklable here): sent again only
+when the name is rebound."""
 
 
 class _BrokerError(Exception):
@@ -93,9 +96,15 @@ class Worker:
     # -- broker requests ------------------------------------------------------------------------
     def request(self, kind: str, **fields: Any) -> tuple[Any, list[int]]:
         import pickle
+        import signal
 
-        self.channel.send({"op": "req", "kind": kind, **fields})
-        reply, fds = self.channel.recv(pickle.loads)
+        # A stop (SIGINT) waits until the reply is in: a half-read message would break the channel.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self.channel.send({"op": "req", "kind": kind, **fields})
+            reply, fds = self.channel.recv(pickle.loads)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         if reply.get("op") != "resp":
             raise _BrokerError(f"protocol error: expected a reply, got {reply.get('op')!r}")
         if reply.get("error") is not None:
@@ -117,7 +126,7 @@ class Worker:
                 return
             except KeyboardInterrupt:  # a stop that arrived between steps
                 continue
-            if message.get("op") == "run":
+            if message.get("op") == "run":  # (a late reply to an interrupted request: ignored)
                 self.step(message, fds)
             elif message.get("op") == "bye":
                 return
@@ -166,7 +175,7 @@ class Worker:
             packed = Packed(data, tuple(refs))
             obj = pickle.loads(data, buffers=self.regions.buffers(packed))
             self.namespace[name] = obj
-            self.last[name] = (id(obj), self.regions.fingerprint(obj))
+            self.last[name] = (id(obj), self.regions.fingerprint(obj) or _OPAQUE)
         for name in message.get("delete", ()):
             self.namespace.pop(name, None)
             self.last.pop(name, None)
@@ -257,21 +266,21 @@ class Worker:
         for name, obj in current:
             prev = self.last.get(name)
             if prev is not None and prev[0] == id(obj):
-                if prev[1] is not None and self.regions.fingerprint(obj) == prev[1]:
+                if prev[1] == _OPAQUE or self.regions.fingerprint(obj) == prev[1]:
                     continue
             try:
                 packed = self.regions.dumps(obj)
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {str(exc)[:200]}"
                 unpicklable.append((name, type_name(obj), reason))
-                self.last[name] = (id(obj), None)
+                self.last[name] = (id(obj), _OPAQUE)
                 continue
             if packed.new_regions:  # hold the shared copy from now on, as the kernel will
                 obj = pickle.loads(packed.data, buffers=self.regions.buffers(packed))
                 self.namespace[name] = obj
                 new_regions += packed.new_regions
             changed.append((name, packed.data, packed.refs))
-            self.last[name] = (id(obj), self.regions.fingerprint(obj))
+            self.last[name] = (id(obj), self.regions.fingerprint(obj) or _OPAQUE)
         fds = [self.regions.take_fd(rid) for rid in new_regions]
         report = {"changed": changed, "unpicklable": unpicklable, "deleted": deleted,
                   "modules": dict(self.modules), "regions": new_regions}
