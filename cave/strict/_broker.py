@@ -10,7 +10,8 @@ log as when agent code runs in the kernel (guard mode), because it *is* the same
   cannot make an inet socket, and the guard checks ``net:host:port``);
 * ``run``: a finished process's exit status and output (argv only, run with the environment the
   policy allows, in its own process group, killed at its timeout);
-* ``env``: one environment value, asked and audited as ``env:NAME`` (the ``env`` primitive);
+* ``env``: one environment value, asked and audited as ``env:NAME`` (the ``env`` primitive); a
+  name that is not set is answered "not set" at once (its absence is not a secret);
 * ``primitive``: a call of ``fs``/``shell``/``net``/``env``/``human`` with plain-data arguments.
 
 Arguments are checked for type here: the worker is confined code, so nothing it sends is trusted.
@@ -54,6 +55,11 @@ class Broker:
         try:
             if method is None:
                 raise ValueError(f"unknown broker request {kind!r}")
+            if kind == "env" and isinstance(message.get("name"), str) \
+                    and message["name"] not in os.environ:
+                # Libraries probe many unset variables; "not set" tells nothing secret, so it
+                # is answered without asking (and without an audit record).
+                return {"op": "resp", "value": None, "error": None}, []
             security = self._security()
             if security is None:
                 raise PermissionError("strict mode has no security layer to decide this request")

@@ -397,6 +397,11 @@ class StrictExecutor:
                 self._worker_regions.add(rid)
             except (OSError, ValueError) as exc:
                 self._note(f"[strict mode] refused shared memory from the worker: {exc}")
+        for item in message.get("not_received") or []:
+            name, reason = (str(x) for x in item)
+            if self._synced.pop(name, None) is not None:
+                self._note(f"[strict mode] `{name}` could not be loaded in the worker ({reason}); "
+                           "it is sent again at the next step.")
         for name in message.get("deleted") or []:
             if isinstance(name, str) and name in self._synced:
                 self.namespace.pop(name, None)

@@ -173,7 +173,13 @@ class Worker:
                 pass
         for name, data, refs in message.get("set", ()):
             packed = Packed(data, tuple(refs))
-            obj = pickle.loads(data, buffers=self.regions.buffers(packed))
+            try:
+                obj = pickle.loads(data, buffers=self.regions.buffers(packed))
+            except Exception as exc:  # the kernel keeps it and tries again at the next step
+                self.receive_errors.append((name, f"{type(exc).__name__}: {str(exc)[:200]}"))
+                self.namespace.pop(name, None)
+                self.last.pop(name, None)
+                continue
             self.namespace[name] = obj
             self.last[name] = (id(obj), self.regions.fingerprint(obj) or _OPAQUE)
         for name in message.get("delete", ()):
@@ -183,6 +189,7 @@ class Worker:
 
     def step(self, message: dict[str, Any], fds: list[int]) -> None:
         value_repr = error = html = None
+        self.receive_errors: list[tuple[str, str]] = []
         try:
             self._receive(message, fds)
             self._bind_fixed()
@@ -194,7 +201,8 @@ class Worker:
         report, out_fds = self._changes(message.get("value_chars", 2000))
         try:
             self.channel.send({"op": "done", "value_repr": value_repr, "html": html,
-                               "error": error, **report}, out_fds)
+                               "error": error, "not_received": self.receive_errors, **report},
+                              out_fds)
         finally:
             for fd in out_fds:
                 os.close(fd)

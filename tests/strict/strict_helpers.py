@@ -13,6 +13,7 @@ import pytest
 from cave.security._confinement import strict_support
 from cave.testing import KernelHarness, ScriptedKernel
 
+HARMLESS_ENV = ("HOME", "PATH", "LANG", "LC_ALL", "TZ", "TERM", "USER", "SHELL")
 CLICK = {"method": "custom", "content": {"event": "click"}}
 
 needs_strict = pytest.mark.skipif(
@@ -29,6 +30,10 @@ class StrictKernel(ScriptedKernel):
         workspace = root / "workspace"
         for d in (self.outside, workspace):
             d.mkdir(parents=True, exist_ok=True)
+        # Libraries read these while importing (pandas reads HOME); the environment rule's own
+        # defaults (issue-10-secrets) allow them too.
+        (workspace / "cave.toml").write_text(
+            "[policy]\n" + "".join(f'"env:{n}" = "allow"\n' for n in HARMLESS_ENV))
         super().__init__(workspace=workspace,
                          env={"CAVE_SESSION_DIR": str(workspace / ".cave"), **(env or {})})
 

@@ -52,7 +52,7 @@ def test_dataframe_filter_and_in_place_edits_reach_the_user(k: StrictKernel) -> 
     assert k.value("cave.retrieve('big').a.min()") == "199990.0"
     # In place: the list is merged back into the user's own object; the frame's shared column
     # is the one cave.retrieve returns.
-    assert k.value("items, cave.retrieve('items')") == "([1, 2, 3, 4], [1, 2, 3, 4])"
+    assert k.value("items, cave.retrieve('items')") == "[1, 2, 3, 4] [1, 2, 3, 4]"
     assert k.value("cave.retrieve('df').iloc[0, 0]") == "-1.0"
     # The injected frame is shared memory now: the kernel's copy and the worker's are one.
     shared = k.value("cave.retrieve('df')._mgr.blocks[0].values.base is not None")
