@@ -450,7 +450,7 @@ class StrictExecutor:
         if type(old) is type(obj) and isinstance(obj, _MERGEABLE):
             if isinstance(old, list):
                 old[:] = obj
-            else:
+            elif isinstance(old, (dict, set)):
                 old.clear()
                 old.update(obj)
             obj = old

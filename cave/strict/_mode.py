@@ -75,7 +75,6 @@ def leave_strict(session: Any) -> None:
 
 def mode_text(session: Any) -> str:
     from ..security._confinement import strict_support
-
     from ._executor import StrictExecutor
 
     executor = getattr(session.runtime, "executor", None)
@@ -95,8 +94,9 @@ def mode_text(session: Any) -> str:
 
 def configured_mode(workspace: Any) -> str | None:
     """``mode = "strict"|"guard"`` at the top of cave.toml (project file, else user file)."""
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     from ..security._policy_file import PROJECT_FILE, user_policy_file
 

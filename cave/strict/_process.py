@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-
 from ._channel import Channel, pair
 from ._unpickle import safe_loads
 

@@ -23,7 +23,6 @@ import itertools
 import mmap
 import os
 import pickle
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -1,4 +1,4 @@
-"""The worker's convenience layer: plain Python reaches files, sockets, processes through the broker.
+"""The worker's convenience layer: plain Python reaches files, sockets, processes via the broker.
 
 Installed in the confined worker before agent code runs. ``open``/``io.open``/``os.open`` (and so
 ``pathlib`` and ``pandas.read_csv``), ``os.listdir``, ``subprocess.run``/``call``/``check_call``/
@@ -116,7 +116,9 @@ class _Layer:
             names = self.listdir(fds[0])
         finally:
             os.close(fds[0])
-        return [os.fsencode(n) for n in names] if isinstance(path, bytes) else names
+        if isinstance(path, bytes):
+            return [os.fsencode(n) for n in names]  # type: ignore[misc]
+        return names
 
     # -- processes -----------------------------------------------------------------------
     def run(self, args: Any, *, input: Any = None, capture_output: bool = False,
@@ -287,13 +289,16 @@ def _socket_class(layer: _Layer) -> type:
     return BrokeredSocket
 
 
+_DEFAULT: Any = getattr(socket, "_GLOBAL_DEFAULT_TIMEOUT", object())
+
+
 def install(request: Request, *, read_roots: tuple[str, ...], write_roots: tuple[str, ...],
             env: dict[str, str]) -> None:
     """Patch the worker's modules so plain Python goes through the broker (see module doc)."""
     layer = _Layer(request, read_roots, write_roots)
-    builtins.open = layer.patched_open  # type: ignore[assignment]
-    io.open = layer.patched_open  # type: ignore[assignment]
-    os.open = layer.patched_os_open  # type: ignore[assignment]
+    builtins.open = layer.patched_open
+    io.open = layer.patched_open
+    os.open = layer.patched_os_open
     os.listdir = layer.patched_listdir  # type: ignore[assignment]
     subprocess.run = layer.run  # type: ignore[assignment]
 
@@ -307,27 +312,27 @@ def install(request: Request, *, read_roots: tuple[str, ...], write_roots: tuple
         kwargs.setdefault("stdout", subprocess.PIPE)
         return layer.run(*args, check=True, **kwargs).stdout
 
-    subprocess.call = call  # type: ignore[assignment]
-    subprocess.check_call = check_call  # type: ignore[assignment]
-    subprocess.check_output = check_output  # type: ignore[assignment]
+    subprocess.call = call
+    subprocess.check_call = check_call
+    subprocess.check_output = check_output
     _BrokeredPopen._layer = layer
     subprocess.Popen = _BrokeredPopen  # type: ignore[assignment, misc]
     os.system = layer.system  # type: ignore[assignment]
 
     real_socket = socket.socket
     sock_cls = _socket_class(layer)
-    socket.socket = sock_cls  # type: ignore[misc]
+    socket.socket = sock_cls  # type: ignore[misc, assignment]
 
-    def create_connection(address: Any, timeout: Any = socket._GLOBAL_DEFAULT_TIMEOUT,
+    def create_connection(address: Any, timeout: Any = _DEFAULT,
                           source_address: Any = None, **_ignored: Any) -> socket.socket:
-        wait = None if timeout is socket._GLOBAL_DEFAULT_TIMEOUT else timeout
+        wait = None if timeout is _DEFAULT else timeout
         fd = layer.connected_fd(address[0], address[1], wait)
         s = real_socket(fileno=fd)
         if wait is not None:
             s.settimeout(wait)
         return s
 
-    socket.create_connection = create_connection  # type: ignore[assignment]
+    socket.create_connection = create_connection
     real_getaddrinfo = socket.getaddrinfo
 
     def getaddrinfo(host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0,
@@ -340,5 +345,5 @@ def install(request: Request, *, read_roots: tuple[str, ...], write_roots: tuple
             kind = type or socket.SOCK_STREAM
             return [(socket.AF_INET, kind, proto or 6, "", (host, int(port or 0)))]
 
-    socket.getaddrinfo = getaddrinfo  # type: ignore[assignment]
-    os.environ = _Environ(env, request)  # type: ignore[assignment]
+    socket.getaddrinfo = getaddrinfo
+    os.environ = _Environ(env, request)  # type: ignore[assignment]  # noqa: B003 - replaced on purpose

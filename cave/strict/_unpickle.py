@@ -4,10 +4,10 @@
 would hand confined code a way to run code in the kernel. This loader resolves only the names on
 an allow-list: plain containers and scalars, ``datetime``/``decimal``/``fractions``/``uuid``/
 ``collections`` types, numpy's array and dtype reconstruction, and pandas' own classes and
-reconstruction helpers (frame, series, indexes, internals, arrays, dtypes, tslibs) (the ones a DataFrame, Series,
-Index or Categorical pickles through). Anything else (a function or class the agent defined, a
-generator, an arbitrary library object) is refused with :class:`Refused`, and the caller keeps a
-:class:`~cave.strict._sharing.WorkerOnly` placeholder for it instead.
+reconstruction helpers (frame, series, indexes, internals, arrays, dtypes, tslibs: what a
+DataFrame, Series, Index or Categorical pickles through). Anything else (a function or class
+the agent defined, a generator, an arbitrary library object) is refused with :class:`Refused`,
+and the caller keeps a :class:`~cave.strict._sharing.WorkerOnly` placeholder for it instead.
 
 What this does not claim: allowed constructors run with arguments the worker chose (a numpy
 array of any shape, a DataFrame with any columns), and a shared buffer's bytes can change under
