@@ -24,6 +24,8 @@ __all__ = ["Channel", "ChannelClosed"]
 _HEADER = struct.Struct("!QI")
 MAX_FDS = 64
 """Descriptors one message may carry (more is a protocol error)."""
+MAX_MESSAGE = 8 * 2**30
+"""Bytes one message may have (a larger header is a protocol error, not an allocation)."""
 
 
 class ChannelClosed(EOFError):
@@ -94,6 +96,8 @@ class Channel:
                     raise ChannelClosed("the other end closed the channel")
                 head += chunk
             size, nfds = _HEADER.unpack(head)
+            if size > MAX_MESSAGE:
+                raise ValueError(f"protocol error: a {size}-byte message announced")
             if nfds != len(fds):
                 raise ValueError(f"protocol error: {nfds} descriptors announced, {len(fds)} came")
             buf = bytearray(size)

@@ -49,6 +49,9 @@ class StrictSettings:
         return replace(self, grace_s=seconds)
 
 
+STALL_TIMEOUT_S = 30.0
+
+
 def worker_argv(fd: int, python: str = sys.executable) -> list[str]:
     """The worker's command line: isolated mode (no PYTHON* variables, no cwd on sys.path)."""
     return [python, "-I", "-u", "-m", "cave.strict._worker", str(fd)]
@@ -103,7 +106,9 @@ class WorkerProcess:
             ready, fds = channel.recv(safe_loads)
             for fd in fds:
                 os.close(fd)
-            channel.sock.settimeout(None)
+            # select() waits for a message to begin; a message that stalls half way through for
+            # this long is a protocol violation (a worker writing junk), not a wait for ever.
+            channel.sock.settimeout(STALL_TIMEOUT_S)
         except BaseException as exc:
             err = self._stderr_now()
             self.kill()
