@@ -303,19 +303,21 @@ class StrictExecutor:
         return code
 
     def _crashed(self, worker: WorkerProcess, capture: Capture) -> dict[str, Any]:
-        out, err = worker.proc.stdout, worker.proc.stderr
+        # Kill the whole group first: the leader may be alive (a protocol violation) and a fork
+        # of it may hold the pipes open, so never read them to end-of-file.
+        worker.signal(signal.SIGKILL)
         try:
-            worker.proc.wait(timeout=self.settings.grace_s + 5)
+            worker.proc.wait(timeout=10)
         except Exception:
             pass
-        for stream, target in ((out, sys.stdout), (err, sys.stderr)):
-            if stream is not None:
-                try:
-                    rest = stream.read()
-                except Exception:
-                    rest = b""
-                if rest:
-                    capture.write(rest.decode("utf-8", "replace"), target)
+        for stream, target in ((worker.proc.stdout, sys.stdout), (worker.proc.stderr, sys.stderr)):
+            if stream is None:
+                continue
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            for _ in range(64):  # at most 4 MB of what was left in the pipe
+                ready, _, _ = select.select([stream.fileno()], [], [], 0)
+                if not ready or not self._pump(stream.fileno(), decoder, target, capture):
+                    break
         code = self._reap(worker)
         if self._stopped_by is not None:
             kind = "StepTimeout" if self._stopped_by == "timeout" else "KeyboardInterrupt"

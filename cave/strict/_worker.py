@@ -58,6 +58,7 @@ class Worker:
         self.last: dict[str, tuple[int, bytes | None]] = {}
         self.modules: dict[str, str] = {}
         self.primitive_names: tuple[str, ...] = ()
+        self.is_fork = False
 
     # -- start-up ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -80,7 +81,14 @@ class Worker:
         self.primitive_names = tuple(hello.get("primitives", ()))
         self.step_memory = hello.get("step_memory")
         os.chdir(hello["cwd"])
+        os.register_at_fork(after_in_child=self._forked)
         self.channel.send({"op": "ready", "pid": os.getpid(), "error": None})
+
+    def _forked(self) -> None:
+        """A fork of the worker (agent code called ``os.fork``) loses the channel: only the
+        worker talks to the kernel. The fork ends when its copy of the step ends."""
+        self.is_fork = True
+        self.channel.close()
 
     def _confine(self, hello: dict[str, Any]) -> None:
         from ..security._confinement import ConfinementSpec, confine_current_process
@@ -198,6 +206,8 @@ class Worker:
             error = f"{type(exc).__name__}: {exc}"
         sys.stdout.flush()
         sys.stderr.flush()
+        if self.is_fork:
+            os._exit(0)
         report, out_fds = self._changes(message.get("value_chars", 2000))
         try:
             self.channel.send({"op": "done", "value_repr": value_repr, "html": html,
