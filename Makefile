@@ -34,3 +34,8 @@ bench: $(VENV)/.test-deps
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# The full spawn-safety soak of strict mode (the suite runs 200 steps).
+.PHONY: strict-soak
+strict-soak: $(VENV)/.test-deps
+	CAVE_STRICT_SOAK_STEPS=1000 $(VENV)/bin/pytest tests/strict/test_strict_soak.py
