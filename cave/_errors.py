@@ -203,7 +203,7 @@ class StrictModeUnavailable(CaveError):
         self.reasons = tuple(reasons)
         lines = "\n".join(f"  * {r}" for r in self.reasons) or "  * (no reason given)"
         super().__init__(
-            "Strict mode cannot be enforced on this machine:\n"
+            "Strict mode's OS confinement cannot be enforced:\n"
             f"{lines}\n"
-            "Nothing was run unconfined. Fix the above, or stay in guard mode (`%cave mode guard`)."
+            "No agent code runs unconfined: fix the above, or use guard mode (`%cave mode guard`)."
         )

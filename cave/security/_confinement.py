@@ -12,12 +12,25 @@ one thread). From then on the process and everything it starts can:
 * not ptrace, read or write other processes' memory, take their descriptors, change their
   limits, priority or affinity, create namespaces, mount, use io_uring, bpf, userfaultfd,
   perf_event_open, the keyring, kernel modules, kexec or personality changes (seccomp, EPERM);
-* never regain privileges through setuid binaries or file capabilities (PR_SET_NO_NEW_PRIVS).
+* hold no capability, even as root, and never regain one through setuid binaries or file
+  capabilities (capset to empty sets, then PR_SET_NO_NEW_PRIVS).
 
 Nothing here can be undone: a later call only adds restrictions (Landlock domains and seccomp
 filters stack; a lowered hard RLIMIT_AS cannot be raised). If any part cannot be enforced the call
 raises ``StrictModeUnavailable`` before the first irreversible step where it can tell in advance,
 and otherwise at the step that failed; a worker that gets the error must exit, never run agent code.
+
+How the worker should call it (each point is a test in tests/security/test_confinement_*.py):
+
+1. Start it with ``python -I`` (no PYTHONPATH, no user site: every ``sys.path`` directory is
+   granted whole), ``close_fds=True`` and only the broker socket in ``pass_fds``. The broker
+   socketpair must be SOCK_STREAM or SOCK_SEQPACKET: on an inherited datagram socket,
+   ``sendmsg`` could name any pathname socket, which neither layer can see.
+2. Confine before anything starts a thread: importing numpy starts OpenBLAS's threads, so
+   import numpy/pandas *after* confining (imports work then; the trees are readable).
+3. After confining: memfd_create/ftruncate/mmap(MAP_SHARED) work, for descriptors the worker
+   makes and for ones it receives; so do AF_UNIX stream socketpairs, pipes, threads and fork.
+   ``connect()``, new non-unix sockets, exec and ``chmod`` do not; the broker does those.
 
 Not enforced here: CPU time, memory beyond RLIMIT_AS, disk space under ``read_write``, side
 channels, what already-open descriptors allow, and anything the broker hands over. Tried and
@@ -42,9 +55,12 @@ from typing import ClassVar
 from .._errors import StrictModeUnavailable
 from . import _landlock, _seccomp
 
-#: Landlock ABI strict mode needs: 6 (Linux 6.12) scopes signals and abstract unix sockets to the
-#: worker's own domain; before it, the worker could signal the kernel that spawned it.
-MIN_LANDLOCK_ABI = 6
+#: Landlock ABI strict mode needs: 3 (Linux 6.2) is the first to handle truncation; without it a
+#: read-only file could be emptied. Below ABI 6 (Linux 6.12), which scopes signals and abstract
+#: unix sockets, seccomp stands in: signals only to the worker's own pid, and no connect() at all.
+#: Below ABI 4 (no TCP rules) seccomp's socket() and connect() rules keep TCP closed.
+MIN_LANDLOCK_ABI = 3
+SCOPED_ABI = 6
 
 SIMULATE_ENV = "CAVE_STRICT_SIMULATE_UNSUPPORTED"
 
@@ -74,6 +90,9 @@ class ConfinementSpec:
     own_proc: bool = True
     """Grant read access to this process's own ``/proc/<pid>`` (threads, status, maps, fds)."""
 
+    landlock_abi_cap: int | None = None
+    """Use at most this Landlock ABI, as an older kernel would (tests of the fallbacks)."""
+
     NOTHING: ClassVar[ConfinementSpec]
     """No file at all beyond the devices: for processes that already imported what they need."""
 
@@ -84,6 +103,11 @@ class ConfinementSpec:
                     f"ConfinementSpec paths must be absolute strings, got {path!r}: "
                     "pass os.path.abspath(path)"
                 )
+        if self.landlock_abi_cap is not None and self.landlock_abi_cap < MIN_LANDLOCK_ABI:
+            raise ValueError(
+                f"landlock_abi_cap {self.landlock_abi_cap} is below the minimum strict mode can "
+                f"enforce ({MIN_LANDLOCK_ABI})"
+            )
         if self.memory_limit is not None and self.memory_limit <= 0:
             raise ValueError(f"memory_limit must be a positive byte count, got {self.memory_limit}")
 
@@ -128,10 +152,17 @@ class StrictSupport:
             lines = [f"strict mode: NOT available on this machine ({head})"]
             lines += [f"  * {r}" for r in self.reasons]
             return "\n".join(lines)
+        if self.landlock_abi >= SCOPED_ABI:
+            scoped = "Landlock (TCP rules; signal and abstract-socket scopes)"
+        else:
+            scoped = f"seccomp, standing in for Landlock ABI {SCOPED_ABI} (signals only to itself)"
         return "\n".join([
             f"strict mode: available ({head})",
-            "  enforced by the OS: files (Landlock), TCP bind/connect (Landlock), abstract unix "
-            "sockets and signals (Landlock scopes), syscall filter (seccomp), no_new_privs",
+            "  enforced by the OS on the agent's worker process:",
+            "    files: Landlock (read: Python and its libraries; write: the worker's scratch dir)",
+            f"    TCP, abstract unix sockets, signals: {scoped}",
+            "    syscalls: seccomp (no new sockets, ptrace, namespaces, mounts, exec, io_uring...)",
+            "    privileges: no capabilities, no_new_privs",
         ])
 
 
@@ -163,13 +194,14 @@ def _probe() -> StrictSupport:
     abi, why = _landlock.abi_version()
     if abi == 0:
         reasons.append(
-            f"Landlock is unavailable: {why}. Fix: Linux 6.12+ with Landlock enabled "
+            f"Landlock is unavailable: {why}. Fix: Linux 6.2+ (6.12+ best) with Landlock enabled "
             "(CONFIG_SECURITY_LANDLOCK=y and landlock in the lsm= boot parameter)"
         )
     elif abi < MIN_LANDLOCK_ABI:
         reasons.append(
-            f"Landlock ABI {abi} lacks the signal and abstract-socket scopes strict mode needs "
-            f"(ABI {MIN_LANDLOCK_ABI}): upgrade to Linux 6.12 or later"
+            f"Landlock ABI {abi} does not control truncation, so read-only files could be "
+            f"emptied; strict mode needs ABI {MIN_LANDLOCK_ABI}: upgrade to Linux 6.2 or later "
+            "(6.12+ for Landlock's own signal and socket scopes)"
         )
     seccomp_ok = False
     if arch is not None:
@@ -183,7 +215,11 @@ def default_read_only_paths() -> tuple[str, ...]:
     """What a Python worker needs to import the stdlib, site-packages (numpy, pandas, ...), Cave,
     and load their shared libraries: Python's prefixes and ``sys.path`` directories (never the
     current directory or ``''``, which is usually the user's project), the dynamic loader's
-    directories and cache, time zones, and the CPU topology that BLAS libraries read."""
+    directories and cache, time zones, and the CPU topology that BLAS libraries read.
+
+    Every ``sys.path`` directory is granted whole, so call this in a worker started with
+    ``python -I`` (no PYTHONPATH, no user site): a directory that an editable install or
+    PYTHONPATH puts on the path is otherwise readable with everything in it."""
     candidates: list[str] = [
         sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # the cave package
@@ -225,9 +261,10 @@ def confine_current_process(spec: ConfinementSpec) -> None:
     assert arch is not None  # available implies a known arch
     threads = _thread_count()
     if threads != 1:
+        counted = f"has {threads} threads" if threads > 0 else "cannot count its threads"
         raise StrictModeUnavailable((
-            f"this process has {threads} threads, and Landlock confines only the calling one: "
-            "call confine_current_process before starting threads (or importing libraries that "
+            f"this process {counted}, and Landlock confines only the calling one: call "
+            "confine_current_process before starting threads (or importing libraries that "
             "start them, such as numpy with OpenBLAS)",
         ))
     read_only = [os.path.realpath(p) for p in spec.read_only]
@@ -242,24 +279,57 @@ def confine_current_process(spec: ConfinementSpec) -> None:
     read_write += [d for d in _DEVICES_READ_WRITE if os.path.exists(d)]
     if spec.own_proc:
         read_only.append(f"/proc/{os.getpid()}")
-    _seccomp.build_filter(arch, spec.allow_exec)  # fails here, before anything irreversible
+    abi = support.landlock_abi
+    if spec.landlock_abi_cap is not None:
+        abi = min(abi, spec.landlock_abi_cap)
+    # Without Landlock's signal scope, seccomp lets signals reach only this process.
+    own_pid = os.getpid() if abi < SCOPED_ABI else None
+    _seccomp.build_filter(arch, spec.allow_exec, own_pid)  # fails here, before the irreversible
 
     # From here on every step is irreversible: failures raise and the caller must exit.
     step = "RLIMIT_AS"
     try:
         if spec.memory_limit is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (spec.memory_limit, spec.memory_limit))
+            _, hard = resource.getrlimit(resource.RLIMIT_AS)
+            limit = spec.memory_limit
+            if hard != resource.RLIM_INFINITY:
+                limit = min(limit, hard)  # only tighten: a second call cannot raise it
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        step = "dropping capabilities"
+        _drop_capabilities()
         step = "PR_SET_NO_NEW_PRIVS"
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
         step = "Landlock"
-        _landlock.restrict(support.landlock_abi, read_only, read_write, spec.allow_exec)
+        _landlock.restrict(abi, read_only, read_write, spec.allow_exec)
         step = "seccomp"
-        _seccomp.install(arch, spec.allow_exec)
+        _seccomp.install(arch, spec.allow_exec, own_pid)
     except (OSError, ValueError) as exc:
         raise StrictModeUnavailable((
             f"confinement failed at {step}: {exc}. The process is partly confined and must "
             "exit without running agent code",
         )) from exc
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def _drop_capabilities() -> None:
+    """Empty the effective, permitted and inheritable sets (ambient follows): a worker running as
+    root keeps uid 0's file ownership but no privilege (no CAP_SYS_RESOURCE to raise RLIMIT_AS
+    again, no CAP_DAC_OVERRIDE, CAP_SYS_ADMIN, ...), and with no_new_privs exec cannot restore it.
+    """
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = (_CapData * 2)()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.capset(ctypes.byref(header), data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"capset: {os.strerror(err)}")
 
 
 def _thread_count() -> int:

@@ -1,9 +1,9 @@
 """Landlock through ctypes: the filesystem, TCP and scope half of strict mode's OS confinement.
 
-Landlock (Linux 5.13+) lets an unprivileged process give up access for itself and every thread or
-child it creates afterwards: a *ruleset* names the rights it *handles*; any handled right not granted
-by a rule is denied, and no later ruleset can grant it back. We handle every right the running ABI
-knows, so a right the kernel can enforce is never silently left open.
+Landlock (Linux 5.13+) lets an unprivileged process give up access for itself and every thread
+or child it creates afterwards: a *ruleset* names the rights it *handles*; any handled right not
+granted by a rule is denied, and no later ruleset can grant it back. We handle every right the
+running ABI knows, so a right the kernel can enforce is never silently left open.
 
 Rights per ABI (kernel docs, ``Documentation/userspace-api/landlock.rst``):
 
@@ -137,7 +137,9 @@ def abi_version() -> tuple[int, str]:
     return 0, f"the Landlock probe failed: {os.strerror(err)}"
 
 
-def restrict(abi: int, read_only: Iterable[str], read_write: Iterable[str], allow_exec: bool) -> None:
+def restrict(
+    abi: int, read_only: Iterable[str], read_write: Iterable[str], allow_exec: bool
+) -> None:
     """Build a ruleset handling every right of ``abi`` and confine the calling thread with it.
 
     A path may be a directory (the rule covers the tree beneath it) or a single file (device
@@ -149,7 +151,8 @@ def restrict(abi: int, read_only: Iterable[str], read_write: Iterable[str], allo
     handled_fs = fs_rights(abi)
     exec_right = FS_EXECUTE if allow_exec else 0
     ro = FS_READ_FILE | FS_READ_DIR | exec_right
-    rw = (handled_fs & ~FS_EXECUTE) | exec_right
+    # Device nodes are never made: a root worker could otherwise mknod the disk and read it raw.
+    rw = (handled_fs & ~(FS_EXECUTE | FS_MAKE_CHAR | FS_MAKE_BLOCK)) | exec_right
     attr = _RulesetAttr(handled_fs, net_rights(abi), scopes(abi))
     size = ctypes.sizeof(_RulesetAttr) if abi >= 6 else (16 if abi >= 4 else 8)
     call = _syscall()

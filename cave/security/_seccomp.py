@@ -5,9 +5,9 @@ arguments as 64-bit little-endian words from 16). Its shape:
 
     load arch;  not ours -> KILL (an i386 ``int 0x80`` or foreign-ABI call would use other numbers)
     load nr;    x86_64: nr >= 0x40000000 (x32 ABI) -> KILL
-    one compare per listed syscall -> its block; anything else -> ALLOW
-    ALLOW
-    blocks: argument checks that jump to the shared exits; exits: ALLOW, ERRNO(EPERM), KILL
+    one compare per syscall with arguments to check -> its block
+    one compare per syscall denied outright -> ERRNO(EPERM); anything else -> ALLOW
+    blocks: argument checks that end in the shared exits ALLOW or ERRNO(EPERM)
 
 Denials return EPERM, so Python raises ``PermissionError`` and the model reads a clear traceback;
 only calls no honest program makes (wrong arch, x32) kill the process. ``clone3`` gets ENOSYS
@@ -49,6 +49,10 @@ CLONE_NEW_MASK = 0x7E020000
 TIOCSTI = 0x5412  # push bytes into a terminal's input: a classic sandbox escape
 TIOCLINUX = 0x541C
 PERSONALITY_QUERY = 0xFFFFFFFF
+F_SETOWN = 8
+F_SETOWN_EX = 15
+FIOSETOWN = 0x8901
+SIOCSPGRP = 0x8902
 PRIO_PROCESS = 0
 IOPRIO_WHO_PROCESS = 1
 
@@ -96,7 +100,20 @@ _NR: dict[str, tuple[int | None, int | None]] = {
     "adjtimex": (159, 171), "clock_adjtime": (305, 266), "sethostname": (170, 161),
     "setdomainname": (171, 162), "lookup_dcookie": (212, 18), "iopl": (172, None),
     "ioperm": (173, None), "modify_ldt": (154, None), "uselib": (134, None),
-    "seccomp": (317, 277),
+    "seccomp": (317, 277), "kill": (62, 129), "tkill": (200, 130), "tgkill": (234, 131),
+    "rt_sigqueueinfo": (129, 138), "rt_tgsigqueueinfo": (297, 240),
+    "pidfd_send_signal": (424, 424), "fcntl": (72, 25),
+    "chmod": (90, None), "fchmod": (91, 52), "fchmodat": (268, 53), "fchmodat2": (452, 452),
+    "chown": (92, None), "fchown": (93, 55), "lchown": (94, None), "fchownat": (260, 54),
+    "setxattr": (188, 5), "lsetxattr": (189, 6), "fsetxattr": (190, 7),
+    "removexattr": (197, 14), "lremovexattr": (198, 15), "fremovexattr": (199, 16),
+    "setxattrat": (463, 463), "removexattrat": (466, 466),
+    "utime": (132, None), "utimes": (235, None), "futimesat": (261, None),
+    "utimensat": (280, 88), "sched_setattr": (314, 274), "syslog": (103, 116),
+    "mq_open": (240, 180), "mq_unlink": (241, 181),
+    "shmget": (29, 194), "shmat": (30, 196), "shmctl": (31, 195), "shmdt": (67, 197),
+    "semget": (64, 190), "semop": (65, 193), "semctl": (66, 191), "semtimedop": (220, 192),
+    "msgget": (68, 186), "msgsnd": (69, 189), "msgrcv": (70, 188), "msgctl": (71, 187),
 }
 
 #: Denied outright with EPERM, and why (the "why" is what docs/security.md lists).
@@ -132,6 +149,20 @@ DENIED: dict[str, str] = {
     "sethostname": "privileged", "setdomainname": "privileged", "lookup_dcookie": "privileged",
     "iopl": "port I/O", "ioperm": "port I/O", "modify_ldt": "old kernel attack surface",
     "uselib": "obsolete loader call",
+    # Landlock does not control file metadata: without these the worker could chmod, chown,
+    # re-time or tag any file of the user's, e.g. make ~/.ssh/id_rsa world-readable.
+    **{call: "file metadata, which Landlock does not control" for call in (
+        "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat",
+        "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr", "fremovexattr",
+        "setxattrat", "removexattrat", "utime", "utimes", "futimesat",
+    )},
+    # System V IPC and POSIX message queues are not files: Landlock cannot see them, and the
+    # user's other processes (an X server's shared memory, say) would be reachable.
+    **{call: "System V IPC / message queues, outside Landlock's view" for call in (
+        "shmget", "shmat", "shmctl", "shmdt", "semget", "semop", "semctl", "semtimedop",
+        "msgget", "msgsnd", "msgrcv", "msgctl", "mq_open", "mq_unlink",
+    )},
+    "syslog": "the kernel log (addresses, other users' activity) when dmesg_restrict is 0",
     "connect": "the worker's sockets arrive connected (broker, socketpair); connect() would reach "
     "pathname unix sockets, which Landlock ABI <= 7 does not restrict",
 }
@@ -164,7 +195,7 @@ def current_arch() -> Arch | None:
 _Ins = tuple  # ("ld", off) | ("j", op, k, true_label, false_label) | ("ret", k) | ("label", name)
 
 
-def _deny_unless_zero(call_args: tuple[int, ...], errno: int) -> Iterator[_Ins]:
+def _deny_unless_zero(call_args: tuple[int, ...]) -> Iterator[_Ins]:
     """Allow only when each listed 64-bit argument is 0 (pid 0 = the caller itself)."""
     for i in call_args:
         for off in (_arg_lo(i), _arg_hi(i)):
@@ -173,7 +204,28 @@ def _deny_unless_zero(call_args: tuple[int, ...], errno: int) -> Iterator[_Ins]:
     yield ("ret", RET_ALLOW)
 
 
-def _blocks(arch: Arch, allow_exec: bool) -> list[tuple[str, list[_Ins]]]:
+def _signal_blocks(own_pid: int) -> list[tuple[str, list[_Ins]]]:
+    """Signals only to ``own_pid``: the fallback for Landlock ABI < 6, which has no signal scope.
+
+    ``kill``/``tgkill``/``rt_*sigqueueinfo`` must name ``own_pid`` (not 0 or -1: those reach the
+    process group or every process of the user); ``tkill`` and ``pidfd_send_signal`` are denied,
+    and so is pointing SIGIO/SIGURG at another process (``F_SETOWN``, ``FIOSETOWN``).
+    """
+    only_self = [("ld", _arg_lo(0)), ("j", _JEQ_K, own_pid, "allow", "deny")]
+    blocks: list[tuple[str, list[_Ins]]] = [
+        (call, list(only_self))
+        for call in ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
+    ]
+    blocks += [("tkill", [("ret", RET_ERRNO | EPERM)]),
+               ("pidfd_send_signal", [("ret", RET_ERRNO | EPERM)])]
+    blocks.append(("fcntl", [
+        ("ld", _arg_lo(1)), ("j", _JEQ_K, F_SETOWN, "deny", None),
+        ("j", _JEQ_K, F_SETOWN_EX, "deny", "allow"),
+    ]))
+    return blocks
+
+
+def _blocks(arch: Arch, allow_exec: bool, own_pid: int | None) -> list[tuple[str, list[_Ins]]]:
     """(syscall, instructions) for every syscall that needs its own block."""
     blocks: list[tuple[str, list[_Ins]]] = []
 
@@ -190,56 +242,70 @@ def _blocks(arch: Arch, allow_exec: bool) -> list[tuple[str, list[_Ins]]]:
     blocks.append(("socket", unix_stream_only(1)))
     blocks.append(("socketpair", unix_stream_only(1)))
     # sendto with a destination address reaches unconnected sockets by name.
-    blocks.append(("sendto", list(_deny_unless_zero((4,), EPERM))))
+    blocks.append(("sendto", list(_deny_unless_zero((4,)))))
     blocks.append(("clone", [("ld", _arg_lo(0)), ("j", _JSET_K, CLONE_NEW_MASK, "deny", "allow")]))
     blocks.append(("clone3", [("ret", RET_ERRNO | ENOSYS)]))
+    # utimensat with a path re-times any file (metadata, see DENIED); with a NULL path it is
+    # futimens on a descriptor the worker opened under Landlock's rules.
+    blocks.append(("utimensat", list(_deny_unless_zero((1,)))))
     blocks.append(("personality", [
         ("ld", _arg_lo(0)), ("j", _JEQ_K, PERSONALITY_QUERY, "allow", "deny"),
     ]))
-    blocks.append(("ioctl", [
-        ("ld", _arg_lo(1)), ("j", _JEQ_K, TIOCSTI, "deny", None),
-        ("j", _JEQ_K, TIOCLINUX, "deny", "allow"),
-    ]))
+    ioctl: list[_Ins] = [("ld", _arg_lo(1)), ("j", _JEQ_K, TIOCSTI, "deny", None)]
+    if own_pid is not None:
+        ioctl += [("j", _JEQ_K, FIOSETOWN, "deny", None), ("j", _JEQ_K, SIOCSPGRP, "deny", None)]
+    blocks.append(("ioctl", [*ioctl, ("j", _JEQ_K, TIOCLINUX, "deny", "allow")]))
     # Calls that take a pid: only 0 (the caller) is allowed, so the kernel's limits, priority,
     # CPU affinity and memory placement are out of reach.
     for call in ("prlimit64", "sched_setaffinity", "sched_setparam", "sched_setscheduler",
-                 "move_pages", "migrate_pages"):
-        blocks.append((call, list(_deny_unless_zero((0,), EPERM))))
+                 "sched_setattr", "move_pages", "migrate_pages"):
+        blocks.append((call, list(_deny_unless_zero((0,)))))
     # setpriority/ioprio_set(which, who): "who 0" means the caller only for PROCESS.
     for call, which in (("setpriority", PRIO_PROCESS), ("ioprio_set", IOPRIO_WHO_PROCESS)):
         blocks.append((call, [
             ("ld", _arg_lo(0)), ("j", _JEQ_K, which, None, "deny"),
-            *_deny_unless_zero((1,), EPERM),
+            *_deny_unless_zero((1,)),
         ]))
     if not allow_exec:
         for call in EXEC_CALLS:
             blocks.append((call, [("ret", RET_ERRNO | EPERM)]))
+    if own_pid is not None:
+        blocks += _signal_blocks(own_pid)
     return [(c, b) for c, b in blocks if arch.nr(c) is not None]
 
 
-def build_filter(arch: Arch, allow_exec: bool) -> list[tuple[int, int, int, int]]:
-    """The program as (code, jt, jf, k) tuples; pure, so tests can inspect it on any machine."""
+def build_filter(
+    arch: Arch, allow_exec: bool, own_pid: int | None = None
+) -> list[tuple[int, int, int, int]]:
+    """The program as (code, jt, jf, k) tuples; pure, so tests can inspect it on any machine.
+
+    ``own_pid`` adds the signal rules that stand in for Landlock's signal scope (ABI < 6).
+    """
+    # Jumps reach at most 255 instructions ahead, and only forward: kills sit inline in the
+    # header, the dispatch chain has its own deny exit, the blocks share the exits at the end.
     prog: list[_Ins] = [
         ("ld", _LD_ABS_ARCH),
-        ("j", _JEQ_K, arch.audit, None, "kill"),
+        ("j", _JEQ_K, arch.audit, "arch_ok", None),
+        ("ret", RET_KILL_PROCESS),
+        ("label", "arch_ok"),
         ("ld", _LD_ABS_NR),
     ]
     if arch.name == "x86_64":
-        prog.append(("j", _JGE_K, 0x40000000, "kill", None))
-    blocks = _blocks(arch, allow_exec)
+        prog += [("j", _JGE_K, 0x40000000, None, "nr_ok"), ("ret", RET_KILL_PROCESS),
+                 ("label", "nr_ok")]
+    blocks = _blocks(arch, allow_exec, own_pid)
     for i, (call, _) in enumerate(blocks):
         prog.append(("j", _JEQ_K, arch.nr(call), f"block{i}", None))
     for call in DENIED:
         nr = arch.nr(call)
         if nr is not None:
-            prog.append(("j", _JEQ_K, nr, "deny", None))
-    prog.append(("ret", RET_ALLOW))
-    for i, (_, body) in enumerate(blocks):  # BPF jumps only forward: shared exits come last
+            prog.append(("j", _JEQ_K, nr, "denied", None))
+    prog += [("ret", RET_ALLOW), ("label", "denied"), ("ret", RET_ERRNO | EPERM)]
+    for i, (_, body) in enumerate(blocks):
         prog.append(("label", f"block{i}"))
         prog += body
     prog += [("label", "allow"), ("ret", RET_ALLOW)]
     prog += [("label", "deny"), ("ret", RET_ERRNO | EPERM)]
-    prog += [("label", "kill"), ("ret", RET_KILL_PROCESS)]
     return _assemble(prog)
 
 
@@ -311,9 +377,9 @@ def filter_available(arch: Arch) -> tuple[bool, str]:
     return False, f"seccomp filters are not available: {os.strerror(err)}"
 
 
-def install(arch: Arch, allow_exec: bool) -> None:
+def install(arch: Arch, allow_exec: bool, own_pid: int | None = None) -> None:
     """Install the filter on every thread of the process (TSYNC); needs no_new_privs first."""
-    prog = build_filter(arch, allow_exec)
+    prog = build_filter(arch, allow_exec, own_pid)
     array = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
     fprog = _SockFprog(len(prog), array)
     syscall = _libc().syscall
