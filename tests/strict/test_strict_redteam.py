@@ -83,6 +83,26 @@ STRICT_ATTACKS: list[Technique] = [
 ]
 
 
+HARMLESS_IN_WORKER = {
+    # Guard-mode rows that complete in strict mode without an ask, and why that is safe there.
+    "read-proc-self-environ": "the worker's own environ: only names the policy allows",
+    "read-linecache": "linecache's own open() meets Landlock's refusal; it returns ''",
+    "proc-fork": "a fork of the worker is confined like it and loses the broker channel",
+    "proc-spawnv-passfds": "the exec is refused by seccomp (the marker file is never made)",
+    "proc-pickle": "os.system reaches libc; its exec of /bin/sh is refused by seccomp",
+    "proc-kill-kernel": "os.getpid() is the worker: it can only signal itself",
+    "net-dns-exfiltration": "no lookup happens in the worker; the kernel resolves at connect",
+    "env-set-ld-preload": "sets the worker's own environment; nothing can be exec'd with it",
+    "proc-fresh-posixsubprocess": "a fresh _posixsubprocess module: seccomp refuses its exec",
+    "proc-ctypes-libc-system": "libc's system() forks; seccomp refuses its exec of /bin/sh",
+}
+"""Everything else that guard mode asks for must be asked or end in an error in strict mode.
+Rows that attack the in-process guard itself (goal ``guard``: ``sys.settrace``, ``gc``, ctypes
+memory access, replacing Cave's code...) run against the worker, which holds no guard, no
+secret and no authority: for them the check is the universal one (nothing changed, nothing
+leaked, the kernel answers)."""
+
+
 class StrictRedTeam(RedTeam):
     kpid: int = 0
     zmq: int = 0
@@ -178,9 +198,11 @@ def _check(red: StrictRedTeam, technique: Technique) -> None:
     blocked = outcome not in ("completed", "None") and not outcome.startswith("AssertionError")
     cap = technique.cap.format(**red.placeholders())
     asked = bool(cap) and any(r.startswith(cap) for r in result["requests"])
-    if technique.expect == "asked":
+    if technique.id in HARMLESS_IN_WORKER:
+        pass
+    elif technique.expect == "asked":
         assert asked or blocked, context
-    elif technique.expect in ("blocked", "bypass", "refused", "protected"):
+    elif technique.expect != "any" and (technique.expect == "blocked" or technique.goal != "guard"):
         assert blocked, context
     # The kernel is alive and answers.
     assert red.user("print('alive')").strip() == "alive"
