@@ -1,7 +1,7 @@
 """The kernel side of the broker: a confined worker's requests, decided as guard mode decides.
 
 Each request is performed by the kernel thread that waits for the step, inside the session's
-``Security.agent_code()`` block: the same guard hook, policy, grants, approval widget and audit
+``Security.agent_code()`` block (kept open across back-to-back requests, see ``release``): the same guard hook, policy, grants, approval widget and audit
 log as when agent code runs in the kernel (guard mode), because it *is* the same code path (an
 ``os.open`` here is the ``open`` event the guard checks there). What goes back:
 
@@ -47,6 +47,19 @@ class Broker:
         self._security = security
         self._child_env = child_env
         self.served = 0
+        self._entered: Any = None
+
+    def release(self) -> None:
+        """Leave the guard block that requests run in (one block spans back-to-back requests).
+
+        Guard mode writes one ``guard.summary`` audit record per block, so one block per burst
+        of requests costs what one step costs there; the executor releases it before it does
+        anything else (pumping output, signalling, loading results), which must not run as agent
+        code.
+        """
+        entered, self._entered = self._entered, None
+        if entered is not None:
+            entered.__exit__(None, None, None)
 
     def handle(self, message: Mapping[str, Any]) -> tuple[dict[str, Any], list[int]]:
         kind = message.get("kind")
@@ -56,15 +69,17 @@ class Broker:
             if method is None:
                 raise ValueError(f"unknown broker request {kind!r}")
             if kind == "env" and isinstance(message.get("name"), str) \
-                    and message["name"] not in os.environ:
+                    and (self.release() or message["name"] not in os.environ):
                 # Libraries probe many unset variables; "not set" tells nothing secret, so it
                 # is answered without asking (and without an audit record).
                 return {"op": "resp", "value": None, "error": None}, []
             security = self._security()
             if security is None:
                 raise PermissionError("strict mode has no security layer to decide this request")
-            with security.agent_code():
-                value, fds = method(security, message)
+            if self._entered is None:
+                self._entered = security.agent_code()
+                self._entered.__enter__()
+            value, fds = method(security, message)
             return {"op": "resp", "value": value, "error": None}, fds
         except BaseException as exc:  # noqa: B036 - every failure goes back to agent code
             if isinstance(exc, OSError):

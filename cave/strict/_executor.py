@@ -163,7 +163,10 @@ class StrictExecutor:
         except (ChannelClosed, OSError):
             return self._crashed(worker, capture)
         deadline = None if timeout is None else time.monotonic() + timeout
-        return self._serve(worker, capture, deadline, echo)
+        try:
+            return self._serve(worker, capture, deadline, echo)
+        finally:
+            self.broker.release()
 
     def _serve(self, worker: WorkerProcess, capture: Capture, deadline: float | None,
                echo: bool) -> dict[str, Any]:
@@ -177,6 +180,9 @@ class StrictExecutor:
         while True:
             wait = self._wait_time(deadline)
             ready, _, _ = select.select([chan, self._wake_r, *pipes], [], [], wait)
+            if set(ready) - {chan} or self._stop_at is not None or (
+                    deadline is not None and time.monotonic() >= deadline):
+                self.broker.release()  # none of what follows is agent code
             if self._wake_r in ready:
                 self._drain_wake()
             for fd in [p for p in pipes if p in ready]:
@@ -192,8 +198,10 @@ class StrictExecutor:
             try:
                 message, fds = worker.channel.recv(safe_loads)
             except (ChannelClosed, OSError, ValueError, EOFError):
+                self.broker.release()
                 return self._crashed(worker, capture)
             except Exception as exc:  # a message the kernel refuses to load: end that worker
+                self.broker.release()
                 self._note(f"[strict mode] the worker sent a message the kernel refused ({exc}); "
                            "it was stopped.")
                 return self._crashed(worker, capture)
@@ -205,11 +213,13 @@ class StrictExecutor:
                 try:
                     worker.channel.send(reply, reply_fds)
                 except (ChannelClosed, OSError):
+                    self.broker.release()
                     return self._crashed(worker, capture)
                 finally:
                     for fd in reply_fds:
                         os.close(fd)
             elif op == "done":
+                self.broker.release()
                 self._drain_pipes(decoders, targets, capture)
                 self._apply(message, fds)
                 if echo and message.get("value_repr") is not None and not message.get("error"):

@@ -50,6 +50,9 @@ class StrictSettings:
 
 
 STALL_TIMEOUT_S = 30.0
+PRELOAD = ("numpy", "pandas")
+"""Imported by a new worker when the kernel has them: the first injected frame then costs
+its copy, not the import."""
 
 
 def worker_argv(fd: int, python: str = sys.executable) -> list[str]:
@@ -99,7 +102,8 @@ class WorkerProcess:
         self.read_only, self.read_write = read_only, read_write
         hello = {"read_only": list(read_only), "read_write": list(read_write),
                  "memory_limit": settings.memory_limit, "step_memory": settings.step_memory,
-                 "primitives": list(primitives), "cwd": str(cwd)}
+                 "primitives": list(primitives), "cwd": str(cwd),
+                 "preload": [m for m in PRELOAD if m in sys.modules]}
         try:
             channel.sock.settimeout(settings.start_timeout_s)
             channel.send(hello)

@@ -31,6 +31,7 @@ __all__ = ["Regions", "Packed", "WorkerOnly", "SHARE_MIN_BYTES"]
 SHARE_MIN_BYTES = 64 * 1024
 """Buffers smaller than this travel in the pickle (a region costs a descriptor and a mapping)."""
 
+_CHUNK = 64 * 2**20
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
@@ -92,17 +93,25 @@ class Regions:
 
     # -- making and adopting regions -------------------------------------------------------
     def create(self, view: memoryview) -> _Region:
-        """Copy ``view`` into a new sealed memfd region (the one copy)."""
-        size = view.nbytes
+        """Copy ``view`` into a new sealed memfd region (the one copy).
+
+        Written with ``pwrite`` before mapping: copying through a fresh mapping faults every
+        page in one at a time, which measured ~10x slower for 1 GiB on a busy machine.
+        """
+        data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+        size = data.nbytes
         fd = os.memfd_create(f"cave-{self.prefix}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
-            os.ftruncate(fd, size)
+            done = 0
+            while done < size:
+                done += os.pwrite(fd, data[done : done + _CHUNK], done)
+            if size == 0:
+                os.ftruncate(fd, 0)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
             mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
             os.close(fd)
             raise
-        memoryview(mm)[:size] = view.cast("B")
         self.created_bytes += size
         return self._add(f"{self.prefix}{next(self._ids)}", fd, size, mm, own=True)
 

@@ -68,6 +68,13 @@ class Worker:
         except BaseException as exc:  # report why, then exit: never run unconfined
             self.channel.send({"op": "ready", "error": f"{type(exc).__name__}: {exc}"})
             raise SystemExit(3) from None
+        import importlib
+
+        for module in hello.get("preload", ()):  # paid at start, not at the first inject; before
+            try:  # the shims, so their environment reads are the worker's own
+                importlib.import_module(module)
+            except Exception:
+                pass
         from . import _shims
 
         _shims.install(self.request, read_roots=tuple(hello["read_only"]),
