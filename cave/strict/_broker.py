@@ -1,9 +1,10 @@
 """The kernel side of the broker: a confined worker's requests, decided as guard mode decides.
 
 Each request is performed by the kernel thread that waits for the step, inside the session's
-``Security.agent_code()`` block (kept open across back-to-back requests, see ``release``): the same guard hook, policy, grants, approval widget and audit
-log as when agent code runs in the kernel (guard mode), because it *is* the same code path (an
-``os.open`` here is the ``open`` event the guard checks there). What goes back:
+``Security.agent_code()`` block (kept open across back-to-back requests, see ``release``): the
+same guard hook, policy, grants, approval widget and audit log as when agent code runs in the
+kernel (guard mode), because it *is* the same code path (an ``os.open`` here is the ``open``
+event the guard checks there). What goes back:
 
 * ``open`` (files and directories): the opened descriptor, by ``SCM_RIGHTS``;
 * ``connect``: a connected TCP socket's descriptor (the kernel resolves the name: the worker
@@ -68,11 +69,12 @@ class Broker:
         try:
             if method is None:
                 raise ValueError(f"unknown broker request {kind!r}")
-            if kind == "env" and isinstance(message.get("name"), str) \
-                    and (self.release() or message["name"] not in os.environ):
-                # Libraries probe many unset variables; "not set" tells nothing secret, so it
-                # is answered without asking (and without an audit record).
-                return {"op": "resp", "value": None, "error": None}, []
+            if kind == "env" and isinstance(message.get("name"), str):
+                self.release()  # the membership test below is the kernel's, not agent code's
+                if message["name"] not in os.environ:
+                    # Libraries probe many unset variables; "not set" tells nothing secret, so
+                    # it is answered without asking (and without an audit record).
+                    return {"op": "resp", "value": None, "error": None}, []
             security = self._security()
             if security is None:
                 raise PermissionError("strict mode has no security layer to decide this request")

@@ -39,8 +39,9 @@ _IOURING_SETUP = 425  # the same on x86_64 and aarch64
 S = Technique
 STRICT_ATTACKS: list[Technique] = [
     S("strict-kernel-fds", "guard",
-      "import os\ndata = []\nfor n in {KFDS}:\n    try:\n        os.write(n, bytes([80, 87, 78, 69, 68]))\n"
-      "        data.append(n)\n    except OSError:\n        pass", "any"),
+      "import os\ndata = []\nfor n in {KFDS}:\n    try:\n"
+      "        os.write(n, bytes([80, 87, 78, 69, 68]))\n        data.append(n)\n"
+      "    except OSError:\n        pass", "any"),
     S("strict-proc-kernel-mem", "read", "data = open('/proc/{KPID}/mem', 'rb').read(16)",
       "asked", "fs.read:/proc/{KPID}/mem"),
     S("strict-proc-kernel-mem-raw", "read",
@@ -62,7 +63,8 @@ STRICT_ATTACKS: list[Technique] = [
     S("strict-zmq-port-raw", "net",
       "import _socket\ns = _socket.socket(2, 1)\ns.connect(('127.0.0.1', {ZMQ}))", "blocked"),
     S("strict-io-uring", "guard",
-      "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\np = ctypes.create_string_buffer(120)\n"
+      "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+      "p = ctypes.create_string_buffer(120)\n"
       f"r = libc.syscall({_IOURING_SETUP}, 8, p)\ndata = (r, ctypes.get_errno())\n"
       "assert r == -1, data\nraise PermissionError(data)", "blocked"),
     S("strict-memfd-exec", "process",
