@@ -63,6 +63,10 @@ class Worker:
     # -- start-up ---------------------------------------------------------------------------
     def start(self) -> None:
         hello, _ = self.channel.recv()
+        # Opened before confinement and read with pread each step: a later open of /proc/<pid>
+        # can meet a fresh procfs inode that Landlock's rule does not cover (seen under memory
+        # pressure), and the per-step limit must not depend on that.
+        self._statm = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
         try:
             self._confine(hello)
         except BaseException as exc:  # report why, then exit: never run unconfined
@@ -257,8 +261,7 @@ class Worker:
             return
         import resource
 
-        with open(f"/proc/{os.getpid()}/statm") as f:
-            pages = int(f.read().split()[0])
+        pages = int(os.pread(self._statm, 200, 0).split()[0])
         used = pages * os.sysconf("SC_PAGE_SIZE")
         hard = resource.getrlimit(resource.RLIMIT_AS)[1]
         soft = used + int(self.step_memory)

@@ -90,3 +90,19 @@ def test_denied_write_raises_permission_error_in_agent_code(k: StrictKernel) -> 
     assert cell.status == "ok", cell.all_text
     assert not target.exists()
     assert "refused: PermissionError" in k.tool_results()
+
+
+def test_checkpoint_save_and_restore_reach_the_worker(k: StrictKernel) -> None:
+    k.script(reply("", "saved_value = [1, 2]"), reply("ok"))
+    assert k.execute("%agent set it", timeout=90).status == "ok"
+    saved = k.execute("%checkpoint save before-change")
+    assert saved.status == "ok", saved.all_text
+    k.script(reply("", "saved_value.append(3)\nprint(saved_value)"), reply("ok"))
+    assert "[1, 2, 3]" in k.execute("%agent change it", timeout=90).stdout
+    listing = k.execute("%checkpoint list").stdout
+    assert "before-change" in listing and "auto-" in listing  # auto-checkpoints after turns
+    restored = k.execute("%checkpoint restore before-change")
+    assert restored.status == "ok", restored.all_text
+    # The restored namespace is what the next strict step sees.
+    k.script(reply("", "print('now', saved_value)"), reply("ok"))
+    assert "now [1, 2]" in k.execute("%agent look", timeout=90).stdout
