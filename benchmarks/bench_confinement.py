@@ -93,9 +93,10 @@ def main() -> None:
     from cave.security._confinement import strict_support
 
     support = strict_support()
-    if not support.available:
+    if not support.available:  # skip, so `make bench` still runs the other benchmarks
         print(support.describe())
-        raise SystemExit("strict mode unavailable here: nothing to measure")
+        print("bench_confinement: strict mode is unavailable here, nothing measured")
+        return
     results: dict[bool, list[dict[str, float]]] = {False: [], True: []}
     starts: list[float] = []
     with tempfile.TemporaryDirectory() as scratch:

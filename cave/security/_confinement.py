@@ -1,4 +1,4 @@
-"""OS confinement for strict mode's worker: Landlock + seccomp + no_new_privs + RLIMIT_AS.
+"""OS confinement for strict mode's worker: Landlock, seccomp, no capabilities, RLIMIT_AS.
 
 ``confine_current_process(spec)`` is called once, early, in a freshly spawned worker (after it
 closed every inherited descriptor but its broker channel, before any agent code runs, while it has
@@ -7,11 +7,12 @@ one thread). From then on the process and everything it starts can:
 * read (and map) files only under ``spec.read_only`` and ``spec.read_write``, its own
   ``/proc/<pid>``, and ``/dev/{zero,urandom,random}``; write only under ``spec.read_write`` and
   ``/dev/null``; execute nothing unless ``spec.allow_exec`` (Landlock, every FS right of the ABI);
-* create no socket but AF_UNIX stream/seqpacket ones, connect() nothing, bind/connect no TCP port,
-  reach no abstract unix socket or signal no process outside its own domain (seccomp + Landlock);
+* create no socket but AF_UNIX stream/seqpacket ones, connect() or bind() nothing, reach no TCP
+  port, abstract unix socket or process (signals) outside its own domain (seccomp + Landlock);
 * not ptrace, read or write other processes' memory, take their descriptors, change their
   limits, priority or affinity, create namespaces, mount, use io_uring, bpf, userfaultfd,
-  perf_event_open, the keyring, kernel modules, kexec or personality changes (seccomp, EPERM);
+  perf_event_open, the keyring, kernel modules, kexec, personality changes, System V IPC or
+  message queues, nor change any file's mode, owner, times or xattrs (seccomp, EPERM);
 * hold no capability, even as root, and never regain one through setuid binaries or file
   capabilities (capset to empty sets, then PR_SET_NO_NEW_PRIVS).
 
@@ -30,14 +31,15 @@ How the worker should call it (each point is a test in tests/security/test_confi
    import numpy/pandas *after* confining (imports work then; the trees are readable).
 3. After confining: memfd_create/ftruncate/mmap(MAP_SHARED) work, for descriptors the worker
    makes and for ones it receives; so do AF_UNIX stream socketpairs, pipes, threads and fork.
-   ``connect()``, new non-unix sockets, exec and ``chmod`` do not; the broker does those.
+   ``connect()``, ``bind()``, new non-unix sockets, exec and ``chmod`` do not; the broker does
+   those it allows.
 
 Not enforced here: CPU time, memory beyond RLIMIT_AS, disk space under ``read_write``, side
 channels, what already-open descriptors allow, and anything the broker hands over. Tried and
 rejected: forking the kernel and confining the child (the child would hold a copy of the kernel's
 memory: the provider key, the user's variables); a Landlock-only sandbox (no control of ptrace,
 sockets or namespaces); libseccomp through ctypes (a dependency that is not always installed, for
-a 150-instruction program we can assemble and test ourselves).
+a 200-instruction program we can assemble and test ourselves).
 """
 
 from __future__ import annotations
@@ -279,6 +281,7 @@ def confine_current_process(spec: ConfinementSpec) -> None:
     read_write += [d for d in _DEVICES_READ_WRITE if os.path.exists(d)]
     if spec.own_proc:
         read_only.append(f"/proc/{os.getpid()}")
+        _pin_own_proc()
     abi = support.landlock_abi
     if spec.landlock_abi_cap is not None:
         abi = min(abi, spec.landlock_abi_cap)
@@ -330,6 +333,23 @@ def _drop_capabilities() -> None:
     if libc.capset(ctypes.byref(header), data) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"capset: {os.strerror(err)}")
+
+
+_PINNED: dict[int, int] = {}  # pid -> descriptor (a forked child confining again pins its own)
+
+
+def _pin_own_proc() -> None:
+    """Keep ``/proc/<pid>`` open for the process's life.
+
+    A Landlock rule names an inode, and procfs makes a new inode for ``/proc/<pid>`` whenever its
+    dentry was reclaimed (memory pressure, ``drop_caches``): the rule would then silently stop
+    matching and the worker would lose its own ``/proc`` (failing closed). An open descriptor pins
+    the dentry, so every later lookup meets the inode the rule names. (Not exercised by a test:
+    forcing dentry reclaim means dropping the whole machine's caches.)
+    """
+    pid = os.getpid()
+    if pid not in _PINNED:
+        _PINNED[pid] = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
 def _thread_count() -> int:

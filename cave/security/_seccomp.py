@@ -78,6 +78,7 @@ def _arg_hi(i: int) -> int:
 # Syscall numbers: (x86_64, aarch64); None where the arch has no such call.
 _NR: dict[str, tuple[int | None, int | None]] = {
     "socket": (41, 198), "socketpair": (53, 199), "connect": (42, 203), "sendto": (44, 206),
+    "bind": (49, 200),
     "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271),
     "io_uring_setup": (425, 425), "io_uring_enter": (426, 426), "io_uring_register": (427, 427),
     "bpf": (321, 280), "userfaultfd": (323, 282), "perf_event_open": (298, 241),
@@ -163,6 +164,9 @@ DENIED: dict[str, str] = {
         "msgget", "msgsnd", "msgrcv", "msgctl", "mq_open", "mq_unlink",
     )},
     "syslog": "the kernel log (addresses, other users' activity) when dmesg_restrict is 0",
+    "bind": "the worker serves no one: an abstract unix name it bound first would receive the "
+    "connections of whatever program expects that name (an X server's, say); Landlock's scope "
+    "covers connecting out, not being connected to",
     "connect": "the worker's sockets arrive connected (broker, socketpair); connect() would reach "
     "pathname unix sockets, which Landlock ABI <= 7 does not restrict",
 }

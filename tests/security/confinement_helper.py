@@ -67,6 +67,13 @@ def abstract_connect(name: str) -> str:
     return "connected"
 
 
+def _abstract_bind(name: str) -> str:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind("\0" + name + "-squat")  # a name nobody holds yet
+    s.close()
+    return "bound"
+
+
 def ptrace_seize(pid: int) -> int:
     # PTRACE_SEIZE does not stop the tracee, so a failure of this test cannot hang pytest.
     return _c(libc.ptrace(0x4206, pid, None, None), "ptrace")
@@ -177,12 +184,14 @@ def actions(ctx: dict[str, Any]) -> dict[str, Callable[[], Any]]:
         "af_netlink": lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW).close(),
         "unix_dgram": lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).close(),
         "abstract_connect": lambda: abstract_connect(ctx["abstract_name"]),
+        "abstract_bind": lambda: _abstract_bind(ctx["abstract_name"]),
         "socketpair_and_pipe": lambda: _pair_and_pipe(),
         "kill_parent": lambda: os.kill(ppid, 0),
         "kill_self": lambda: os.kill(os.getpid(), 0),
         "raise_self": _raise_self,
         "memfd_shared": _memfd_shared,
         "capabilities": _capabilities,
+        "dlopen_from_scratch": lambda: _dlopen_from_scratch(ctx["rw_dir"]),
         "raise_memory_limit": _raise_memory_limit,
         "mknod_in_rw": lambda: _mknod(ctx["rw_dir"]),
         "fork_child": lambda: _fork_child(ctx["outside_file"]),
@@ -252,6 +261,19 @@ def _fork_child(outside_file: str) -> int:
         except PermissionError:
             os._exit(7)
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _dlopen_from_scratch(rw_dir: str) -> str:
+    """Native code written into the scratch tree loads (mmap PROT_EXEC is not Landlock-checked):
+    by design, since it runs under the same confinement as the Python that loaded it."""
+    import math
+    import shutil
+
+    copy = os.path.join(rw_dir, "copied.so")
+    shutil.copyfile(math.__file__, copy)
+    ctypes.CDLL(copy)
+    os.remove(copy)
+    return "loaded"
 
 
 def _capabilities() -> dict[str, int]:

@@ -22,7 +22,7 @@ pytestmark = [
 
 ALLOWED = [
     "read_ro", "rw_tree", "proc_self", "dev_null", "socketpair_and_pipe", "kill_self",
-    "raise_self", "personality_query", "memfd_shared",
+    "raise_self", "personality_query", "memfd_shared", "dlopen_from_scratch",
 ]
 
 # action -> errno: EACCES comes from Landlock (files), EPERM from seccomp or Landlock scopes.
@@ -40,6 +40,7 @@ DENIED = {
     "af_netlink": errno.EPERM,
     "unix_dgram": errno.EPERM,
     "abstract_connect": errno.EPERM,
+    "abstract_bind": errno.EPERM,
     "kill_parent": errno.EPERM,
     "ptrace_parent": errno.EPERM,
     "vm_write_parent": errno.EPERM,
@@ -70,7 +71,8 @@ DENIED = {
 }
 
 # Denied actions that are safe to run unconfined in the test process's child: they succeed.
-CONTROLS = ["read_outside", "write_outside", "proc_parent_environ", "proc_1", "tcp_connect",
+CONTROLS = ["abstract_bind", "read_outside", "write_outside", "proc_parent_environ", "proc_1",
+            "tcp_connect",
             "af_inet_socket", "unix_dgram", "abstract_connect", "kill_parent", "subprocess",
             "thread_read_outside", "thread_socket", "prlimit_parent", "chmod_outside",
             "utime_outside", "chmod_ro_by_fd", "sysv_shmget", "symlink_escape"]
