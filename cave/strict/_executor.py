@@ -270,15 +270,18 @@ class StrictExecutor:
                     break
 
     def _show_value(self, message: dict[str, Any]) -> None:
+        """Show the step's value as text only.
+
+        Never as HTML: a notebook runs script in HTML output the kernel sends, and script in the
+        user's JupyterLab can run code in the kernel, so HTML written by confined code would be
+        a way out of the confinement. (A DataFrame therefore shows as text in strict mode.)
+        """
         ipython = sys.modules.get("IPython")
         if ipython is None or ipython.get_ipython() is None:
             return
         from IPython.display import display
 
-        bundle = {"text/plain": message["value_repr"]}
-        if isinstance(message.get("html"), str):
-            bundle["text/html"] = message["html"]
-        display(bundle, raw=True)
+        display({"text/plain": str(message["value_repr"])}, raw=True)
 
     # -- worker life --------------------------------------------------------------------------
     def _ensure_worker(self) -> WorkerProcess:

@@ -55,9 +55,11 @@ class _Layer:
     def __init__(self, request: Request, read_roots: tuple[str, ...],
                  write_roots: tuple[str, ...]) -> None:
         self.request = request
+        # /sys is never brokered: libraries probe it (cgroup CPU quotas) and an ask for that
+        # would interrupt the user for nothing; Landlock answers (mostly EACCES) instead.
         self.read_roots = tuple(read_roots) + (f"/proc/{os.getpid()}", "/proc/self",
                                                "/proc/thread-self", "/dev/null", "/dev/zero",
-                                               "/dev/urandom")
+                                               "/dev/urandom", "/sys")
         self.write_roots = tuple(write_roots) + ("/dev/null",)
         self.open = builtins.open
         self.os_open = os.open

@@ -246,15 +246,7 @@ class Worker:
             self._unlimit_memory()
         if value is None:
             return None, None, None
-        html = None
-        if message.get("echo"):
-            try:
-                method = getattr(value, "_repr_html_", None)
-                html = method() if callable(method) else None
-                html = html if isinstance(html, str) else None
-            except Exception:
-                html = None
-        return bounded_repr(value, message.get("value_chars", 2000)), html, None
+        return bounded_repr(value, message.get("value_chars", 2000)), None, None
 
     def _limit_memory(self) -> None:
         if not self.step_memory:

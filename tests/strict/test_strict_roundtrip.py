@@ -106,3 +106,34 @@ def test_checkpoint_save_and_restore_reach_the_worker(k: StrictKernel) -> None:
     # The restored namespace is what the next strict step sees.
     k.script(reply("", "print('now', saved_value)"), reply("ok"))
     assert "now [1, 2]" in k.execute("%agent look", timeout=90).stdout
+
+
+def test_plain_python_reaches_workspace_files_through_the_broker(k: StrictKernel) -> None:
+    (k.workspace / "data.csv").write_text("a,b\n1,2\n3,4\n")
+    (k.workspace / "sub").mkdir(exist_ok=True)
+    (k.workspace / "sub" / "note.txt").write_text("note")
+    k.script(reply("", "import pandas as pd, pathlib, os\n"
+                       "frame = pd.read_csv('data.csv')\n"
+                       "print(frame.b.sum(), pathlib.Path('sub/note.txt').read_text(),\n"
+                       "      sorted(os.listdir('sub')))\n"
+                       "pathlib.Path('out.txt').write_text('from the worker')\n"
+                       "frame"), reply("ok"))
+    cell = k.execute("%agent read them", timeout=90)
+    assert cell.status == "ok", cell.all_text
+    assert "6 note ['note.txt']" in cell.stdout, cell.all_text
+    assert (k.workspace / "out.txt").read_text() == "from the worker"
+    assert k.value("cave.retrieve('frame').shape") == "(2, 2)"
+    # The value is shown as text, never as HTML written by confined code.
+    shown = [m["content"]["data"] for m in cell.of_type("display_data", "execute_result")
+             if "0  1  2" in m["content"]["data"].get("text/plain", "")]
+    assert shown and not any("text/html" in d for d in shown), shown
+
+
+def test_approved_subprocess_runs_in_the_kernel_and_returns_its_output(k: StrictKernel) -> None:
+    k.script(reply("", "import subprocess\n"
+                       "done = subprocess.run(['echo', 'hello from a process'],\n"
+                       "                      capture_output=True, text=True)\n"
+                       "print(done.returncode, done.stdout.strip())"), reply("ok"))
+    cell = k.execute("%agent run it", on_message=clicker(Widgets(), "Approve once"), timeout=90)
+    assert cell.status == "ok", cell.all_text
+    assert "0 hello from a process" in k.tool_results()
