@@ -201,7 +201,8 @@ def main() -> None:
         for out, session in pair if i % 2 else pair[::-1]:
             out.append(_inner(session, work, 5))
     g, s = statistics.median(g_all) / 1000, statistics.median(s_all) / 1000
-    rows.append([f"pandas group-by sum, 2M rows (ms, inside the step, {args.pandas_rounds} rounds)", round(g, 2), round(s, 2),
+    label = f"pandas group-by sum, 2M rows (ms, inside the step, {args.pandas_rounds} rounds)"
+    rows.append([label, round(g, 2), round(s, 2),
                  f"ratio {s / g:.3f}", "ratio <= 1.05"])
     rows.append(["start a confined worker (ms, once per session or crash)", None,
                  round(spawn_ms, 1), None, "not per step"])
