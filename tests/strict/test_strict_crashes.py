@@ -105,3 +105,21 @@ def test_output_from_file_descriptors_and_values_reach_the_model(k: StrictKernel
                     "print('py-err', file=sys.stderr)\n21 * 2")
     for text in ("fd-one", "py-out", "py-err", "Out: 42"):
         assert text in told, told
+
+
+def test_stop_button_cancels_a_pending_broker_approval(k: StrictKernel) -> None:
+    target = k.outside / "never.txt"
+    k.script(reply("", f"open({str(target)!r}, 'w')\nprint('not reached')"), reply("never"))
+    sent = []
+
+    def stop_when_asked(msg: dict[str, Any], kernel: KernelHarness) -> None:
+        text = msg["content"].get("data", {}).get("text/plain", "")
+        if msg["msg_type"] == "display_data" and "[cave] approval" in text and not sent:
+            sent.append(True)
+            kernel.interrupt()
+
+    cell = k.execute("%agent write", timeout=120, on_message=stop_when_asked)
+    assert sent, cell.all_text
+    assert not target.exists()
+    assert "not reached" not in cell.stdout
+    _alive_and_intact(k)
