@@ -45,3 +45,7 @@ test-under-load: lint
 # The full 1,000-turn soak (the suite runs a bounded 100-turn version).
 soak: $(VENV)/.test-deps
 	CAVE_SOAK_TURNS=1000 $(VENV)/bin/pytest -p no:cacheprovider -o timeout=3600 -s tests/agent/test_soak.py
+# The full spawn-safety soak of strict mode (the suite runs 200 steps).
+.PHONY: strict-soak
+strict-soak: $(VENV)/.test-deps
+	CAVE_STRICT_SOAK_STEPS=1000 $(VENV)/bin/pytest tests/strict/test_strict_soak.py

@@ -129,6 +129,13 @@ class Session:
         """What this session has spent; saved with checkpoints."""
         self.compactor = Compactor()
         """The conversation's summary and compaction state (requests only; history is whole)."""
+        self.mode = "guard"
+        """Where agent code runs: ``"guard"`` (the kernel) or ``"strict"`` (a confined worker);
+        change it with :meth:`set_mode`."""
+        from .strict._process import StrictSettings
+
+        self.strict_settings = StrictSettings()
+        """Limits of the strict-mode worker (per-step memory, stop grace period)."""
         self.checkpoint_store: str | None = None
         """Where checkpoints go: a directory or fsspec URL; None means ``$CAVE_CHECKPOINTS`` or
         ``<directory>/checkpoints``."""
@@ -222,6 +229,20 @@ class Session:
         attach_tools(self)
         return self.security
 
+    def set_mode(self, mode: str) -> None:
+        """Switch to ``"strict"`` or ``"guard"``; strict raises (with the reason) if it cannot be
+        enforced here, and the mode stays as it was."""
+        from .strict._mode import MODES, enter_strict, leave_strict
+
+        if mode not in MODES:
+            raise ConfigError(f"Unknown mode {mode!r}: use one of {', '.join(MODES)}.")
+        with self.exclusive(f"switch to {mode} mode"):
+            if mode == "strict":
+                enter_strict(self)
+            else:
+                leave_strict(self)
+            self.mode = mode
+
     # -- turns ------------------------------------------------------------------------------
     def ask(
         self,
@@ -242,6 +263,15 @@ class Session:
         completed = False
         try:
             self.ensure_security()
+            code_context = self.code_context
+            if self.mode != "guard":  # no silent fallback: start the worker or fail the turn
+                from .strict._mode import MODES, enter_strict
+
+                if self.mode not in MODES:
+                    raise ConfigError(f"Mode {self.mode!r} is not a mode: `%cave mode strict` or "
+                                      "`%cave mode guard` (c.CaveKernel.mode, cave.toml mode).")
+                enter_strict(self)
+                code_context = None  # the broker enters the guard for each request instead
             self._run_hooks(self.before_turn)
             agent = Agent(
                 self.runtime,
@@ -250,7 +280,7 @@ class Session:
                 history=self.history,
                 primitives_doc=self.primitives_doc,
                 audit=self.audit,
-                code_context=self.code_context,
+                code_context=code_context,
                 echo=echo,
                 skills_doc=self.skills.listing() if self.skills is not None else "",
                 budget=budget or self.budget,

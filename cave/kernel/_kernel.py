@@ -76,6 +76,18 @@ class CaveKernel(IPythonKernel):
                          help="Budget: estimated USD per session.")
     context_window = Int(None, allow_none=True, config=True,
                          help="The model's context window in tokens (default: known per model).")
+    mode = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="Where agent code runs: 'guard' (in the kernel) or 'strict' (a confined worker "
+        "process); default: mode in cave.toml, else guard. Strict fails loudly if unsupported.",
+    )
+    strict_step_memory = Int(
+        8 * 2**30,
+        config=True,
+        help="Strict mode: bytes of address space one agent step may add (0: no limit).",
+    )
 
     @default("resume")
     def _resume_default(self) -> str | None:
@@ -132,6 +144,14 @@ class CaveKernel(IPythonKernel):
         if window or self.context_window:
             session.agent_settings = session.agent_settings.with_limits(
                 context_window=window or self.context_window)
+        from ..strict._mode import MODES, configured_mode
+
+        mode = self.mode or configured_mode(session.workspace) or "guard"
+        if mode not in MODES:  # a typo must not silently weaken: every turn reports it
+            self.log.error("c.CaveKernel.mode=%r is not a mode; use strict or guard", self.mode)
+        session.mode = mode
+        session.strict_settings = session.strict_settings.with_step_memory(
+            self.strict_step_memory or None)
         if self.autocheckpoint:
             from ..checkpoint._autocheckpoint import enable_autocheckpoint
 

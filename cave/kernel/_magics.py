@@ -24,6 +24,7 @@ CAVE_USAGE = """\
 %cave agents                list the sub-agents (cave.Agent) with their usage
 %cave budget [NAME=VALUE]   limits on steps, tokens and cost per turn and session (help: -h)
 %cave context               the next request's size, the model's window, what was compacted
+%cave mode [strict|guard]   where agent code runs: a confined worker process, or the kernel
 """
 
 _extra_commands: dict[str, Any] = {}
@@ -70,6 +71,10 @@ class CaveMagics(Magics):
         elif command == "reset":
             current_session().reset_conversation()
             print("Conversation cleared; the agent's variables are kept.")
+        elif command == "mode":
+            from ._mode_command import mode_command
+
+            mode_command(rest)
         elif command in _extra_commands:
             _extra_commands[command](rest)
         else:

@@ -71,7 +71,8 @@ class AgentRuntime:
     def __init__(self, **executor_options: Any) -> None:
         """``executor_options`` go to :class:`Executor` (``head_chars``, ``tail_chars``, ...)."""
         self.namespace: dict[str, Any] = {"__name__": AGENT_MODULE_NAME, "__builtins__": builtins}
-        self.executor = Executor(self.namespace, **executor_options)
+        self.executor: Any = Executor(self.namespace, **executor_options)
+        self._in_process = self.executor
         self._injected: dict[str, InjectedInfo] = {}
         self._primitives: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -263,3 +264,10 @@ class AgentRuntime:
     def interrupt(self) -> None:
         """Stop the current run (the stop button); does nothing if nothing is running."""
         self.executor.interrupt()
+
+    def use_executor(self, executor: Any | None) -> None:
+        """Run steps with ``executor`` (strict mode's worker); None: the in-process one again.
+
+        It must have :class:`Executor`'s ``run``/``interrupt``. The namespace stays this one.
+        """
+        self.executor = self._in_process if executor is None else executor
