@@ -288,7 +288,7 @@ class SubAgent:
         (answer from a terminal then: ``cave approvals approve ID``)."""
         from ..agent._loop import Agent as Loop
 
-        if not self._lock.acquire(blocking=False):
+        if not self._lock.acquire(blocking=False) and not self._after_stop():
             raise RuntimeStateError(
                 f"sub-agent {self.name!r} is already running a turn; wait for it to answer"
             )
@@ -318,6 +318,14 @@ class SubAgent:
             return result.answer
         finally:
             self._lock.release()
+
+    def _after_stop(self) -> bool:
+        """Take the turn lock once a stopped turn has unwound (it may still be unwinding when
+        the next cell starts); False if the running turn was not stopped."""
+        loop = self._loop
+        if loop is None or not loop.cancelled.is_set():
+            return False
+        return self._lock.acquire(timeout=STOP_WAIT_S)
 
     async def ask_async(self, prompt: str) -> str:
         """``await sub.ask_async(...)``: the same turn, in a worker thread."""

@@ -6,6 +6,7 @@ the real ``anthropic`` SDK (and the Cave kernel through it) can be tested end to
 """
 
 from ._anthropic_server import AnthropicServer
+from ._approval_widgets import CLICK, ApprovalWidgets, approval_clicker, request_ids
 from ._kernel_harness import CellResult, KernelHarness
 from ._loopback import RecordedRequest
 from ._openai_server import OpenAIServer
@@ -14,7 +15,9 @@ from ._scripted_kernel import ScriptedKernel
 from ._scripted_model import ScriptedModel
 
 __all__ = [
+    "CLICK",
     "AnthropicServer",
+    "ApprovalWidgets",
     "CellResult",
     "Failure",
     "KernelHarness",
@@ -24,6 +27,8 @@ __all__ = [
     "Script",
     "ScriptedKernel",
     "ScriptedModel",
+    "approval_clicker",
     "load_script",
     "reply",
+    "request_ids",
 ]

@@ -21,11 +21,17 @@ from typing import Any
 
 import pytest
 
-from cave.testing import KernelHarness, ScriptedKernel, reply
+from cave.testing import (
+    ApprovalWidgets,
+    KernelHarness,
+    ScriptedKernel,
+    approval_clicker,
+    reply,
+    request_ids,
+)
 
 pytestmark = pytest.mark.slow
 
-CLICK = {"method": "custom", "content": {"event": "click"}}
 
 
 class Rig(ScriptedKernel):
@@ -64,60 +70,8 @@ def _write_step(path: Path, text: str = "hello") -> str:
     )
 
 
-def request_ids(messages: list[dict[str, Any]]) -> list[str]:
-    """Request ids in the order their widgets were displayed."""
-    ids = []
-    for m in messages:
-        if m["msg_type"] == "display_data":
-            text = m["content"]["data"].get("text/plain", "")
-            found = re.match(r"\[cave\] approval (\w+):", text)
-            if found:
-                ids.append(found.group(1))
-    return ids
-
-
-class Widgets:
-    """Tracks widget comms from IOPub: the buttons of each displayed approval, by label."""
-
-    def __init__(self) -> None:
-        self.states: dict[str, dict[str, Any]] = {}
-        self.shown: list[tuple[str, str]] = []
-        """(request id, widget-view model id) in display order."""
-
-    def see(self, msg: dict[str, Any]) -> None:
-        if msg["msg_type"] == "comm_open":
-            self.states[msg["content"]["comm_id"]] = msg["content"]["data"].get("state", {})
-        elif msg["msg_type"] == "display_data":
-            data = msg["content"]["data"]
-            view = data.get("application/vnd.jupyter.widget-view+json")
-            ids = request_ids([msg])
-            if view and ids:
-                self.shown.append((ids[0], view["model_id"]))
-
-    def button(self, model_id: str, label: str) -> str:
-        """The comm id of the button labelled ``label`` inside the box ``model_id``."""
-        todo = [model_id]
-        while todo:
-            comm_id = todo.pop()
-            state = self.states.get(comm_id, {})
-            if state.get("description") == label:
-                return comm_id
-            todo += [c.removeprefix("IPY_MODEL_") for c in state.get("children", [])]
-        raise AssertionError(f"no {label!r} button under {model_id}")
-
-
-def clicker(widgets: Widgets, *labels: str) -> Callable[[dict[str, Any], KernelHarness], None]:
-    """An on_message hook that clicks ``labels[i]`` on the i-th approval widget displayed."""
-    clicked: set[str] = set()
-
-    def on_message(msg: dict[str, Any], kernel: KernelHarness) -> None:
-        widgets.see(msg)
-        for i, (rid, model_id) in enumerate(widgets.shown):
-            if rid not in clicked and i < len(labels):
-                clicked.add(rid)
-                kernel.comm_msg(widgets.button(model_id, labels[i]), CLICK)
-
-    return on_message
+Widgets = ApprovalWidgets
+clicker = approval_clicker
 
 
 def test_approve_once_click_writes_once_and_the_agent_continues(rig: Rig) -> None:

@@ -14,17 +14,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from test_approvals_kernel import (
-    CLICK,
-    Rig,
-    Widgets,
-    _cli,
-    _write_step,
-    controller,
-    request_ids,
-)
+from test_approvals_kernel import Rig, Widgets, _cli, _write_step, controller
 
-from cave.testing import KernelHarness, reply
+from cave.testing import CLICK, KernelHarness, reply, request_ids
 
 pytestmark = pytest.mark.slow
 

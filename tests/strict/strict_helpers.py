@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from cave.security._confinement import strict_support
-from cave.testing import KernelHarness, ScriptedKernel
+from cave.testing import ApprovalWidgets, ScriptedKernel, approval_clicker
 
 HARMLESS_ENV = ("HOME", "PATH", "LANG", "LC_ALL", "TZ", "TERM", "USER", "SHELL")
-CLICK = {"method": "custom", "content": {"event": "click"}}
 
 needs_strict = pytest.mark.skipif(
     not strict_support().available,
@@ -55,43 +51,5 @@ class StrictKernel(ScriptedKernel):
         return str(cell.stdout.strip())
 
 
-class Widgets:
-    """Tracks widget comms from IOPub: the buttons of each displayed approval, by label."""
-
-    def __init__(self) -> None:
-        self.states: dict[str, dict[str, Any]] = {}
-        self.shown: list[tuple[str, str]] = []
-
-    def see(self, msg: dict[str, Any]) -> None:
-        if msg["msg_type"] == "comm_open":
-            self.states[msg["content"]["comm_id"]] = msg["content"]["data"].get("state", {})
-        elif msg["msg_type"] == "display_data":
-            data = msg["content"]["data"]
-            view = data.get("application/vnd.jupyter.widget-view+json")
-            found = re.match(r"\[cave\] approval (\w+):", data.get("text/plain", ""))
-            if view and found:
-                self.shown.append((found.group(1), view["model_id"]))
-
-    def button(self, model_id: str, label: str) -> str:
-        todo = [model_id]
-        while todo:
-            comm_id = todo.pop()
-            state = self.states.get(comm_id, {})
-            if state.get("description") == label:
-                return comm_id
-            todo += [c.removeprefix("IPY_MODEL_") for c in state.get("children", [])]
-        raise AssertionError(f"no {label!r} button under {model_id}")
-
-
-def clicker(widgets: Widgets, *labels: str) -> Callable[[dict[str, Any], KernelHarness], None]:
-    """An on_message hook that clicks ``labels[i]`` on the i-th approval widget displayed."""
-    clicked: set[str] = set()
-
-    def on_message(msg: dict[str, Any], kernel: KernelHarness) -> None:
-        widgets.see(msg)
-        for i, (rid, model_id) in enumerate(widgets.shown):
-            if rid not in clicked and i < len(labels):
-                clicked.add(rid)
-                kernel.comm_msg(widgets.button(model_id, labels[i]), CLICK)
-
-    return on_message
+Widgets = ApprovalWidgets
+clicker = approval_clicker

@@ -7,19 +7,17 @@ in a fresh kernel, where the tool works again without being registered.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cave.testing import AnthropicServer, KernelHarness, reply
+from cave.testing import CLICK, AnthropicServer, ApprovalWidgets, KernelHarness, reply
 from cave.testing._script import Failure
 
 pytestmark = pytest.mark.slow
 
-CLICK = {"method": "custom", "content": {"event": "click"}}
 
 TOOL = """
 /** Check records: each needs a name and a positive amount. */
@@ -80,34 +78,19 @@ def ok(k: KernelHarness, code: str, **kwargs: Any) -> Any:
     return cell
 
 
-class Clicker:
+class Clicker(ApprovalWidgets):
     """Clicks "Approve once" on each approval widget that appears, and keeps its text."""
 
-    def __init__(self) -> None:
-        self.states: dict[str, dict[str, Any]] = {}
-        self.shown: list[str] = []
-
     def __call__(self, msg: dict[str, Any], k: KernelHarness) -> None:
-        if msg["msg_type"] == "comm_open":
-            self.states[msg["content"]["comm_id"]] = msg["content"]["data"].get("state", {})
-        if msg["msg_type"] != "display_data":
-            return
-        data = msg["content"]["data"]
-        text = data.get("text/plain", "")
-        view = data.get("application/vnd.jupyter.widget-view+json")
-        if view and re.match(r"\[cave\] approval \w+:", text):
-            self.shown.append(text)
-            k.comm_msg(self._button(view["model_id"], "Approve once"), CLICK)
+        self.see(msg)
+        for rid, model_id in self.shown:
+            if rid not in self.clicked:
+                self.clicked.add(rid)
+                k.comm_msg(self.button(model_id, "Approve once"), CLICK)
 
-    def _button(self, model_id: str, label: str) -> str:
-        todo = [model_id]
-        while todo:
-            comm_id = todo.pop()
-            state = self.states.get(comm_id, {})
-            if state.get("description") == label:
-                return comm_id
-            todo += [c.removeprefix("IPY_MODEL_") for c in state.get("children", [])]
-        raise AssertionError(f"no {label!r} button under {model_id}")
+    def __init__(self) -> None:
+        super().__init__()
+        self.clicked: set[str] = set()
 
 
 def test_agent_registers_a_tool_by_approval_uses_it_and_it_survives_a_checkpoint(
@@ -124,8 +107,8 @@ def test_agent_registers_a_tool_by_approval_uses_it_and_it_survives_a_checkpoint
         model.replies = [reply("Registering a checker.", step), reply("1 of 3 rows is valid.")]
         clicker = Clicker()
         cell = ok(k, "%%agent\nvalidate df's rows with a TypeScript tool", on_message=clicker)
-        assert len(clicker.shown) == 1
-        shown = clicker.shown[0]
+        assert len(clicker.texts) == 1
+        shown = clicker.texts[0]
         assert "tool:check_rows" in shown and "source (typescript, in full):" in shown
         assert "errors.push(`row ${i}: empty name`)" in shown
         sent_back = str(model.server.requests[-1].body["messages"][-1])
