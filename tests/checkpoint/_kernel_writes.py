@@ -150,3 +150,22 @@ def anonymous_page_over(address: int, page: int) -> None:
     got = _libc.mmap(address, page, prot, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x10, -1, 0)
     if got != address:
         raise OSError(ctypes.get_errno(), "mmap(MAP_FIXED) of an anonymous page failed")
+
+
+def reprotect_behind_the_trackers_back(address: int, length: int) -> None:
+    """Re-protect the written pages of a range with a ``PAGEMAP_SCAN`` of our own: the write
+    evidence the tracker relies on is erased without it knowing (what its invariant trusts no
+    other code in the process to do)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+    start = (address + mmap.PAGESIZE - 1) & ~(mmap.PAGESIZE - 1)
+    end = (address + length) & ~(mmap.PAGESIZE - 1)
+    request = (3 << 30) | (96 << 16) | (ord("f") << 8) | 16  # PAGEMAP_SCAN
+    written, wp_matching = 1 << 1, 1 << 0
+    arg = (ctypes.c_uint64 * 12)(96, wp_matching, start, end, 0, 0, 0, 0, 0, written, 0, written)
+    fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+    try:
+        if libc.ioctl(fd, request, ctypes.addressof(arg)) < 0:
+            raise OSError(ctypes.get_errno(), "PAGEMAP_SCAN")
+    finally:
+        os.close(fd)
