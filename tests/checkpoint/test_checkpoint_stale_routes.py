@@ -5,6 +5,8 @@ Every test saves real checkpoints and compares what comes back with the live byt
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 from _kernel_writes import FixedBufferRing, anonymous_page_over, perf_page_over
 from test_checkpoint_write_tracking import needs_tracking
 
-from cave.checkpoint import SessionStore, _write_tracking
+from cave.checkpoint import SessionStore, _fingerprint, _write_tracking
 
 PAGE = _write_tracking.PAGE
 SECRET = b"k" * 32
@@ -132,3 +134,73 @@ def test_a_memoryview_comes_back_as_a_memoryview(store):
         assert isinstance(got, memoryview), f"{name} came back as {type(got).__name__}"
         assert (got.format, got.shape, got.readonly) == (live.format, live.shape, live.readonly)
         assert got.tobytes() == live.tobytes()
+
+
+@needs_tracking
+def test_a_hole_or_a_foreign_mapping_in_a_watched_range_is_never_untouched():
+    tracker = _write_tracking.tracker()
+    a = np.random.default_rng(11).random((8 << 20) // 8)
+    watch = tracker.watch(a.ctypes.data, a.nbytes)
+    assert watch is not None and tracker.untouched(watch)
+    page = (a.ctypes.data + 5 * PAGE) & ~(PAGE - 1)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    assert libc.munmap(page, PAGE) == 0
+    try:
+        assert not tracker.untouched(watch)  # a hole: pagemap walks skip it, msync does not
+    finally:
+        anonymous_page_over(page, PAGE)  # the array may be freed safely again
+    assert not tracker.untouched(watch)  # a mapping the tracker did not register
+
+
+@needs_tracking
+def test_nothing_is_watched_or_trusted_while_memory_is_pinned_or_locked(tmp_path):
+    tracker = _write_tracking.tracker()
+    a = np.random.default_rng(12).random((8 << 20) // 8)
+    watch = tracker.watch(a.ctypes.data, a.nbytes)
+    assert watch is not None and tracker.untouched(watch) and _write_tracking.pinned() == ""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mlock.argtypes = libc.munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    spare = mmap.mmap(-1, PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(spare))
+    if libc.mlock(address, PAGE) != 0:
+        pytest.skip(f"mlock refused here (errno {ctypes.get_errno()})")
+    try:
+        assert "VmLck" in _write_tracking.pinned()
+        assert not tracker.untouched(watch)
+        assert tracker.watch(a.ctypes.data, a.nbytes) is None
+    finally:
+        libc.munlock(address, PAGE)
+        spare.close()
+    assert tracker.untouched(watch)  # nothing was written meanwhile
+
+
+@needs_tracking
+@pytest.mark.skipif(bool(_io_uring_usable()), reason=_io_uring_usable() or "-")
+def test_an_open_io_uring_alone_stops_trust():
+    tracker = _write_tracking.tracker()
+    a = np.random.default_rng(13).random((8 << 20) // 8)
+    spare = np.zeros(PAGE * 2, dtype=np.uint8)
+    ring = FixedBufferRing((spare.ctypes.data + PAGE - 1) & ~(PAGE - 1), PAGE)
+    try:
+        assert _write_tracking.pinned()
+        assert tracker.watch(a.ctypes.data, a.nbytes) is None
+    finally:
+        ring.close()
+
+
+@needs_tracking
+@pytest.mark.parametrize("view_first", [True, False])
+def test_overlapping_views_settle_into_being_trusted(tmp_path, view_first):
+    """Revocation must not make a view and its base revoke each other at every save."""
+    a = np.random.default_rng(14).random((16 << 20) // 8)
+    ns = {"v": a[100_000:1_500_000], "A": a} if view_first else {"A": a, "v": a[100_000:]}
+    store = SessionStore(tmp_path / "s", secret=SECRET, **VERIFY_OFF)
+    store.save("c0", ns, {})
+    a[1_000_000] = 5.0  # written: both are hashed, then tracked again once they settle
+    for i in range(1, 4):
+        store.save(f"c{i}", ns, {})
+    watches = [e.watch for e in _fingerprint._known.values() if e.owner and e.owner() is a.base]
+    watches += [e.watch for e in _fingerprint._known.values() if e.owner and e.owner() is a]
+    assert len(watches) == 2 and all(w is not None and w.valid for w in watches)
+    _assert_live(store, "c3", ns)
