@@ -204,6 +204,8 @@ class WriteTracker:
                 if not self._clean(start, end):  # already clean: nothing to re-protect
                     self._revoke(start, end)
                     self._scan(start, end, protect=True)
+                if pinned():  # pinned since the check above: the protection proves nothing
+                    raise OSError(0, "memory was pinned while the range was being protected")
             except Exception:
                 self._revoke(start, end)  # a re-protection may have run part of the way
                 return None
