@@ -122,6 +122,12 @@ def buffer_digest(view: memoryview) -> bytes:
         return bytes(h.digest())
     key = (address, view.nbytes)
     owner = _owner(view)
+    try:
+        weakref.ref(owner)
+    except TypeError:  # ``bytes``: never cached (see `_remember`), so not worth protecting
+        h, _prefix = _hasher()
+        h.update(view)
+        return bytes(h.digest())
     with _known_lock:
         known = _known.get(key)
     if known is not None and (known.owner is None or known.owner() is not owner):

@@ -75,15 +75,19 @@ class TrackingMachine(RuleBasedStateMachine):
         self.store = SessionStore(self.url, secret=b"f" * 32, verify_every=0)
         self.ns: dict[str, Any] = dict.fromkeys(NAMES)  # names keep their first position
         self.seq = 0
+        self.restored = -1
         if not os.path.exists(_SOURCE):
             with open(_SOURCE, "wb") as f:
                 f.write(os.urandom(1 << 20))
 
     def teardown(self) -> None:
-        self.ns.clear()
-        import fsspec
+        try:
+            self.save_and_compare()  # the session's last checkpoint, whatever came before it
+        finally:
+            self.ns.clear()
+            import fsspec
 
-        fsspec.filesystem("memory").rm(self.url, recursive=True)
+            fsspec.filesystem("memory").rm(self.url, recursive=True)
 
     # --- what the namespace holds ------------------------------------------------------------
 
@@ -132,6 +136,22 @@ class TrackingMachine(RuleBasedStateMachine):
         stop = data.draw(st.sampled_from((len(src), len(src), start + 1 + len(src) // 3)))
         step = data.draw(st.sampled_from((1, 1, 1, 2)))
         self.ns[name] = src[start : min(stop, len(src)) : step]
+
+    @precondition(lambda self: any(self._earlier(n) for n in self._arrays()))
+    @rule(data=st.data(), edit=st.booleans())
+    def rebind_an_earlier_name_to_a_view(self, data: st.DataObject, edit: bool) -> None:
+        """What an agent turn does with a variable from an earlier turn: maybe ``A[i] = v``, then
+        ``part = A[j:]``, where ``part`` keeps its place before ``A`` in the namespace."""
+        src_name = data.draw(st.sampled_from([n for n in self._arrays() if self._earlier(n)]))
+        src = self.ns[src_name]
+        if edit and src.flags.writeable:
+            src[data.draw(st.integers(0, len(src) - 1))] = data.draw(st.floats(-1e6, 1e6))
+        start = data.draw(st.integers(0, len(src) // 2))
+        self.ns[data.draw(st.sampled_from(self._earlier(src_name)))] = src[start:]
+
+    def _earlier(self, name: str) -> list[str]:
+        names = list(self.ns)
+        return names[: names.index(name)]
 
     @precondition(lambda self: bool(self._frames()))
     @rule(data=st.data(), name=st.sampled_from(NAMES))
@@ -209,10 +229,11 @@ class TrackingMachine(RuleBasedStateMachine):
         """Saves are as common as writes in a session (a second rule doubles their share)."""
         self.save_and_compare()
 
-    @precondition(lambda self: self.seq % 4 == 3)  # now and then, not after every save
+    @precondition(lambda self: self.seq % 4 == 3 and self.restored != self.seq)  # now and then
     @rule()
     def restore(self) -> None:
         """Continue from the newest checkpoint: its arrays live in the restored blobs' memory."""
+        self.restored = self.seq
         self.store.load(f"c{self.seq}", into=self.ns)
 
     @invariant()
