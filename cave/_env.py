@@ -25,6 +25,8 @@ AUTOCHECKPOINT_KEEP_ENV = "CAVE_AUTOCHECKPOINT_KEEP"
 """How many automatic checkpoints to keep (default 20)."""
 WRITE_TRACKING_ENV = "CAVE_CHECKPOINT_WRITE_TRACKING"
 """``0`` stops checkpoints asking the kernel which large buffers were written (they are hashed)."""
+VERIFY_EVERY_ENV = "CAVE_CHECKPOINT_VERIFY_EVERY"
+"""After every N-th save, re-hash one buffer write tracking vouched for (default 1; 0 never)."""
 CONFIG_DIR_ENV = "CAVE_CONFIG_DIR"
 """The user's Cave config directory (checkpoint signing secret, user policy)."""
 
