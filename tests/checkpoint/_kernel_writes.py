@@ -9,6 +9,7 @@ import ctypes
 import mmap
 import os
 import platform
+import time
 
 _NR = {
     "x86_64": {"io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
@@ -109,9 +110,25 @@ class FixedBufferRing:
         return result
 
     def close(self) -> None:
+        """Tear the ring down and wait until the kernel has unpinned the buffer: it frees a ring
+        in a worker after the last reference goes, and until then ``VmPin`` stays above 0 (and
+        write tracking trusts nothing in this process)."""
         for ring in (self._sq, self._cq, self._sqes):
             ring.close()
-        os.close(self.fd)  # the ring goes, and with it the pin of the registered buffer
+        os.close(self.fd)
+        for _ in range(3000):  # polls a condition, bounded (30 s): not a timing assumption
+            if _vm_pin_kb() == 0:
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"the io_uring's pinned pages were not released ({_vm_pin_kb()} kB)")
+
+
+def _vm_pin_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmPin:"):
+                return int(line.split()[1])
+    return 0
 
 
 class _PerfAttr(ctypes.Structure):
@@ -169,3 +186,19 @@ def reprotect_behind_the_trackers_back(address: int, length: int) -> None:
             raise OSError(ctypes.get_errno(), "PAGEMAP_SCAN")
     finally:
         os.close(fd)
+
+
+def reset_tracker() -> None:
+    """Close this process's write tracker and forget every cached digest: the next save starts
+    a new tracker. Closing matters: ranges stay registered with a live tracker's userfaultfd,
+    and a second tracker could not register them (EBUSY), so it would track nothing."""
+    from cave.checkpoint import _fingerprint, _write_tracking
+
+    with _write_tracking._tracker_lock:
+        old = _write_tracking._tracker
+        _write_tracking._tracker, _write_tracking._tried = None, False
+        _write_tracking.unavailable = ""
+    if old is not None:
+        old.close()
+    with _fingerprint._known_lock:
+        _fingerprint._known.clear()

@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 
 import pytest
+from _kernel_writes import reset_tracker
 from _tracking_machine import MIN_TRACKED, STATS, TrackingMachine, count_trusted
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 from test_checkpoint_write_tracking import needs_tracking
 
-from cave.checkpoint import _fingerprint, _write_tracking
+from cave.checkpoint import _write_tracking
 
 EXAMPLES = int(os.environ.get("CAVE_FUZZ_EXAMPLES", "20"))
 STEPS = int(os.environ.get("CAVE_FUZZ_STEPS", "40"))
@@ -38,19 +39,15 @@ def _settings(examples: int, *, shrink: bool = True) -> settings:
 
 @pytest.fixture
 def own_tracker(monkeypatch):
-    """A tracker and cache of this test's own, tracking buffers of 32 KiB and more."""
-    monkeypatch.setattr(_write_tracking, "_tracker", None)
-    monkeypatch.setattr(_write_tracking, "_tried", False)
-    monkeypatch.setattr(_write_tracking, "unavailable", "")
+    """A tracker and cache of this test's own, tracking buffers of 16 KiB and more."""
+    reset_tracker()
     monkeypatch.setattr(_write_tracking, "MIN_TRACKED", MIN_TRACKED)
-    monkeypatch.setattr(_fingerprint, "_known", {})
     monkeypatch.setattr(_write_tracking.WriteTracker, "untouched",
                         _write_tracking.WriteTracker.untouched)  # fmt: skip
     count_trusted()
     STATS.update(saves=0, trusted=0)
     yield
-    if _write_tracking._tracker is not None:
-        _write_tracking._tracker.close()
+    reset_tracker()  # the mutant's watches were never revoked: nothing of it may outlive the test
 
 
 @needs_tracking

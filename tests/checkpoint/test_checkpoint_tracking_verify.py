@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _kernel_writes import reprotect_behind_the_trackers_back
+from _kernel_writes import reprotect_behind_the_trackers_back, reset_tracker
 from test_checkpoint_write_tracking import needs_tracking
 
 from cave._session import Session
@@ -26,15 +26,11 @@ SECRET = b"v" * 32
 
 
 @pytest.fixture
-def fresh_tracker(monkeypatch):
-    """A tracker of its own, so that turning it off here leaves the other tests theirs."""
-    monkeypatch.setattr(_write_tracking, "_tracker", None)
-    monkeypatch.setattr(_write_tracking, "_tried", False)
-    monkeypatch.setattr(_write_tracking, "unavailable", "")
-    monkeypatch.setattr(_fingerprint, "_known", {})
+def fresh_tracker():
+    """A tracker of its own, so that turning it off here leaves the other tests a working one."""
+    reset_tracker()
     yield
-    if _write_tracking._tracker is not None:
-        _write_tracking._tracker.close()
+    reset_tracker()
 
 
 def _unseen_write(arr: np.ndarray) -> int:
