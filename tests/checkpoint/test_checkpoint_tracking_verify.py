@@ -102,18 +102,21 @@ def test_a_session_prints_and_audits_tracking_off(tmp_path, monkeypatch, capsys,
     session = Session(workspace=tmp_path / "ws", model=ScriptedModel([]))
     session.checkpoint_store = str(tmp_path / "store")
     session.ensure_security()
-    arr = np.random.default_rng(3).random((16 << 20) // 8)
-    session.runtime.inject("arr", arr, "data")
-    save(session, "one", progress=False)
-    from cave.checkpoint._session_store import open_store
+    try:
+        arr = np.random.default_rng(3).random((16 << 20) // 8)
+        session.runtime.inject("arr", arr, "data")
+        save(session, "one", progress=False)
+        from cave.checkpoint._session_store import open_store
 
-    open_store(session).verifier.wait()
-    _unseen_write(arr)
-    save(session, "two", progress=False)
-    assert open_store(session).verifier.wait().outcome == "mismatch"
-    save(session, "three", progress=False)
-    assert "write tracking was turned off" in capsys.readouterr().err
-    lines = Path(session.audit.path).read_text().splitlines()
-    kinds = [json.loads(line)["kind"] for line in lines]
-    assert kinds.count("checkpoint.tracking_off") == 1
-    assert kinds.index("checkpoint.tracking_off") < len(kinds) - 1  # before save "three"
+        open_store(session).verifier.wait()
+        _unseen_write(arr)
+        save(session, "two", progress=False)
+        assert open_store(session).verifier.wait().outcome == "mismatch"
+        save(session, "three", progress=False)
+        assert "write tracking was turned off" in capsys.readouterr().err
+        lines = Path(session.audit.path).read_text().splitlines()
+        kinds = [json.loads(line)["kind"] for line in lines]
+        assert kinds.count("checkpoint.tracking_off") == 1
+        assert kinds.index("checkpoint.tracking_off") < len(kinds) - 1  # before save "three"
+    finally:
+        session.security.close()  # its guard (audit hooks) must not outlive the test
