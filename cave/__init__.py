@@ -12,11 +12,13 @@ from ._errors import (
     ApprovalError,
     AuditChainBroken,
     AuthorityError,
+    BudgetReached,
     CaveError,
     CheckpointError,
     CheckpointNotFound,
     CheckpointTampered,
     ConfigError,
+    EmptyModelReply,
     MaxStepsReached,
     MissingAPIKey,
     ModelError,
@@ -24,6 +26,8 @@ from ._errors import (
     NameNotFound,
     PolicyFileError,
     RuntimeStateError,
+    SkillError,
+    StrictModeUnavailable,
     ToolError,
     TurnInterrupted,
     TurnStopped,
@@ -31,7 +35,9 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
+    from . import tools
     from ._session import Session
+    from ._subagent import Agent
     from .models import Model
 
 __version__ = "0.1.0"
@@ -72,6 +78,20 @@ def session() -> Session:
     return current_session()
 
 
+def __getattr__(name: str) -> Any:
+    """``cave.tools`` and ``cave.Agent`` load on first use: kernel start-up imports neither."""
+    if name == "tools":
+        import importlib
+
+        return importlib.import_module(".tools", __name__)  # binds cave.tools as it loads
+    if name == "Agent":
+        from ._subagent import Agent
+
+        globals()["Agent"] = Agent
+        return Agent
+    raise AttributeError(f"module 'cave' has no attribute {name!r}")
+
+
 def load_ipython_extension(shell: Any) -> None:
     """``%load_ext cave`` in a non-Cave IPython: the magics, with blocking agent turns."""
     from .kernel._magics import load_ipython_extension as load
@@ -95,6 +115,7 @@ __all__ = [
     "NameNotFound",
     "PolicyFileError",
     "RuntimeStateError",
+    "StrictModeUnavailable",
     "ToolError",
     "TurnInterrupted",
     "TurnStopped",
@@ -105,5 +126,10 @@ __all__ = [
     "retrieve",
     "session",
     "set_model",
+    "tools",
     "update",
+    "Agent",
+    "SkillError",
+    "BudgetReached",
+    "EmptyModelReply",
 ]

@@ -14,14 +14,18 @@ log when they are built: whoever catches one decides whether it is worth a log l
     │   └── TypeChangeRefused       update() that would change an object's type
     ├── TurnStopped                 a turn ended before the model answered in text
     │   ├── MaxStepsReached
-    │   └── TurnInterrupted         the user pressed stop
+    │   ├── TurnInterrupted         the user pressed stop
+    │   ├── BudgetReached           a turn or session limit on steps, tokens or cost
+    │   └── EmptyModelReply         the model answered with neither text nor code, twice
     ├── AuthorityError              the security layer could not decide (not a denial: see below)
     ├── ApprovalError               unknown request id, request already decided
     ├── AuditChainBroken            `cave audit verify` found an edited, missing or reordered record
     ├── CheckpointError             a checkpoint that cannot be saved or restored
     │   ├── CheckpointNotFound
     │   └── CheckpointTampered      signature or hash mismatch: refused before unpickling
-    └── ToolError                   a Deno tool that failed to register, start or answer
+    ├── ToolError                   a Deno tool that failed to register, start or answer
+    ├── StrictModeUnavailable       the OS cannot confine strict mode's worker here (reasons)
+    └── SkillError                  a malformed skill (file and reason), an unknown skill name
 
 A *denial* is not a CaveError: primitives and the guard raise the built-in `PermissionError`,
 because that is what agent code (and the model reading its traceback) already knows how to handle.
@@ -140,6 +144,35 @@ class TurnInterrupted(TurnStopped):
         )
 
 
+class BudgetReached(TurnStopped):
+    """A budget limit was reached; the turn ended at a step boundary, nothing was lost."""
+
+    def __init__(self, limit: str, spent: str, allowed: str) -> None:
+        self.limit = limit
+        self.spent = spent
+        self.allowed = allowed
+        scope = "session" if limit.startswith("session") else "turn"
+        super().__init__(
+            f"Budget reached: {limit} (spent {spent} of {allowed}), so the turn stopped before "
+            f"the next model call. The agent's variables and the conversation are kept; raise "
+            f"the limit with `%cave budget {limit}=NEW`"
+            + (" (or `%%agent --max-cost USD` for one cell)" if scope == "turn" else "")
+            + " and ask it to continue."
+        )
+
+
+class EmptyModelReply(TurnStopped):
+    """The model answered with neither text nor a tool call, and again when asked once more."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        super().__init__(
+            f"The model sent an empty reply (no text, no code) at step {step}, twice. Nothing was "
+            "added to the conversation, so the next cell can go on: re-run the cell or rephrase "
+            "the request."
+        )
+
+
 class AuthorityError(CaveError):
     """The security layer could not reach a decision (for example: no approval channel)."""
 
@@ -188,4 +221,52 @@ class CheckpointTampered(CheckpointError):
 
 
 class ToolError(CaveError):
-    """A Deno tool that failed to register, start, or answer."""
+    """A Deno tool that failed to register, start, or answer.
+
+    ``kind`` says which: ``register``, ``error`` (the TypeScript threw: ``js_name``,
+    ``js_message`` and ``stack`` are its own), ``timeout``, ``limit`` (syscalls, result size),
+    ``crash`` (the Deno process died; the next call starts a new one) or ``protocol``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tool: str | None = None,
+        kind: str = "error",
+        js_name: str | None = None,
+        js_message: str | None = None,
+        stack: str | None = None,
+    ) -> None:
+        self.tool = tool
+        self.kind = kind
+        self.js_name = js_name
+        self.js_message = js_message
+        self.stack = stack
+        super().__init__(message)
+
+
+class StrictModeUnavailable(CaveError):
+    """Strict mode cannot be enforced here: the OS lacks what the confinement needs.
+
+    Raised instead of confining partially: a worker that is only half confined must not run
+    agent code believing it is strict.
+    """
+
+    def __init__(self, reasons: tuple[str, ...] | list[str]) -> None:
+        self.reasons = tuple(reasons)
+        lines = "\n".join(f"  * {r}" for r in self.reasons) or "  * (no reason given)"
+        super().__init__(
+            "Strict mode's OS confinement cannot be enforced:\n"
+            f"{lines}\n"
+            "No agent code runs unconfined: fix the above, or use guard mode (`%cave mode guard`)."
+        )
+
+
+class SkillError(CaveError):
+    """A skill that cannot be used: which file, and what is wrong with it."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")

@@ -13,13 +13,18 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._env import MODEL_ENV, SCRIPT_ENV, session_dir
 from ._errors import ConfigError
 from .agent._events import EventSink
 from .agent._loop import Agent, AgentSettings, TurnResult
 from .models._protocol import Model
+
+if TYPE_CHECKING:
+    from .approvals._protocol import ApprovalChannel
+    from .security import Security
+    from .security._audit import ChainedAuditSink
 
 
 @dataclass(frozen=True)
@@ -85,20 +90,52 @@ class Session:
         self._lock = threading.Lock()
         self._active: Agent | None = None
         self.primitives_doc = ""
-        self.audit: Any = None
+        self.audit: ChainedAuditSink | None = None
         self.code_context: Callable[[], Any] | None = None
-        self.security: Any = None
+        self.security: Security | None = None
         """``cave.security.Security``, built on the first turn (``ensure_security``)."""
-        self.approvals: Any = None
+        self.approvals: ApprovalChannel | None = None
         """The approval channel the security layer asks through."""
         self._channel_factory = channel_factory
         self._secure = secure
         self.before_turn: list[Callable[[Session], None]] = []
         """Called at the start of each turn, in the turn's thread, after ``ensure_security``."""
+        from ._data_grants import grant_injected_schedulers
+
+        self.before_turn.append(grant_injected_schedulers)  # issue 13: the Dask policy
         self.after_turn: list[Callable[[Session, bool], None]] = []
         """Called with (session, completed) when a turn ends, in the turn's thread, still holding
         the turn lock (auto-checkpoints). A hook that raises is reported on stderr; it never
         replaces the turn's result or error."""
+        self.tools: Any = None
+        """``cave.tools``' registry of TypeScript tools, attached with the security layer."""
+        self.state_parts: dict[str, tuple[Callable[[], Any], Callable[[Any], Callable[[], None]]]]
+        self.state_parts = {}
+        """Extra JSON state a checkpoint carries: name -> (capture, prepare); ``prepare(saved)``
+        raises ValueError on bad data and returns the step that applies it (all or nothing)."""
+        self.skills: Any = None
+        """``cave.skills.SkillRegistry``, discovered when the security layer is built."""
+        self.subagents: Any = None
+        """``cave.subagents._registry.SubAgents``: the sub-agents made in this session."""
+        self.checkpoint_parts: dict[str, tuple[Callable[[Session], Any], Any]] = {}
+        """Extra state a checkpoint carries: key -> (capture(session) -> JSON-able,
+        apply(session, saved or None) -> list of ``Problem``)."""
+        from .agent._budget import Budget, Totals
+        from .agent._compaction import Compactor
+
+        self.budget = Budget()
+        """Limits per turn and per session (``%cave budget``); saved with checkpoints."""
+        self.totals = Totals()
+        """What this session has spent; saved with checkpoints."""
+        self.compactor = Compactor()
+        """The conversation's summary and compaction state (requests only; history is whole)."""
+        self.mode = "guard"
+        """Where agent code runs: ``"guard"`` (the kernel) or ``"strict"`` (a confined worker);
+        change it with :meth:`set_mode`."""
+        from .strict._process import StrictSettings
+
+        self.strict_settings = StrictSettings()
+        """Limits of the strict-mode worker (per-step memory, stop grace period)."""
         self.checkpoint_store: str | None = None
         """Where checkpoints go: a directory or fsspec URL; None means ``$CAVE_CHECKPOINTS`` or
         ``<directory>/checkpoints``."""
@@ -138,13 +175,15 @@ class Session:
         """Whether a turn could reach a model: a model object, an endpoint, a key or a script."""
         if self._model is not None or self.model_settings.base_url or os.environ.get(SCRIPT_ENV):
             return True
-        from .models._credentials import get_key
+        from .models._credentials import get_key, route
 
         name = self.model_settings.name or os.environ.get(MODEL_ENV) or ""
         if name.startswith("openai"):
-            return bool(get_key("openai") or os.environ.get("OPENAI_BASE_URL"))
+            return bool(get_key("openai") or os.environ.get("OPENAI_BASE_URL") or route("openai"))
         return bool(
             get_key("anthropic")
+            or route("anthropic")
+            or route("anthropic_auth_token")
             or os.environ.get("ANTHROPIC_API_KEY")
             or os.environ.get("ANTHROPIC_BASE_URL")
         )
@@ -172,11 +211,37 @@ class Session:
             session_dir=self.directory,
             exec_marker="<cave-",
         )
+        from .skills._attach import attach as attach_skills
+        from .subagents._primitive import attach as attach_agents
+
+        attach_skills(self, self.security)
+        attach_agents(
+            self,
+            self.security,
+            lambda name: model_from_settings(self.model_settings.with_name(name)),
+        )
         for name, primitive in self.security.primitives.items():
             self.runtime.add_primitive(name, primitive)
         self.code_context = self.security.agent_code
         self.primitives_doc = self.security.describe_primitives()
+        from .tools._hook import attach_tools
+
+        attach_tools(self)
         return self.security
+
+    def set_mode(self, mode: str) -> None:
+        """Switch to ``"strict"`` or ``"guard"``; strict raises (with the reason) if it cannot be
+        enforced here, and the mode stays as it was."""
+        from .strict._mode import MODES, enter_strict, leave_strict
+
+        if mode not in MODES:
+            raise ConfigError(f"Unknown mode {mode!r}: use one of {', '.join(MODES)}.")
+        with self.exclusive(f"switch to {mode} mode"):
+            if mode == "strict":
+                enter_strict(self)
+            else:
+                leave_strict(self)
+            self.mode = mode
 
     # -- turns ------------------------------------------------------------------------------
     def ask(
@@ -186,16 +251,27 @@ class Session:
         *,
         settings: AgentSettings | None = None,
         echo: bool = True,
+        budget: Any = None,
     ) -> TurnResult:
-        """Run one turn in the calling thread. One turn at a time per session."""
+        """Run one turn in the calling thread. One turn at a time per session. ``budget``: this
+        turn's limits instead of the session's (``%%agent --max-cost``)."""
         with self.exclusive("run the next agent cell"):
-            return self._turn(prompt, on_event, settings=settings, echo=echo)
+            return self._turn(prompt, on_event, settings=settings, echo=echo, budget=budget)
 
     def _turn(self, prompt: str, on_event: EventSink | None, *,
-              settings: AgentSettings | None, echo: bool) -> TurnResult:
+              settings: AgentSettings | None, echo: bool, budget: Any = None) -> TurnResult:
         completed = False
         try:
             self.ensure_security()
+            code_context = self.code_context
+            if self.mode != "guard":  # no silent fallback: start the worker or fail the turn
+                from .strict._mode import MODES, enter_strict
+
+                if self.mode not in MODES:
+                    raise ConfigError(f"Mode {self.mode!r} is not a mode: `%cave mode strict` or "
+                                      "`%cave mode guard` (c.CaveKernel.mode, cave.toml mode).")
+                enter_strict(self)
+                code_context = None  # the broker enters the guard for each request instead
             self._run_hooks(self.before_turn)
             agent = Agent(
                 self.runtime,
@@ -204,8 +280,12 @@ class Session:
                 history=self.history,
                 primitives_doc=self.primitives_doc,
                 audit=self.audit,
-                code_context=self.code_context,
+                code_context=code_context,
                 echo=echo,
+                skills_doc=self.skills.listing() if self.skills is not None else "",
+                budget=budget or self.budget,
+                totals=self.totals,
+                compactor=self.compactor,
             )
             self._active = agent
             result = agent.run(prompt, on_event)
@@ -236,9 +316,11 @@ class Session:
 
     def cancel(self) -> bool:
         """Stop the running turn, if any (safe from any thread). True if there was one."""
+        # The stop button stops the whole tree, also sub-agents a user cell is running.
+        subagents = self.subagents.cancel_all() if self.subagents is not None else 0
         agent = self._active
         if agent is None:
-            return False
+            return subagents > 0
         agent.cancel()
         if self.security is not None:
             self.security.cancel_pending()
@@ -250,7 +332,10 @@ class Session:
 
     def reset_conversation(self) -> None:
         """Forget the conversation; the runtime (the memory that matters) is untouched."""
+        from .agent._compaction import Compactor
+
         self.history.clear()
+        self.compactor = Compactor()
 
 
 AUDIT_FILE = "audit.jsonl"
@@ -262,7 +347,7 @@ def default_channel(session: Session) -> Any:
         from .approvals._console import ConsoleChannel
 
         return ConsoleChannel()
-    from .approvals._kernel_glue import make_channel
+    from .approvals._session_channel import make_channel
 
     return make_channel(session)
 

@@ -10,7 +10,11 @@ PUBLIC = {
     "ModelError", "ModelResponseError", "NameNotFound", "PolicyFileError", "RuntimeStateError",
     "ToolError", "TurnInterrupted", "TurnStopped", "TypeChangeRefused", "__version__", "inject",
     "load_ipython_extension", "retrieve", "session", "set_model", "update",
+    "StrictModeUnavailable",
+    "tools",
+    "Agent", "SkillError",
 }
+PUBLIC |= {"BudgetReached", "EmptyModelReply"}  # issue 11: long sessions
 
 
 def test_all_is_pinned() -> None:
@@ -23,7 +27,7 @@ def test_every_error_is_a_cave_error_with_a_fix_in_its_message() -> None:
     errors = [getattr(cave, n) for n in cave.__all__ if n.endswith(("Error", "Broken", "Key",
                                                                      "Found", "Tampered", "Refused",
                                                                      "Reached", "Interrupted",
-                                                                     "Stopped"))]
+                                                                     "Stopped", "Unavailable"))]
     assert all(issubclass(e, cave.CaveError) for e in errors)
     message = str(cave.MissingAPIKey())
     assert "ANTHROPIC_API_KEY" in message and "ANTHROPIC_BASE_URL" in message
@@ -34,3 +38,9 @@ def test_inject_and_retrieve_outside_a_kernel_keep_identity() -> None:
     cave.inject("the_object", obj, description="identity check")
     assert cave.retrieve("the_object") is obj
     cave.session().runtime.remove("the_object")
+
+
+def test_tools_exports_are_pinned() -> None:
+    assert sorted(cave.tools.__all__) == [
+        "ToolLimits", "ToolSpec", "call", "register", "registered", "set_limits", "unregister",
+    ]

@@ -7,55 +7,92 @@ conversation. Values never enter the prompt; only the manifest's bounded descrip
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from ..models._protocol import PYTHON_TOOL, ModelRequest
 
 RULES = """\
-You operate a live, persistent Python runtime inside the user's Jupyter notebook.
-
-How to work:
-- Act by calling the `python` tool with code. Variables, imports and functions you define persist \
-between calls and between turns: build on them instead of recomputing.
-- The objects listed under "Objects in your namespace" are live Python objects bound in your \
-namespace under those names. Use them directly; never ask for their data to be pasted.
-- You see only what your code prints (and the value of a final bare expression). Print what you \
-need, in summary form: long outputs are cut to their head and tail.
-- Never invent results. If you have not computed something, compute it or say you cannot.
-- Leave results the user may want as named variables, and mention their names.
-- When you are done, answer in plain text (Markdown is rendered), without calling the tool.
-{primitives}"""
+You operate a live, persistent Python runtime in the user's Jupyter notebook.
+- Act by calling the `python` tool. Variables, imports and functions persist between calls and \
+turns: build on them instead of recomputing.
+- Objects under "Objects in your namespace" are live objects bound to those names: use them \
+directly, never ask for their data.
+- You see only what your code prints (and a final bare expression's value); long output is cut \
+to its head and tail, so print summaries.
+- Never invent results: compute them or say you cannot.
+- Leave results as named variables and mention their names.
+- When done, answer in plain text (Markdown), without calling the tool.{primitives}"""
+"""Kept short on purpose: it rides on every request (benchmarks/bench_context_economy.py)."""
 
 NO_PRIMITIVES = ""
 
 CACHE = {"type": "ephemeral"}
+TOOLS = (PYTHON_TOOL,)
+_SIGNATURE = re.compile(r"^  (\w+\.\w+)\((.*?)\)(?: ->.*)?$")
 
 
-def system_blocks(primitives_doc: str, manifest: str) -> list[dict[str, Any]]:
-    """The system prompt as two cacheable blocks: the fixed rules, then the manifest."""
+def brief_primitives(doc: str) -> str:
+    """The primitives as one short line: each name with its required arguments.
+
+    The full documentation (about 1,900 characters) would ride on every request; the model can
+    read it with ``help()`` when it needs a primitive, which is rare in data work."""
+    calls = []
+    for line in doc.splitlines():
+        match = _SIGNATURE.match(line)
+        if match is None:
+            continue
+        params = [p.strip() for p in match.group(2).split(",") if p.strip()]
+        required = []
+        for p in params:
+            if p.startswith("*") or "=" in p:
+                break
+            required.append(p)
+        shown = required + (["..."] if len(required) < len(params) else [])
+        calls.append(f"{match.group(1)}({', '.join(shown)})")
+    if not calls:
+        return doc.rstrip()
+    return ", ".join(calls)
+
+
+def system_blocks(
+    primitives_doc: str, manifest: str, *, skills: str = "", instructions: str = ""
+) -> list[dict[str, Any]]:
+    """The system prompt as two cacheable blocks: the fixed rules, then the manifest.
+
+    ``skills`` (the bounded listing of skill names and descriptions) and ``instructions`` (a
+    sub-agent's role) belong to the first block: they change only when skills are added."""
     primitives = ""
     if primitives_doc.strip():
         primitives = (
-            "\nEffects on the world (files, processes, network, environment, asking the user) go "
-            "through these primitives, already in your namespace. A denied request raises "
-            "PermissionError: report it, do not try to work around it.\n" + primitives_doc.rstrip()
+            "\nEffects on files, programs, network, environment or the user go through these "
+            f"primitives (in your namespace; `help(fs)` etc. for details): "
+            f"{brief_primitives(primitives_doc)}. A refusal raises PermissionError: report it, "
+            "do not retry or work around it."
         )
-    blocks: list[dict[str, Any]] = [
-        {"type": "text", "text": RULES.format(primitives=primitives), "cache_control": CACHE}
-    ]
+    fixed = RULES.format(primitives=primitives)
+    if skills.strip():
+        fixed += "\n\n" + skills.strip()
+    if instructions.strip():
+        fixed += "\n\nYour role (from the agent that created you):\n" + instructions.strip()
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": fixed, "cache_control": CACHE}]
     blocks.append({"type": "text", "text": manifest.strip(), "cache_control": CACHE})
     return blocks
+
+
+SHOWN_VARIABLES = 50
+"""The newest agent variables named in each new turn's prompt (with their types); the loop asks
+the runtime for one more, to know whether older ones exist."""
 
 
 def user_prompt(prompt: str, agent_variables: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
     """The user's message for a new turn, with a short note of what the runtime already holds."""
     blocks: list[dict[str, Any]] = []
     if agent_variables:
-        shown = ", ".join(f"{n}: {t}" for n, t in agent_variables[:50])
-        more = len(agent_variables) - 50
-        if more > 0:
-            shown += f", ... (+{more} more)"
+        shown = ", ".join(f"{n}: {t}" for n, t in agent_variables[-SHOWN_VARIABLES:])
+        if len(agent_variables) > SHOWN_VARIABLES:
+            shown = "(older ones not listed: `dir()` shows all) ... " + shown
         blocks.append({"type": "text", "text": f"[Runtime state] Your variables: {shown}"})
     blocks.append({"type": "text", "text": prompt})
     return blocks

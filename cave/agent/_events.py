@@ -53,6 +53,14 @@ class ToolInputRejected:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """One line for the cell: a retry, a compaction, a continued reply, a refusal."""
+
+    step: int
+    text: str
+
+
+@dataclass(frozen=True)
 class TurnFinished:
     """The turn is over: with an answer, or stopped (``stopped`` says why)."""
 
@@ -62,7 +70,12 @@ class TurnFinished:
     duration_s: float
     model: str
     stopped: str | None = None
+    by_agent: tuple[tuple[str, Usage], ...] = ()
+    """Usage of sub-agents this turn's code asked (already included in ``usage``)."""
+    session: str = ""
+    """The session's running totals against its budget (``_budget.footer``); empty outside one."""
 
 
-Event = TextDelta | ModelCalled | CodeStarted | CodeFinished | ToolInputRejected | TurnFinished
+Event = (TextDelta | ModelCalled | CodeStarted | CodeFinished | ToolInputRejected | Notice
+         | TurnFinished)
 EventSink = Callable[[Event], None]

@@ -19,14 +19,16 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._errors import MaxStepsReached, TurnInterrupted, TurnStopped
-from ..models._protocol import Model, ModelReply, ToolCall, Usage
-from . import _context
-from ._compaction import compact
+from ..models._protocol import Model, ModelReply, ModelRequest, ToolCall, Usage
+from ..models._windows import context_window
+from . import _budget, _context, _recovery, _summariser
+from ._compaction import Compactor, estimate_tokens
 from ._events import (
     CodeFinished,
     CodeStarted,
     EventSink,
     ModelCalled,
+    Notice,
     TextDelta,
     ToolInputRejected,
     TurnFinished,
@@ -47,7 +49,10 @@ class AgentSettings:
     max_tokens: int = 8192
     """Output tokens per model call."""
     context_budget_tokens: int | None = 150_000
-    """Estimated prompt size above which old execution outputs are elided (None: never)."""
+    """Estimated prompt size above which the request is compacted. The model's context window
+    (less the reply's ``max_tokens`` and a 10% margin) caps it; None: that cap alone."""
+    context_window: int | None = None
+    """The model's context window in tokens; None: known per model (``models._windows``)."""
 
     def with_limits(self, **changes: Any) -> AgentSettings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -65,7 +70,7 @@ class Runtime(Protocol):
     """What the loop needs from ``cave.runtime.AgentRuntime``."""
 
     def manifest(self, *, variables: bool = ...) -> str: ...
-    def agent_variables(self) -> list[tuple[str, str]]: ...
+    def agent_variables(self, *, last: int | None = ...) -> list[tuple[str, str]]: ...
     def run(
         self, code: str, *, timeout: float | None = ..., echo: bool = ..., label: str = ...
     ) -> Any: ...
@@ -91,8 +96,19 @@ class Agent:
         audit: AuditSink | None = None,
         code_context: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
         echo: bool = True,
+        skills_doc: str = "",
+        instructions: str = "",
+        budget: _budget.Budget | None = None,
+        totals: _budget.Totals | None = None,
+        compactor: Compactor | None = None,
+        retry: _recovery.RetryPolicy | None = None,
     ) -> None:
+        """``budget``/``totals``/``compactor`` are the session's (they outlive the turn)."""
         self.runtime = runtime
+        self.skills_doc = skills_doc
+        """The skills listing for the cached part of the system prompt (``cave.skills``)."""
+        self.instructions = instructions
+        """A sub-agent's role, given when it was made."""
         self.model = model
         self.settings = settings or AgentSettings()
         self.history: list[dict[str, Any]] = history if history is not None else []
@@ -103,13 +119,31 @@ class Agent:
         self._cancelled = threading.Event()
         self._sink: EventSink = lambda event: None
         self._usage = Usage()
+        self.budget = budget or _budget.Budget.NONE
+        self.totals = totals if totals is not None else _budget.Totals()
+        self.compactor = compactor or Compactor()
+        self.retry = retry or _recovery.RetryPolicy()
+        self._estimate = 0
+        self._by_agent: dict[str, Usage] = {}
+        self._charge_lock = threading.Lock()
+
+    def charge(self, who: str, usage: Usage) -> None:
+        """Usage spent for this turn by someone else (a sub-agent its code asked): it counts in
+        the turn's total (the footer, a budget) and is shown per agent."""
+        with self._charge_lock:
+            self._usage += usage
+            self._by_agent[who] = self._by_agent.get(who, Usage()) + usage
+            self.totals.usage += usage
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self, prompt: str, on_event: EventSink | None = None) -> TurnResult:
         self._sink, self._usage = on_event or (lambda e: None), Usage()
+        self._by_agent = {}
         start, mark, step, stopped = time.perf_counter(), len(self.history), 0, None
         answer: str | None = None
-        self._append_user(_context.user_prompt(prompt, self.runtime.agent_variables()))
+        self.totals.turns += 1
+        names = self.runtime.agent_variables(last=_context.SHOWN_VARIABLES + 1)
+        self._append_user(_context.user_prompt(prompt, names))
         try:
             for step in range(1, self.settings.max_steps + 1):
                 answer = self.step(step)
@@ -141,13 +175,15 @@ class Agent:
                     time.perf_counter() - start,
                     self.model.name,
                     stopped,
+                    tuple(self._by_agent.items()),
+                    _budget.footer(self.budget, self.totals),
                 )
             )
 
     def step(self, step: int) -> str | None:
         """One model call and the code it asks for; the answer text when the turn is over."""
         reply = self.query(step)
-        self.history.append({"role": "assistant", "content": reply.content})
+        self.history.append({"role": "assistant", "content": reply.content})  # never empty
         if not reply.tool_calls:
             return reply.text
         results = []
@@ -167,30 +203,73 @@ class Agent:
         return None
 
     def query(self, step: int) -> ModelReply:
+        """One model call at a step boundary: budgets checked, faults survived (``_recovery``)."""
         self._check_cancelled(step)
-        manifest = self.runtime.manifest(variables=False)
-        request = _context.build_request(
-            system=_context.system_blocks(self.primitives_doc, manifest),
-            history=compact(self.history, self.settings.context_budget_tokens),
-            max_tokens=self.settings.max_tokens,
-        )
+        _budget.check(self.budget, turn_steps=step - 1, turn=self._usage, session=self.totals)
         t0 = time.perf_counter()
         try:
-            reply = self.model.query(request, lambda text: self._sink(TextDelta(step, text)))
+            reply = _recovery.query(
+                self.model, lambda force: self.request(step, force),
+                lambda text: self._sink(TextDelta(step, text)),
+                lambda text: self._sink(Notice(step, text)), self._cancelled, step, self.retry)
         except TurnInterrupted:
             raise TurnInterrupted(step) from None
-        self._usage += reply.usage
-        self.audit.record(
-            "model_call",
-            step=step,
-            model=reply.model or self.model.name,
-            stop_reason=reply.stop_reason,
-            **_usage_fields(reply.usage),
-        )
+        self._count(reply, step, "model_call")
+        u = reply.usage
+        self.compactor.observe(self._estimate,
+                               u.input_tokens + u.cache_read_tokens + u.cache_write_tokens)
         self._sink(
             ModelCalled(step, reply.model or self.model.name, reply.usage, time.perf_counter() - t0)
         )
         return reply
+
+    def request(self, step: int, force: bool = False) -> ModelRequest:
+        """The next request: system prompt, manifest, and the history compacted to fit."""
+        system = _context.system_blocks(
+            self.primitives_doc, self.runtime.manifest(variables=False),
+            skills=self.skills_doc, instructions=self.instructions,
+        )
+        fixed = estimate_tokens([{"s": system, "t": _context.TOOLS}])
+        history, made = self.compactor.history_for_request(
+            self.history, self.context_budget(),
+            lambda prev, msgs: self._summarise(step, prev, msgs), fixed_tokens=fixed, force=force,
+            count=lambda msgs: self._count_tokens(system, msgs))
+        if made is not None:
+            self.audit.record("compaction", step=step, summarised_turns=made.summarised_turns,
+                              tokens_before=made.tokens_before, tokens_after=made.tokens_after,
+                              forced=force, note=made.note)
+            self._sink(Notice(step, made.line()))
+        self._estimate = fixed + self.compactor.size(history)
+        return _context.build_request(system=system, history=history,
+                                      max_tokens=self.settings.max_tokens)
+
+    def context_budget(self) -> int:
+        return context_budget(self.settings, self.model.name)[0]
+
+    def _count_tokens(self, system: Any, messages: list[dict[str, Any]]) -> int | None:
+        """The provider's count for a request, when the model has a counting endpoint."""
+        count = getattr(self.model, "count_tokens", None)
+        if not callable(count):
+            return None
+        try:
+            return int(count(_context.build_request(system=system, history=messages,
+                                                    max_tokens=self.settings.max_tokens)))
+        except Exception:  # optional: the estimate decides
+            return None
+
+    def _summarise(self, step: int, previous: str | None, messages: Any) -> str:
+        summary, reply = _summariser.summarise(self.model, previous, messages)
+        self._count(reply, step, "summary_call")
+        return summary
+
+    def _count(self, reply: ModelReply, step: int, kind: str) -> None:
+        """Add a call's usage to the turn and the session, and audit it."""
+        with self._charge_lock:
+            self._usage += reply.usage
+            self.totals.usage += reply.usage
+        self.totals.steps += kind == "model_call"
+        self.audit.record(kind, step=step, model=reply.model or self.model.name,
+                          stop_reason=reply.stop_reason, **_usage_fields(reply.usage))
 
     def execute(self, step: int, call: ToolCall) -> dict[str, Any]:
         self._check_cancelled(step)
@@ -248,6 +327,14 @@ class Agent:
                 [_tool_result(i, "Not run: the turn was stopped.", error=True) for i in pending]
             )
         self._append_user([{"type": "text", "text": note}])
+
+
+def context_budget(settings: AgentSettings, model_name: str) -> tuple[int, int]:
+    """(tokens above which a request is compacted, the model's context window)."""
+    window = settings.context_window or context_window(model_name)
+    cap = int(window * 0.9) - settings.max_tokens
+    budget = settings.context_budget_tokens
+    return (cap if budget is None else min(budget, cap)), window
 
 
 def _tool_result(tool_use_id: str, text: str, *, error: bool = False) -> dict[str, Any]:

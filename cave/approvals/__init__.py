@@ -13,9 +13,10 @@ if TYPE_CHECKING:
     from ._channel import KernelApprovalChannel
     from ._cli import answer, decide, list_requests
     from ._console import AutoDenyChannel, ConsoleChannel
-    from ._kernel_glue import install, make_channel, session_channel
+    from ._kernel_glue import install, session_channel
     from ._protocol import AnswerChannel, ApprovalChannel, ApprovalRequest, Decision
     from ._queue import AlreadyDecided, ApprovalQueue, ApprovalRecord, UnknownRequest
+    from ._session_channel import make_channel
     from ._widget import ApprovalView, QuestionView
 
 _WHERE = {
@@ -36,7 +37,7 @@ _WHERE = {
     "decide": "._cli",
     "install": "._kernel_glue",
     "list_requests": "._cli",
-    "make_channel": "._kernel_glue",
+    "make_channel": "._session_channel",
     "session_channel": "._kernel_glue",
 }
 

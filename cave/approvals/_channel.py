@@ -39,19 +39,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from .._agent_code import is_agent_filename
 from .._errors import ApprovalError as _ApprovalError
-from ._kernel_glue import cell_context_for_thread
+from ._cell_context import cell_context_for_thread
 from ._owner import Owner
-from ._queue import (
-    APPROVED,
-    CANCELLED,
-    EXPIRED,
-    PENDING,
-    AlreadyDecided,
-    ApprovalQueue,
-    ApprovalRecord,
-    UnknownRequest,
-)
+from ._queue import AlreadyDecided, ApprovalQueue, UnknownRequest
+from ._record import APPROVED, CANCELLED, EXPIRED, PENDING, ApprovalRecord
+from ._unattended import note_unanswered, unattended_wait
 
 if TYPE_CHECKING:
     from ..security._audit import AuditSink
@@ -162,13 +156,17 @@ class KernelApprovalChannel:
         # the row is committed but before submit returns must still cancel it, so the cancel
         # goes by the request's id, not by the record we may never have received.
         try:
-            record = self.queue.submit(
-                request, timeout=_timeout_of(request), on_timeout=_on_timeout_of(request)
-            )
+            timeout, on_timeout = _timeout_of(request), _on_timeout_of(request)
+            wait = self._unattended_wait() if timeout is None else None
+            if wait is not None:  # maybe nobody can answer: a deadline, then deny (_unattended.py)
+                timeout, on_timeout = wait, "deny"
+            record = self.queue.submit(request, timeout=timeout, on_timeout=on_timeout)
             self._audit("approval.requested", record)
             self._show(record)
             prompt = self._stdin_prompt(record)
             record = self._wait(record, waiter, cancelled, prompt)
+            if wait is not None and record.state == EXPIRED:
+                note_unanswered(record.id, str(request.capability))
         except BaseException as exc:  # noqa: B036 - the stop button arrives as KeyboardInterrupt
             record = self._cancel(request.id, f"the turn was stopped ({type(exc).__name__})")
             raise
@@ -341,6 +339,15 @@ class KernelApprovalChannel:
         user = parent.get("header", {}).get("username")
         return str(user) if user else _local_user()
 
+    def _unattended_wait(self) -> float | None:
+        if self.kernel is None:
+            return unattended_wait(None)
+        try:
+            parent = self.kernel.get_parent("shell") or {}
+        except Exception:
+            parent = {}
+        return unattended_wait(parent)
+
     # -- stdin -----------------------------------------------------------------------------
     def _stdin_prompt(self, record: ApprovalRecord) -> _StdinPrompt | None:
         if self.kernel is None or self.ui == "widget":
@@ -399,13 +406,11 @@ def agent_line() -> str | None:
     that very line while we run, so its innermost frame from a ``<cave-...>`` file is it. Display
     only: ambiguous (several agent threads) or unknown gives None, and agent code can lie anyway.
     """
-    from ..runtime._executor import _FILENAME_PREFIX
-
     found: list[tuple[str, int]] = []
     for frame in sys._current_frames().values():
         walker: Any = frame
         while walker is not None:
-            if walker.f_code.co_filename.startswith(_FILENAME_PREFIX):
+            if is_agent_filename(walker.f_code.co_filename):
                 found.append((walker.f_code.co_filename, walker.f_lineno))
                 break
             walker = walker.f_back

@@ -18,10 +18,13 @@ The control message (any client can send it on the control channel, like ``inter
 
 from __future__ import annotations
 
-import contextvars
 import shlex
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
+
+from ._cell_context import remember_cell_context
+from ._session_channel import make_channel
 
 if TYPE_CHECKING:
     from ._channel import KernelApprovalChannel
@@ -29,9 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONTROL_MSG_TYPE",
     "APPROVALS_USAGE",
-    "cell_context_for_thread",
     "install",
-    "make_channel",
     "session_channel",
 ]
 
@@ -59,64 +60,19 @@ From a terminal: cave approvals list | approve ID [--session] | deny ID | answer
 """
 
 
-_IN_CELL: contextvars.ContextVar[bool] = contextvars.ContextVar("cave_approval_cell", default=False)
-_cell_context: contextvars.Context | None = None
-
-
-def remember_cell_context(*_info: Any) -> None:
-    """``pre_run_cell`` hook: keep the running cell's context for threads started without it.
-
-    ipykernel routes output (and stdin) by the parent message held in context variables. A thread
-    started with plain ``threading.Thread`` has an empty context, and ipykernel then falls back to
-    the *last* message it handled, which may be a widget click's ``comm_msg``: the widget would be
-    sent to no cell. ``decide`` called from such a thread runs in a copy of this context instead.
-    """
-    global _cell_context
-    _IN_CELL.set(True)
-    _cell_context = contextvars.copy_context()
-
-
-def cell_context_for_thread() -> contextvars.Context | None:
-    """A copy of the running cell's context if the calling thread lacks one, else None."""
-    if _IN_CELL.get() or _cell_context is None:
-        return None
-    return _cell_context.copy()
-
-
-class _SessionAudit:
-    """Forwards to ``session.audit`` as it is *when recording* (it is built after us)."""
-
-    def __init__(self, session: Any) -> None:
-        self.session = session
-
-    def record(self, kind: str, /, **fields: Any) -> None:
-        audit = getattr(self.session, "audit", None)
-        if audit is None and hasattr(self.session, "ensure_security"):
-            self.session.ensure_security()  # `%approvals` before the first turn
-            audit = getattr(self.session, "audit", None)
-        if audit is None:
-            raise RuntimeError("this session has no audit log; the record was not written")
-        audit.record(kind, **fields)
-
-
-def make_channel(session: Any, kernel: Any = None) -> KernelApprovalChannel:
-    """The channel for ``session``: its queue in ``session.directory``, its audit log."""
-    from ._channel import KernelApprovalChannel
-    from ._queue import ApprovalQueue
-
-    return KernelApprovalChannel(
-        ApprovalQueue.in_directory(session.directory),
-        kernel=kernel,
-        audit=_SessionAudit(session),
-    )
+_session_provider: Callable[[], Any] | None = None
 
 
 def session_channel(kernel: Any = None) -> KernelApprovalChannel:
     """The current session's channel (``session.approvals``), created there if not yet wired."""
-    from .._session import current_session
     from ._channel import KernelApprovalChannel
 
-    session = current_session()
+    if _session_provider is None:
+        raise RuntimeError(
+            "No session to approve in: this works inside a Cave kernel (which calls "
+            "cave.approvals.install); from a terminal use `cave approvals`."
+        )
+    session = _session_provider()
     channel = getattr(session, "approvals", None)
     if not isinstance(channel, KernelApprovalChannel):
         channel = make_channel(session, kernel)
@@ -126,8 +82,14 @@ def session_channel(kernel: Any = None) -> KernelApprovalChannel:
     return channel
 
 
-def install(kernel: Any) -> None:
-    """Register the control handler and the ``%approvals`` magic on ``kernel``."""
+def install(kernel: Any, session_provider: Callable[[], Any]) -> None:
+    """Register the control handler and the ``%approvals`` magic on ``kernel``.
+
+    ``session_provider`` returns the kernel's session (the kernel hands it over, so approvals
+    never import the session layer above them).
+    """
+    global _session_provider
+    _session_provider = session_provider
     kernel.control_handlers[CONTROL_MSG_TYPE] = partial(_control_decision, kernel)
     shell = getattr(kernel, "shell", None)
     if shell is not None:

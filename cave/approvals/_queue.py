@@ -28,8 +28,9 @@ What this module guarantees, exactly:
 * The database file is created mode 0600. Anyone who can write it can decide requests: the
   session directory's permissions (0700) are the access control, nothing here authenticates.
 
-Beside it: ``_schema`` (the table and the upgrade of old databases), ``_owner`` (whether the kernel
-that asked is still running) and ``_render`` (the text table of ``%approvals``).
+Beside it: ``_record`` (a row and its states), ``_schema`` (the table and the upgrade of old
+databases), ``_owner`` (whether the kernel that asked is still running) and ``_render`` (the text
+table of ``%approvals``).
 """
 
 from __future__ import annotations
@@ -41,13 +42,19 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from .._errors import ApprovalError
 from ._owner import Owner
-from ._render import clock
+from ._record import (
+    MAX_ANSWER_CHARS,
+    ON_TIMEOUT,
+    OUTCOMES,
+    QUESTION_PREFIX,
+    STATES,
+    ApprovalRecord,
+)
 from ._schema import COLUMNS, open_database
 
 __all__ = [
@@ -63,33 +70,8 @@ __all__ = [
 ]
 
 DB_NAME = "approvals.db"
-PENDING, APPROVED, DENIED, EXPIRED, CANCELLED = (
-    "pending",
-    "approved",
-    "denied",
-    "expired",
-    "cancelled",
-)
-STATES = (PENDING, APPROVED, DENIED, EXPIRED, CANCELLED)
-OUTCOMES: dict[str, tuple[str, str | None]] = {
-    "approve_once": (APPROVED, "once"),
-    "approve_session": (APPROVED, "session"),
-    "deny": (DENIED, None),
-    "expire": (EXPIRED, None),
-    "cancel": (CANCELLED, None),
-    "answer": (APPROVED, None),
-}
-"""What a caller may ask for -> (new state, grant scope)."""
-
-ON_TIMEOUT = ("deny", "allow")
-QUESTION_PREFIX = "human:"
-"""Capabilities of free-text questions (``human:ask``): answered with text, not approved."""
-MAX_ANSWER_CHARS = 16_384
-"""Longest answer to a question, in characters (about 4,000 tokens for the model). Longer ones
-are refused with a hint (put it in a file in the workspace and answer with its path), never cut:
-a silently shortened answer could change its meaning."""
-
 _MAX_DETAIL_CHARS = 4000
+_MAX_SOURCE_CHARS = 1_000_000
 """A single detail value longer than this is cut when stored (previews are for people)."""
 
 
@@ -141,95 +123,31 @@ class AlreadyDecided(ApprovalError):
         )
 
 
-@dataclass(frozen=True)
-class ApprovalRecord:
-    """One row of the queue, as stored."""
-
-    seq: int
-    """Position in the queue (FIFO order of submission)."""
-    id: str
-    capability: str
-    summary: str
-    details: Mapping[str, Any]
-    code_line: str | None
-    created_at: float
-    deadline: float | None
-    """When a pending request times out (policy ``ask`` with ``timeout``), or None."""
-    owner: str
-    """``host@pid:start`` of the kernel that waits for the decision."""
-    state: str
-    scope: str | None
-    """``once`` or ``session`` for an approval, else None."""
-    decided_by: str | None
-    channel: str | None
-    """Where the decision came from: widget, stdin, control, cli, timeout, interrupt, restart."""
-    decided_at: float | None
-    reason: str | None
-    on_timeout: str | None = None
-    """``deny`` or ``allow``: what the security layer does when the deadline passes."""
-    answer: str | None = None
-    """The text a person answered to a question (``human:ask``), else None."""
-
-    @property
-    def pending(self) -> bool:
-        return self.state == PENDING
-
-    @property
-    def is_question(self) -> bool:
-        """A free-text question (``human.ask``), answered with text rather than approved."""
-        return self.capability.startswith(QUESTION_PREFIX)
-
-    @property
-    def shown_state(self) -> str:
-        """The state as people read it: ``answered`` / ``declined`` for questions."""
-        if self.is_question and self.state == APPROVED:
-            return "answered"
-        if self.is_question and self.state == DENIED:
-            return "declined"
-        return self.state
-
-    def deadline_text(self) -> str | None:
-        """'expires at 12:05:00, then deny' for a pending request with a timeout, else None."""
-        if self.deadline is None or self.state != PENDING:
-            return None
-        return f"expires at {clock(self.deadline)}, then {self.on_timeout or 'deny'}"
-
-    def outcome_text(self) -> str:
-        """'approved for this session by alice via widget at 12:03:04', 'pending', ..."""
-        if self.state == PENDING:
-            return PENDING
-        what = self.shown_state
-        if self.state == APPROVED and not self.is_question:
-            what = "approved once" if self.scope == "once" else "approved for this session"
-        elif self.state == APPROVED and self.answer is not None:
-            what = f"answered ({len(self.answer):,} characters)"
-        parts = [what]
-        if self.decided_by:
-            parts.append(f"by {self.decided_by}")
-        if self.channel:
-            parts.append(f"via {self.channel}")
-        if self.decided_at is not None:
-            parts.append(f"at {clock(self.decided_at)}")
-        text = " ".join(parts)
-        return f"{text} ({self.reason})" if self.reason else text
-
-
 def _record(row: tuple[Any, ...]) -> ApprovalRecord:
     values = list(row)
     values[4] = json.loads(values[4])
     return ApprovalRecord(*values)
 
 
-def _bounded(value: Any, depth: int = 0) -> Any:
-    """JSON-safe copy of ``value`` with long strings cut (details are shown, never executed)."""
+def _bounded(value: Any, depth: int = 0, limit: int = _MAX_DETAIL_CHARS) -> Any:
+    """JSON-safe copy of ``value`` with long strings cut (details are shown, never executed).
+
+    A top-level ``source`` (code a person approves before it runs: a tool's registration) is
+    kept whole up to ``_MAX_SOURCE_CHARS``: the approver must see all of what they approve.
+    """
     if isinstance(value, str):
-        if len(value) > _MAX_DETAIL_CHARS:
-            return value[:_MAX_DETAIL_CHARS] + f"... [{len(value) - _MAX_DETAIL_CHARS:,} more]"
+        if len(value) > limit:
+            return value[:limit] + f"... [{len(value) - limit:,} more]"
         return value
     if value is None or isinstance(value, (bool, int, float)):
         return value
     if depth < 4 and isinstance(value, Mapping):
-        return {str(k): _bounded(v, depth + 1) for k, v in list(value.items())[:100]}
+        return {
+            str(k): _bounded(
+                v, depth + 1, _MAX_SOURCE_CHARS if depth == 0 and k == "source" else limit
+            )
+            for k, v in list(value.items())[:100]
+        }
     if depth < 4 and isinstance(value, (list, tuple)):
         return [_bounded(v, depth + 1) for v in value[:100]]
     if isinstance(value, bytes):

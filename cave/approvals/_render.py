@@ -2,24 +2,21 @@
 
 Apart from the queue because what people read changes more often than what is stored, and
 neither needs the other's reasons. The one-line texts of a single record (``outcome_text``,
-``deadline_text``) stay methods of ``ApprovalRecord``; they use :func:`clock` from here.
+``deadline_text``) stay methods of ``ApprovalRecord``; they and this table share ``clock``
+(``_record``).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ._record import clock
+
 if TYPE_CHECKING:
-    from ._queue import ApprovalRecord
+    from ._record import ApprovalRecord
 
 __all__ = ["clock", "format_table"]
-
-
-def clock(t: float) -> str:
-    """``t`` (seconds since the epoch) as local date and time, to the second."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
 def format_table(records: Sequence[ApprovalRecord]) -> str:

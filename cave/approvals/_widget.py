@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._queue import MAX_ANSWER_CHARS, PENDING, ApprovalRecord
+from ._record import MAX_ANSWER_CHARS, PENDING, ApprovalRecord
 
 __all__ = ["ApprovalView", "BUTTONS", "QuestionView", "describe_html", "describe_text"]
 
@@ -47,10 +47,16 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+_SOURCE_KEYS = ("source", "language")
+"""A request that carries code to run later (a tool's registration) shows all of it."""
+
+
 def _rows(details: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Known fields first (path, byte count, hash, argv, URL...), then the rest, previews last."""
     keys = [k for k in _KNOWN if k in details]
-    keys += [k for k in details if k not in _KNOWN and k not in _PREVIEW_KEYS]
+    keys += [
+        k for k in details if k not in _KNOWN and k not in _PREVIEW_KEYS and k not in _SOURCE_KEYS
+    ]
     return [(k, _fmt(details[k])) for k in keys]
 
 
@@ -81,6 +87,10 @@ def describe_text(record: ApprovalRecord) -> str:
     if preview is not None:
         lines.append("  preview:")
         lines += [f"    | {line}" for line in preview.splitlines()[:20]]
+    source = record.details.get("source")
+    if isinstance(source, str):
+        lines.append(f"  source ({record.details.get('language', 'code')}, in full):")
+        lines += [f"  {n:4d} | {line}" for n, line in enumerate(source.splitlines(), 1)]
     if record.code_line:
         lines.append(f"  asked by: {record.code_line.strip()}")
     deadline = record.deadline_text()
@@ -125,6 +135,16 @@ def describe_html(record: ApprovalRecord) -> str:
             '<div style="color:#666">preview</div><pre style="max-height:12em;overflow:auto;'
             f'margin:0.2em 0;padding:0.4em;background:rgba(127,127,127,0.1)">{esc(preview)}</pre>'
         )
+    source = record.details.get("source")
+    if isinstance(source, str):
+        language = str(record.details.get("language", "code"))
+        parts.append(
+            f'<div style="color:#666">source ({esc(language)}, {len(source.splitlines())} lines, '
+            "in full)</div>"
+            '<div class="cave-approval-source" style="max-height:24em;overflow:auto;'
+            'margin:0.2em 0;padding:0.4em;background:rgba(127,127,127,0.1)">'
+            f"{highlight(source, language)}</div>"
+        )
     if record.code_line:
         parts.append(
             '<div><span style="color:#666">asked by the agent\'s line</span> '
@@ -132,6 +152,23 @@ def describe_html(record: ApprovalRecord) -> str:
         )
     parts.append("</div>")
     return "".join(parts)
+
+
+def highlight(source: str, language: str) -> str:
+    """``source`` as highlighted HTML (inline styles, line numbers); plain without pygments."""
+    try:
+        from pygments import highlight as render
+        from pygments.formatters import HtmlFormatter
+        from pygments.lexers import get_lexer_by_name
+        from pygments.util import ClassNotFound
+    except ImportError:
+        return f"<pre style=\"margin:0\">{html.escape(source)}</pre>"
+    try:
+        lexer = get_lexer_by_name(language)
+    except ClassNotFound:
+        return f"<pre style=\"margin:0\">{html.escape(source)}</pre>"
+    formatter = HtmlFormatter(noclasses=True, linenos="inline", nobackground=True)
+    return str(render(source, lexer, formatter))
 
 
 def _status_html(record: ApprovalRecord, problem: str | None = None) -> str:

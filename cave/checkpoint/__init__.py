@@ -4,6 +4,7 @@ See docs/checkpoints.md. The kernel uses `SessionStore` through the `CheckpointS
 users extend it with `register()` for objects that pickling cannot carry.
 """
 
+from . import _data_reducers  # noqa: F401  (registers the data stack's reducers, by name)
 from ._errors import CheckpointIncomplete, InvalidCheckpointName
 from ._protocol import (
     Changes,

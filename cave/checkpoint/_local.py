@@ -25,7 +25,7 @@ from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import _blobio
+from . import _blobfile, _blobio
 from ._signing import Signer
 
 DB_NAME = "checkpoints.sqlite"
@@ -170,7 +170,7 @@ class LocalBackend:
         tmp = self.tmp_dir / f"{os.getpid()}-{os.urandom(8).hex()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            digest, _direct = _blobio.write_file(
+            digest, _direct = _blobfile.write_file(
                 fd, parts, on_bytes, lambda d: _blobio.header(signer.blob_tag(d, length), length)
             )
             os.fsync(fd)
@@ -251,7 +251,7 @@ class LocalBackend:
             actual = os.fstat(f.fileno()).st_size - _blobio.HEADER
             if actual != length:
                 raise ValueError(f"blob holds {actual} payload bytes, its header says {length}")
-            buf, sha, _direct = _blobio.read_file(f.fileno(), length, on_bytes)
+            buf, sha, _direct = _blobfile.read_file(f.fileno(), length, on_bytes)
         return tag, buf, sha
 
     def blobs(self) -> Iterator[tuple[str, int, float]]:

@@ -25,6 +25,8 @@ Loader = Callable[[Any], Any]
 
 _lock = threading.Lock()
 _by_type: dict[type, tuple[str, Saver]] = {}
+_by_name: dict[str, tuple[str, Saver]] = {}
+"""Reducers registered by ``"module:QualName"``: no import until an object of the type is saved."""
 _by_key: dict[str, Loader] = {}
 _resolved: dict[type, tuple[str, Saver] | None] = {}
 
@@ -33,13 +35,26 @@ def _key(type_: type) -> str:
     return f"{type_.__module__}:{type_.__qualname__}"
 
 
-def register(type_: type, save: Saver, load: Loader) -> None:
+def register(type_: type | str, save: Saver, load: Loader) -> None:
     """Checkpoint instances of ``type_`` (and its subclasses) as ``load(save(obj))``.
 
     ``save(obj)`` must return something picklable and is called while the checkpoint is taken;
     ``load(value)`` rebuilds the object at restore time. Register the same pair in the process
     that restores, before restoring. A later registration for the same type replaces the earlier.
+    ``type_`` may be the class's ``"module:QualName"`` (``type.__module__``, a colon, then
+    ``__qualname__``), which imports nothing until such an object is saved.
     """
+    if isinstance(type_, str):
+        if ":" not in type_:
+            raise TypeError(
+                f"register() needs a type or 'module:QualName' such as "
+                f"'polars.dataframe.frame:DataFrame', got {type_!r}"
+            )
+        with _lock:
+            _by_name[type_] = (type_, save)
+            _by_key[type_] = load
+            _resolved.clear()
+        return
     if not isinstance(type_, type):
         raise TypeError(f"register() needs a type, got {type_!r}")
     key = _key(type_)
@@ -49,8 +64,14 @@ def register(type_: type, save: Saver, load: Loader) -> None:
         _resolved.clear()
 
 
-def unregister(type_: type) -> None:
+def unregister(type_: type | str) -> None:
     """Forget the reducer for ``type_`` (built-in ones included)."""
+    if isinstance(type_, str):
+        with _lock:
+            _by_name.pop(type_, None)
+            _by_key.pop(type_, None)
+            _resolved.clear()
+        return
     with _lock:
         _by_type.pop(type_, None)
         _by_key.pop(_key(type_), None)
@@ -66,6 +87,9 @@ def _lookup(type_: type) -> tuple[str, Saver] | None:
     for base in type_.__mro__:
         if base in _by_type:
             found = _by_type[base]
+            break
+        if _by_name and _key(base) in _by_name:
+            found = _by_name[_key(base)]
             break
     _resolved[type_] = found
     return found

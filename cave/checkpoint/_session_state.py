@@ -23,6 +23,8 @@ What a restore means for each part:
   capability is allowed without asking. A request's policy timeout restarts at restore.
   (`_session_approvals`.)
 * Model and agent settings: replaced by the saved ones. The audit head is recorded, not replayed.
+* Budget limits, the session's running totals (steps, tokens, cost) and the compaction summary:
+  replaced by the saved ones (a checkpoint from before they were saved gives fresh ones).
 
 Not guaranteed: a consistent snapshot of objects that another thread mutates while `save` runs
 (the kernel saves between turns; a subshell save during a turn sees whatever the namespace holds).
@@ -83,7 +85,14 @@ def capture(session: Session) -> tuple[Mapping[str, Any], dict[str, Any]]:
         },
         "agent": dataclasses.asdict(session.agent_settings),
         "audit_head": list(audit.head) if audit is not None else None,
+        "parts": {name: save() for name, (save, _) in session.state_parts.items()},
+        "budget": dataclasses.asdict(session.budget),
+        "totals": session.totals.to_dict(),
+        "context": {"summary": session.compactor.summary, "covered": session.compactor.covered},
     }
+    parts = getattr(session, "checkpoint_parts", {})
+    if parts:  # skills, sub-agents: JSON-able state each part captures itself
+        state["parts"].update({key: take(session) for key, (take, _) in parts.items()})
     return runtime.namespace, state
 
 
@@ -175,12 +184,19 @@ class _Plan:
     model: Any
     agent: Any
     audit_head: Any
+    budget: Any = None
+    totals: Any = None
+    context: Any = None
+    parts: tuple[Callable[[], None], ...] = ()
+    """Steps that apply the extra parts (``Session.state_parts``), checked already."""
 
 
 def _plan(state: Mapping[str, Any], session: Session, name: str) -> _Plan:
-    from .._session import ModelSettings
-    from ..agent._loop import AgentSettings
     from ..runtime._namespace import InjectedInfo
+
+    # The settings types are the session's own (the agent layer defines them, above us).
+    model_settings_type = type(session.model_settings)
+    agent_settings_type = type(session.agent_settings)
 
     def bad(problem: str) -> CheckpointError:
         return CheckpointError(
@@ -213,18 +229,45 @@ def _plan(state: Mapping[str, Any], session: Session, name: str) -> _Plan:
             for g in snapshot.get("grants", ()):
                 if g["scope"] not in ("once", "session") or not str(g["capability"]):
                     raise ValueError(f"a malformed grant {g!r}")
-        model = ModelSettings(**dict(state.get("model") or {}))
-        known = {f.name for f in dataclasses.fields(AgentSettings)}
+        model = model_settings_type(**dict(state.get("model") or {}))
+        known = {f.name for f in dataclasses.fields(agent_settings_type)}
         saved = dict(state.get("agent") or {})
-        agent = AgentSettings(**{k: v for k, v in saved.items() if k in known})
+        agent = agent_settings_type(**{k: v for k, v in saved.items() if k in known})
         approvals = [dict(a) for a in state.get("approvals") or ()]
         for a in approvals:
             str(a["capability"]), str(a["summary"])
+        saved_parts = dict(state.get("parts") or {})
+        parts = tuple(
+            prepare(saved_parts.get(part)) for part, (_, prepare) in session.state_parts.items()
+        )
+        budget, totals, context = _budget_plan(state, len(history), session)
     except (KeyError, TypeError, ValueError) as exc:
         raise bad(str(exc)) from None
     return _Plan(
-        history, injected, snapshot, approvals, model, agent, state.get("audit_head")
+        history, injected, snapshot, approvals, model, agent, state.get("audit_head"),
+        budget, totals, context, parts,
     )
+
+
+def _budget_plan(
+    state: Mapping[str, Any], messages: int, session: Session
+) -> tuple[Any, Any, Any]:
+    """Budget, totals and compaction state (absent from checkpoints older than them: fresh).
+
+    Built with the session's own types (the agent layer defines them, above us).
+    """
+    Budget, Totals, Compactor = (  # noqa: N806
+        type(session.budget), type(session.totals), type(session.compactor)
+    )
+
+    known = {f.name for f in dataclasses.fields(Budget)}
+    budget = Budget(**{k: v for k, v in dict(state.get("budget") or {}).items() if k in known})
+    totals = Totals.from_dict(dict(state["totals"])) if state.get("totals") else Totals()
+    compactor = Compactor()
+    context = dict(state.get("context") or {})
+    if context.get("summary") is not None and 0 < int(context["covered"]) <= messages:
+        compactor.summary, compactor.covered = str(context["summary"]), int(context["covered"])
+    return budget, totals, compactor
 
 
 def apply(
@@ -286,11 +329,20 @@ def apply(
         if plan.model != session.model_settings:
             session.set_model(settings=plan.model)
         session.agent_settings = plan.agent
+        session.budget, session.totals, session.compactor = plan.budget, plan.totals, plan.context
         grants = 0
         if security is not None and plan.security is not None:
             security.restore(plan.security)
             grants = len(security.grants)
         pending = resubmit(session, plan.approvals, name)
+        for step in plan.parts:
+            step()
+        saved_parts = restored.state.get("parts") or {}
+        for key, (_, put) in getattr(session, "checkpoint_parts", {}).items():
+            try:
+                problems.extend(put(session, saved_parts.get(key)))
+            except Exception as exc:  # a part that cannot come back is reported, not fatal
+                problems.append(Problem(key, "part", f"{type(exc).__name__}: {exc}", "restore"))
     report = RestoreReport(
         name,
         names,

@@ -20,9 +20,11 @@ from typing import Any
 
 from .._errors import ConfigError, TurnInterrupted
 from .._session import Session, current_session
+from ..approvals._unattended import clear_unanswered, raise_unanswered
 
 USAGE = (
-    "usage: %%agent [-o NAME] [--max-steps N] [--timeout SECONDS] [--model MODEL]\n"
+    "usage: %%agent [-o NAME] [--max-steps N] [--timeout SECONDS] [--model MODEL] "
+    "[--max-cost USD]\n"
     "       <your request, on the following lines>\n"
     "   or: %agent [options] <your request on one line>"
 )
@@ -40,10 +42,12 @@ class AgentCellOptions:
     max_steps: int | None = None
     timeout: float | None = None
     model: str | None = None
+    max_cost: float | None = None
+    """This turn's cost limit in USD (``--max-cost``), instead of the session's turn-cost."""
 
 
 _OPTION = re.compile(
-    r"\s*(-o|--output|--max-steps|--timeout|--model)(?:=|\s+)(\"[^\"]*\"|'[^']*'|\S+)"
+    r"\s*(-o|--output|--max-steps|--timeout|--model|--max-cost)(?:=|\s+)(\"[^\"]*\"|'[^']*'|\S+)"
 )
 _FIELDS = {
     "-o": "output",
@@ -51,6 +55,7 @@ _FIELDS = {
     "--max-steps": "max_steps",
     "--timeout": "timeout",
     "--model": "model",
+    "--max-cost": "max_cost",
 }
 
 
@@ -68,7 +73,8 @@ def parse_agent_args(line: str, body: str = "") -> AgentCellOptions:
         key = _FIELDS[flag]
         try:
             opts[key] = (
-                int(value) if key == "max_steps" else float(value) if key == "timeout" else value
+                int(value) if key == "max_steps"
+                else float(value.lstrip("$")) if key in ("timeout", "max_cost") else value
             )
         except ValueError:
             raise ConfigError(f"Option {flag} needs a number, got {value!r}.\n{USAGE}") from None
@@ -77,6 +83,8 @@ def parse_agent_args(line: str, body: str = "") -> AgentCellOptions:
         raise ConfigError(f"-o needs a variable name, got {opts['output']!r}.\n{USAGE}")
     if opts.get("max_steps") is not None and opts["max_steps"] < 1:
         raise ConfigError(f"--max-steps must be at least 1.\n{USAGE}")
+    if opts.get("max_cost") is not None and opts["max_cost"] <= 0:
+        raise ConfigError(f"--max-cost must be above 0 (USD).\n{USAGE}")
     prompt = "\n".join(p for p in (rest.strip(), body.strip()) if p)
     if not prompt:
         raise ConfigError(f"The agent cell has no request.\n{USAGE}")
@@ -123,6 +131,7 @@ async def agent_cell(line: str, body: str) -> None:
             )
             raise TurnInterrupted(0) from None
     _publish_output(session, options)
+    raise_unanswered()  # an unattended run (papermill, nbconvert) fails the cell, never hangs
 
 
 def run_agent_sync(line: str, body: str) -> None:
@@ -134,10 +143,12 @@ def run_agent_sync(line: str, body: str) -> None:
         session.cancel()
         raise
     _publish_output(session, options)
+    raise_unanswered()
 
 
 def _prepare(line: str, body: str) -> tuple[Session, AgentCellOptions, Callable[[], Any]]:
     """Parse the cell, apply ``--model``, and bind the turn (rendered into this cell) to run."""
+    clear_unanswered()
     from ._render import CellRenderer
 
     session = current_session()
@@ -147,7 +158,11 @@ def _prepare(line: str, body: str) -> tuple[Session, AgentCellOptions, Callable[
     settings = session.agent_settings.with_limits(
         max_steps=options.max_steps, code_timeout=options.timeout
     )
-    return session, options, partial(session.ask, options.prompt, CellRenderer(), settings=settings)
+    budget = None
+    if options.max_cost is not None:
+        budget = session.budget.with_limits(turn_cost=options.max_cost)
+    return session, options, partial(session.ask, options.prompt, CellRenderer(), settings=settings,
+                                     budget=budget)
 
 
 def _publish_output(session: Session, options: AgentCellOptions) -> None:

@@ -1,8 +1,9 @@
 """CaveKernel: the stock IPython kernel plus agent cells. Deliberately thin.
 
-It sets kernel info, takes provider keys out of ``os.environ``, installs the agent-cell transformer
-and magics, makes the stop button reach a running turn, and wires checkpoints: auto-checkpoint
-after each turn, and resume from a checkpoint at start. Everything else lives below it.
+It sets kernel info, hands provider keys to a credential-holding process, installs the
+agent-cell transformer and magics, makes the stop button reach a running turn, and wires
+checkpoints: auto-checkpoint after each turn, and resume from a checkpoint at start. Everything
+else lives below it.
 """
 
 from __future__ import annotations
@@ -63,6 +64,31 @@ class CaveKernel(IPythonKernel):
         "default $CAVE_AUTOCHECKPOINT_KEEP or 20.",
     )
 
+    turn_steps = Int(None, allow_none=True, config=True, help="Budget: model calls per turn.")
+    turn_tokens = Int(None, allow_none=True, config=True,
+                      help="Budget: prompt + output tokens per turn.")
+    turn_cost = Float(None, allow_none=True, config=True, help="Budget: estimated USD per turn.")
+    session_steps = Int(None, allow_none=True, config=True,
+                        help="Budget: model calls per session.")
+    session_tokens = Int(None, allow_none=True, config=True,
+                         help="Budget: prompt + output tokens per session.")
+    session_cost = Float(None, allow_none=True, config=True,
+                         help="Budget: estimated USD per session.")
+    context_window = Int(None, allow_none=True, config=True,
+                         help="The model's context window in tokens (default: known per model).")
+    mode = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="Where agent code runs: 'guard' (in the kernel) or 'strict' (a confined worker "
+        "process); default: mode in cave.toml, else guard. Strict fails loudly if unsupported.",
+    )
+    strict_step_memory = Int(
+        8 * 2**30,
+        config=True,
+        help="Strict mode: bytes of address space one agent step may add (0: no limit).",
+    )
+
     @default("resume")
     def _resume_default(self) -> str | None:
         return os.environ.get(RESUME_ENV) or None
@@ -87,15 +113,15 @@ class CaveKernel(IPythonKernel):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        from ..models._credentials import take_provider_keys_from_environ
+        from ..models._credentials import start_credential_process
 
-        take_provider_keys_from_environ()
+        start_credential_process()
         self._loop: asyncio.AbstractEventLoop | None = None
         install_agent_cells(self.shell)
+        from .._session import current_session, set_session_factory
         from ..approvals._kernel_glue import install as install_approvals
 
-        install_approvals(self)
-        from .._session import set_session_factory
+        install_approvals(self, current_session)
 
         set_session_factory(self._make_session)
         if self.resume:
@@ -104,7 +130,7 @@ class CaveKernel(IPythonKernel):
     def _make_session(self) -> Any:
         from .._session import ModelSettings, Session
         from ..agent._loop import AgentSettings
-        from ..approvals._kernel_glue import make_channel
+        from ..approvals._session_channel import make_channel
 
         session = Session(
             model_settings=ModelSettings(self.model, self.base_url),
@@ -112,6 +138,20 @@ class CaveKernel(IPythonKernel):
             channel_factory=lambda session: make_channel(session, self),
         )
         session.checkpoint_store = self.checkpoints
+        from ._budget_magics import budget_from_toml, budget_from_traits
+
+        session.budget, window = budget_from_toml(session.workspace, budget_from_traits(self))
+        if window or self.context_window:
+            session.agent_settings = session.agent_settings.with_limits(
+                context_window=window or self.context_window)
+        from ..strict._mode import MODES, configured_mode
+
+        mode = self.mode or configured_mode(session.workspace) or "guard"
+        if mode not in MODES:  # a typo must not silently weaken: every turn reports it
+            self.log.error("c.CaveKernel.mode=%r is not a mode; use strict or guard", self.mode)
+        session.mode = mode
+        session.strict_settings = session.strict_settings.with_step_memory(
+            self.strict_step_memory or None)
         if self.autocheckpoint:
             from ..checkpoint._autocheckpoint import enable_autocheckpoint
 

@@ -20,6 +20,11 @@ CAVE_USAGE = """\
 %cave key [openai]          enter an API key without echoing it (Anthropic by default)
 %cave reset                 forget the conversation (the agent's variables stay)
 %cave policy [...]          show or change the security policy (when the security layer is on)
+%cave skills [add PATH]     list skills (Agent Skills format), or add a skill directory
+%cave agents                list the sub-agents (cave.Agent) with their usage
+%cave budget [NAME=VALUE]   limits on steps, tokens and cost per turn and session (help: -h)
+%cave context               the next request's size, the model's window, what was compacted
+%cave mode [strict|guard]   where agent code runs: a confined worker process, or the kernel
 """
 
 _extra_commands: dict[str, Any] = {}
@@ -66,6 +71,10 @@ class CaveMagics(Magics):
         elif command == "reset":
             current_session().reset_conversation()
             print("Conversation cleared; the agent's variables are kept.")
+        elif command == "mode":
+            from ._mode_command import mode_command
+
+            mode_command(rest)
         elif command in _extra_commands:
             _extra_commands[command](rest)
         else:
@@ -116,8 +125,12 @@ def _key_command(provider: str = "anthropic") -> None:
     key = getpass.getpass(f"{provider} API key (not echoed, not stored on disk): ").strip()
     if not key:
         raise ConfigError("No key entered; nothing changed.")
-    set_key(provider, key)
-    current_session().set_model(settings=current_session().model_settings)
+    settings = current_session().model_settings
+    uses_openai = (settings.name or "").startswith("openai")  # the key goes to this endpoint
+    same = (provider == "openai") == uses_openai
+    set_key(provider, key, base_url=settings.base_url if same else None)
+    del key
+    current_session().set_model(settings=settings)
     print(
         "Key set for this kernel. It is kept out of os.environ, so agent code cannot read it there."
     )
@@ -138,7 +151,16 @@ def load_ipython_extension(shell: Any) -> None:
     from ._checkpoint_magics import register as register_checkpoint
 
     register_checkpoint(shell)
+    from ._budget_magics import budget_command, context_command
+
+    register_cave_command("budget", budget_command)
+    register_cave_command("context", context_command)
+
     shell.set_custom_exc((CaveError,), short_error_handler)
+    from ._skills_command import agents_command, skills_command
+
+    register_cave_command("skills", skills_command)
+    register_cave_command("agents", agents_command)
 
 
 __all__ = ["CaveMagics", "load_ipython_extension", "register_cave_command", "CaveError"]

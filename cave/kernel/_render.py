@@ -17,6 +17,7 @@ from ..agent._events import (
     CodeStarted,
     Event,
     ModelCalled,
+    Notice,
     TextDelta,
     ToolInputRejected,
     TurnFinished,
@@ -67,6 +68,10 @@ def footer_text(event: TurnFinished) -> str:
     ]
     if event.stopped:
         parts.insert(0, f"stopped ({event.stopped})")
+    for who, usage in getattr(event, "by_agent", ()):
+        parts.append(f"{who}: {usage_text(usage)}")
+    if event.session:
+        parts.append(event.session)
     return " · ".join(parts)
 
 
@@ -113,6 +118,14 @@ class CellRenderer:
                 print("[cave] the code step hit its time limit and was stopped", file=sys.stderr)
             elif result.error:
                 print(result.error, file=sys.stderr)
+        elif isinstance(event, Notice):
+            self._flush_text(new_block=True)
+            text = f"[cave] {event.text}"
+            self._display(_Bundle({
+                "text/html": f'<div class="cave-notice" style="color:#888;font-size:85%">'
+                f"{html.escape(text)}</div>",
+                "text/plain": text,
+            }))
         elif isinstance(event, ToolInputRejected):
             print(f"[cave] the model sent unusable tool input: {event.error}", file=sys.stderr)
         elif isinstance(event, TurnFinished):

@@ -96,19 +96,45 @@ class AnthropicModel:
         base_url: str | None = None,
         max_retries: int = 4,
         timeout: float = 600.0,
-        max_tokens: int = 8192,
+        max_tokens: int = 32_000,
+        stream_idle_timeout: float = 120.0,
     ) -> None:
         """Resolve the key and endpoint now, so a missing key shows in the first ``%%agent`` cell.
 
-        Key: ``api_key``, else the stored key (``_credentials``), else ``ANTHROPIC_API_KEY``, else
+        Key: ``api_key``, else Cave's credential process (requests go through it and it adds the
+        key), else the stored key (``_credentials``), else ``ANTHROPIC_API_KEY``, else
         an ``ANTHROPIC_AUTH_TOKEN`` (stored or in the environment). Endpoint: ``base_url``, else
         ``ANTHROPIC_BASE_URL``. With an endpoint but no key, a placeholder key is sent.
-        ``max_tokens`` caps each request's own ``max_tokens`` (the smaller one is used).
+        ``max_tokens`` caps each request's own ``max_tokens`` (the smaller one is used); it is
+        above the loop's default 8,192 so that a reply cut inside a code call can be asked again
+        with twice the room (``agent._recovery``).
+        ``stream_idle_timeout``: the idle watchdog, seconds without a byte from the server before
+        a reply is abandoned as stalled (a read timeout: it bounds the gap between chunks, not
+        the whole reply; the API sends ``ping`` events while it works).
         """
         import anthropic
 
         base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
         auth_token: str | None = None
+        route = None
+        if api_key is None:  # a key in Cave's credential process: go through it
+            route = _credentials.route("anthropic", base_url) or _credentials.route(
+                "anthropic_auth_token", base_url
+            )
+        if route is not None:
+            self.name = model
+            self.max_tokens = max_tokens
+            self._client: Any = anthropic.Anthropic(
+                api_key=route.token if route.header == "x-api-key" else None,
+                auth_token=route.token if route.header == "authorization" else None,
+                base_url=route.base_url, max_retries=max_retries,
+                timeout=anthropic.Timeout(timeout, read=min(timeout, stream_idle_timeout)),
+                http_client=_uds_client(anthropic, route.uds),
+            )
+            self.stream_idle_timeout = min(timeout, stream_idle_timeout)
+            self.base_url = (base_url or _credentials.default_upstream("anthropic")).rstrip("/")
+            self._relay = StreamRelay("cave-anthropic-stream")
+            return
         if api_key is None:
             api_key = _credentials.get_key("anthropic") or os.environ.get("ANTHROPIC_API_KEY")
         if not api_key:
@@ -122,10 +148,11 @@ class AnthropicModel:
         self.name = model
         self.max_tokens = max_tokens
         # Explicit credentials: the SDK then reads no key, profile or token from the environment.
-        self._client: Any = anthropic.Anthropic(
+        self._client = anthropic.Anthropic(
             api_key=api_key, auth_token=auth_token, base_url=base_url, max_retries=max_retries,
-            timeout=timeout,
+            timeout=anthropic.Timeout(timeout, read=min(timeout, stream_idle_timeout)),
         )
+        self.stream_idle_timeout = min(timeout, stream_idle_timeout)
         self.base_url = str(self._client.base_url).rstrip("/")
         self._relay = StreamRelay("cave-anthropic-stream")
 
@@ -146,6 +173,15 @@ class AnthropicModel:
         """Release the SDK client's connections (the model is unusable afterwards)."""
         self._client.close()
 
+    def count_tokens(self, request: ModelRequest) -> int:
+        """The prompt tokens of ``request``, counted by ``/v1/messages/count_tokens``."""
+        kwargs = self._request_kwargs(request)
+        kwargs.pop("max_tokens")
+        try:
+            return int(self._client.messages.count_tokens(**kwargs).input_tokens)
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
     def _request_kwargs(self, request: ModelRequest) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "model": self.name,
@@ -159,21 +195,41 @@ class AnthropicModel:
         return kwargs
 
     def _stream_into(self, kwargs: dict[str, Any], call: StreamingCall) -> None:
-        """Worker thread: run the SDK stream, put ("text", str)... then ("done", Message)."""
+        """Worker thread: run the SDK stream, put ("text", str)... then ("done", (Message, raw
+        tool-input JSON per block index))."""
+        finished = False
+        raw: dict[int, str] = {}
         with self._client.messages.stream(**kwargs) as stream:
             if not call.attach(stream):
                 return
-            for event in stream:
-                if call.cancelled.is_set():
-                    return
-                if event.type == "content_block_delta" and event.delta.type == "text_delta":
-                    call.events.put(("text", event.delta.text))
+            call.answered = True
+            try:
+                for event in stream:
+                    if call.cancelled.is_set():
+                        return
+                    if event.type == "content_block_delta":
+                        if event.delta.type == "text_delta":
+                            call.events.put(("text", event.delta.text))
+                        elif event.delta.type == "input_json_delta":
+                            raw[event.index] = raw.get(event.index, "") + event.delta.partial_json
+                    finished = finished or event.type == "message_stop"
+            except Exception as exc:
+                if call.cancelled.is_set() or _is_read_timeout(exc) or not _is_transport(exc):
+                    raise
+                raise ModelResponseError(
+                    None, "connection_error", f"the connection to {self.base_url} broke during "
+                    f"the reply ({type(exc).__name__}: {exc})") from exc
+            if not finished:  # the body ended cleanly, but the reply did not
+                raise ModelResponseError(None, "incomplete_stream", f"the stream from "
+                                         f"{self.base_url} ended before the reply was complete")
             message = stream.get_final_message()
-        call.events.put(("done", message))
+        call.events.put(("done", (message, raw)))
 
-    def _reply(self, message: Any) -> ModelReply:
+    def _reply(self, done: tuple[Any, dict[int, str]]) -> ModelReply:
+        message, raw = done
         content = [_plain_block(block) for block in message.content]
         stop_reason = message.stop_reason or "end_turn"
+        calls = _check_raw_inputs(content, raw, tool_calls_from_content(content, stop_reason))
         u = message.usage
         cache_read = u.cache_read_input_tokens or 0
         cache_write = u.cache_creation_input_tokens or 0
@@ -184,7 +240,7 @@ class AnthropicModel:
                                  cache_write)
         return ModelReply(
             text=text_from_content(content),
-            tool_calls=tool_calls_from_content(content, stop_reason),
+            tool_calls=calls,
             usage=Usage(u.input_tokens, u.output_tokens, cache_read, cache_write, cost),
             stop_reason=stop_reason,
             content=content,
@@ -200,6 +256,11 @@ class AnthropicModel:
             # An `error` event inside a stream arrives on an HTTP 200 response.
             status = exc.status_code if exc.status_code >= 400 else None
             return ModelResponseError(status, error_type or "api_error", detail or str(exc))
+        if isinstance(exc, ModelResponseError):
+            return exc
+        if _is_read_timeout(exc):
+            return ModelResponseError(None, "stalled_stream", f"the reply from {self.base_url} "
+                                      f"stalled: no data for {self.stream_idle_timeout:g} s")
         if isinstance(exc, anthropic.APITimeoutError):
             return ModelResponseError(None, "connection_error",
                                       f"timed out waiting for {self.base_url}")
@@ -215,6 +276,59 @@ class AnthropicModel:
                 f"({type(exc).__name__}: {exc})",
             )
         return exc
+
+
+def _check_raw_inputs(content: list[dict[str, Any]], raw: dict[int, str],
+                      calls: tuple[ToolCall, ...]) -> tuple[ToolCall, ...]:
+    """Refuse a call whose streamed input was not strict JSON, although the SDK's lenient
+    (partial-mode) parser made an object of it: code from a malformed input never runs."""
+    import json
+
+    bad: dict[str, str] = {}
+    for index, block in enumerate(content):
+        text = raw.get(index)
+        if block.get("type") != "tool_use" or not text:
+            continue
+        try:
+            json.loads(text, strict=False)
+        except ValueError as exc:
+            bad[str(block.get("id"))] = (
+                f"The tool input was not valid JSON ({exc}); it began {text[:120]!r}. Nothing "
+                'was run. Send a JSON object like {"code": "<python source>"}.')
+    if not bad:
+        return calls
+    return tuple(ToolCall(c.id, None, error=bad[c.id]) if c.id in bad and c.code is not None
+                 else c for c in calls)
+
+
+def _is_transport(exc: BaseException) -> bool:
+    """A transport failure (the SDK's connection error, or a raw httpx/httpcore one)."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        if e is None:
+            continue
+        if type(e).__name__ in ("APIConnectionError",) or type(e).__module__.split(".")[0] in (
+                "httpx", "httpx2", "httpcore", "httpcore2"):
+            return True
+    return False
+
+
+def _is_read_timeout(exc: BaseException) -> bool:
+    """An httpx read timeout, raw (mid-stream) or as the SDK's cause."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        if type(e).__name__ == "ReadTimeout":
+            return True
+    return False
+
+
+def _uds_client(anthropic: Any, path: str) -> Any:
+    """The SDK's own HTTP client class over the credential process's unix socket (the SDK may
+    use ``httpx`` or its fork ``httpx2``, and refuses the other's objects)."""
+    import importlib
+
+    client_class = anthropic.DefaultHttpxClient
+    base = next(c for c in client_class.__mro__[1:] if c.__name__ == "Client")
+    http = importlib.import_module(base.__module__.partition(".")[0])
+    return client_class(transport=http.HTTPTransport(uds=path))
 
 
 def _plain_block(block: Any) -> dict[str, Any]:

@@ -1,33 +1,41 @@
-"""Provider API keys, kept out of ``os.environ`` where agent code would read them for free.
+"""Provider API keys, kept where agent code cannot read them.
 
-Agent code runs in the kernel's process, so ``os.environ["ANTHROPIC_API_KEY"]`` costs it nothing and
-raises no audit event. ``take_provider_keys_from_environ()`` (called once at kernel start) moves the
-known provider keys from ``os.environ`` into a dictionary private to this module; model clients ask
-``get_key(provider)``.
+In a kernel, ``start_credential_process()`` (called once at kernel start) takes the known provider
+keys out of ``os.environ`` and out of the process's initial environment block (what
+``/proc/self/environ`` shows: overwritten in place), and hands the ones Cave uses (Anthropic,
+OpenAI) to a separate **credential-holding process** (``_credential_proxy``), each bound to the
+endpoint it is meant for. The kernel keeps only a per-kernel token and a route: model clients send
+their requests through that process, which puts the key in. ``get_key`` then returns None for
+those providers, ``%cave key`` (``set_key``) hands a typed key to the process too.
 
-What this does:
-  * ``os.environ`` no longer holds the keys, and neither does the C-level environment
-    (``del os.environ[k]`` calls ``unsetenv``), so ``os.getenv``, ``os.environ.copy()`` and child
-    processes started *afterwards* (``subprocess``, ``os.system``, Deno tools) do not see them.
+What this protects: the key is not in the kernel's memory, environment or ``/proc/self/environ``
+once start-up is done, so agent code (even code that defeats the in-process guard) cannot read
+it; the credential process is undumpable, so ``/proc/<pid>/mem`` and ``ptrace`` cannot either.
+A key is bound to its endpoint when handed over, so nobody who lacks it can send it elsewhere.
 
-What this does not do:
-  * ``/proc/self/environ`` still shows the environment the process *started* with, keys included;
-    the guard (``cave.security``) blocks reading it like any file outside the workspace.
-  * It is not a vault. Code in this process can import this module and call ``get_key``, read the
-    SDK client's ``api_key`` attribute, walk ``gc.get_objects()`` or read process memory. The guard
-    and the review of agent code are what stand between agent code and those; this module only
-    removes the zero-effort path.
-  * Processes started before the move keep their copy of the environment.
-  * Cloud credentials used by storage (``AWS_SECRET_ACCESS_KEY`` and friends) are left in place,
-    because fsspec/s3fs read them from the environment.
+What it does not: code in the kernel can *use* the proxy (the token is in the kernel's memory):
+agent code that defeats the guard can make model calls on the user's key. Freed memory is not
+wiped, so a raw memory scan (ctypes) might still find a key's bytes from before the hand-over.
+Processes started before the kernel (the Jupyter server that launched it) keep their copy.
+Without a kernel (``cave`` used as a library), or if the process cannot start, keys are kept in
+this module as before (``set_key``/``get_key``), readable by any code in the process.
+Cloud credentials used by storage (``AWS_SECRET_ACCESS_KEY`` and friends) stay in the
+environment, because fsspec/s3fs read them there; the guard makes agent reads of them ask.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+from typing import TYPE_CHECKING
 
 from .._errors import ConfigError
+
+if TYPE_CHECKING:
+    from ._credential_proxy import CredentialProxy, Route
+
+_log = logging.getLogger(__name__)
 
 PROVIDER_ENV_VARS: dict[str, str] = {
     "ANTHROPIC_API_KEY": "anthropic",
@@ -47,11 +55,152 @@ PROVIDER_ENV_VARS: dict[str, str] = {
 }
 """Environment variable -> provider name under which ``get_key`` returns it."""
 
+UPSTREAMS: dict[str, tuple[str, str, str]] = {
+    "anthropic": ("ANTHROPIC_BASE_URL", "https://api.anthropic.com", "x-api-key"),
+    "anthropic_auth_token": ("ANTHROPIC_BASE_URL", "https://api.anthropic.com", "authorization"),
+    "openai": ("OPENAI_BASE_URL", "https://api.openai.com/v1", "authorization"),
+}
+"""Providers whose keys the credential process holds: base-URL variable, default, header."""
+
 _keys: dict[str, str] = {}
 _lock = threading.Lock()
+_proxy: list[CredentialProxy] = []
+_wanted: list[bool] = []
+"""Non-empty once the kernel asked for keys to live in a credential process."""
 
 
-def take_provider_keys_from_environ() -> list[str]:
+def default_upstream(provider: str) -> str:
+    """Where ``provider``'s requests go when no base URL is given (its variable, else the API)."""
+    var, default, _header = UPSTREAMS[provider]
+    return (os.environ.get(var) or default).rstrip("/")
+
+
+def start_credential_process() -> list[str]:
+    """Kernel start: move provider keys out of the environment (``os.environ`` and the initial
+    block) into a credential-holding process; return the variable names moved.
+
+    The values are taken as the environment's own ``bytes`` (never decoded to ``str``), sent,
+    and then overwritten in place, so no copy is left in freed memory either. If the process
+    cannot start, the keys stay in this module (logged), as without a kernel.
+    """
+    found: dict[str, bytes] = {}
+    with _lock:
+        data = getattr(os.environ, "_data", None)  # before the guard takes it (kernel start)
+        for var in PROVIDER_ENV_VARS:
+            raw = data.get(var.encode()) if isinstance(data, dict) else None
+            if raw is not None and isinstance(data, dict):
+                found[var] = raw
+                os.unsetenv(var)
+                data.pop(var.encode(), None)
+            elif var in os.environ:  # the guard is on already: a plain move
+                found[var] = os.environ.pop(var).encode()
+    scrub_initial_environ(set(PROVIDER_ENV_VARS))
+    _wanted.append(True)
+    for var, raw in found.items():
+        provider = PROVIDER_ENV_VARS[var]
+        proxy = _ensure_proxy() if raw and provider in UPSTREAMS else None
+        if proxy is not None:
+            proxy.add_key(provider, default_upstream(provider), raw, header=UPSTREAMS[provider][2])
+        elif raw and provider in UPSTREAMS:
+            with _lock:
+                _keys[provider] = raw.decode()
+        wipe(raw)
+    moved = sorted(found)
+    found.clear()
+    return moved
+
+
+def wipe(raw: bytes | bytearray) -> None:
+    """Overwrite a secret's bytes in place before they are freed (CPython ``bytes`` layout).
+
+    Only for buffers nothing else shares: the environment's own values, lines built to send.
+    """
+    if isinstance(raw, bytearray):
+        raw[:] = bytes(len(raw))
+    elif type(raw) is bytes and len(raw) > 1:  # b"" and 1-byte bytes are shared singletons
+        import ctypes
+        import sys
+
+        ctypes.memset(id(raw) + sys.getsizeof(b"") - 1, 0, len(raw))
+
+
+def route(provider: str, base_url: str | None = None) -> Route | None:
+    """How to reach ``provider``'s key held by the credential process at ``base_url`` (default:
+    ``default_upstream``), or None when that process holds no key for that endpoint."""
+    if not _proxy or provider not in UPSTREAMS:
+        return None
+    return _proxy[0].route(provider, (base_url or default_upstream(provider)).rstrip("/"))
+
+
+def credential_process_pid() -> int | None:
+    """The credential process's pid (None when keys are held in-process)."""
+    return _proxy[0].pid if _proxy and _proxy[0].alive() else None
+
+
+def _ensure_proxy() -> CredentialProxy | None:
+    """The running credential process, started now if the kernel asked for one and it is not
+    running yet (no process is started for a kernel without keys). None without a kernel, or if
+    it cannot start (logged; keys then stay in this module)."""
+    if _proxy and _proxy[0].alive():
+        return _proxy[0]
+    if not _wanted:
+        return None
+    try:
+        from ._credential_proxy import CredentialProxy
+
+        proxy = CredentialProxy()
+    except Exception as exc:  # keep the kernel usable: keys stay in-process
+        _log.warning("Cave's credential process did not start (%s); keys stay in memory", exc)
+        return None
+    _proxy[:] = [proxy]
+    return proxy
+
+
+def _store(provider: str, key: str, base_url: str | None) -> None:
+    proxy = _ensure_proxy() if provider in UPSTREAMS else None
+    if proxy is not None:
+        upstream = (base_url or default_upstream(provider)).rstrip("/")
+        proxy.add_key(provider, upstream, key, header=UPSTREAMS[provider][2])
+        with _lock:
+            _keys.pop(provider, None)
+        return
+    with _lock:
+        _keys[provider] = key
+
+
+def scrub_initial_environ(names: set[str]) -> int:
+    """Overwrite the values of ``names`` in the initial environment block with NUL bytes.
+
+    That block (``/proc/self/environ``) is memory on the main thread's stack, set up by
+    ``execve``; ``unsetenv`` does not touch it. Linux only; returns how many were wiped (0
+    elsewhere, or when ``/proc`` cannot be read).
+    """
+    wanted = {n.encode() for n in names}
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        start, end = int(fields[47]), int(fields[48])  # env_start, env_end (fields 50, 51)
+        with open("/proc/self/environ", "rb") as f:
+            block = f.read()
+    except (OSError, ValueError, IndexError):
+        return 0
+    if not start or len(block) != end - start:
+        return 0
+    import ctypes
+
+    wiped, offset = 0, 0
+    for entry in block.split(b"\0"):
+        name, eq, value = entry.partition(b"=")
+        if eq and name in wanted and value:
+            ctypes.memset(start + offset + len(name) + 1, 0, len(value))
+            wiped += 1
+        offset += len(entry) + 1
+    del block
+    return wiped
+
+
+def take_provider_keys_from_environ() -> list[str]:  # without a kernel; see the module doc
     """Move the provider keys present in the environment into this module; return their names.
 
     A key taken now replaces one stored earlier for the same provider. Empty values are removed
@@ -75,15 +224,15 @@ def get_key(provider: str) -> str | None:
         return _keys.get(provider)
 
 
-def set_key(provider: str, key: str) -> None:
-    """Store a key typed by the user (``%cave key``) without putting it in the environment."""
+def set_key(provider: str, key: str, *, base_url: str | None = None) -> None:
+    """Keep a key typed by the user (``%cave key``) out of the environment: in the credential
+    process, bound to ``base_url`` (default ``default_upstream``), when one runs."""
     if not key or key != key.strip():
         raise ConfigError(
             f"The {provider} key must be non-empty, without surrounding spaces or newlines. "
             "Paste it again (`%cave key`)."
         )
-    with _lock:
-        _keys[provider] = key
+    _store(provider, key, base_url)
 
 
 def forget_key(provider: str) -> None:

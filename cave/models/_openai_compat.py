@@ -83,6 +83,7 @@ class OpenAICompatModel:
         tools: bool = True,
         timeout: float = 600.0,
         max_retries: int = 2,
+        stream_idle_timeout: float = 120.0,
     ) -> None:
         """``base_url`` ends where ``/chat/completions`` is appended (usually in ``/v1``).
 
@@ -90,6 +91,8 @@ class OpenAICompatModel:
         ``OPENAI_API_KEY``; it is sent as ``Authorization: Bearer`` to ``base_url``, whatever
         host that is (as the ``openai`` SDK does). No key: no header (local servers need none).
         ``tools=False``: code comes in fenced blocks (see the module docstring).
+        ``stream_idle_timeout``: seconds without a byte before a reply is abandoned as stalled (a
+        read timeout: it bounds the gap between chunks, not the whole reply).
         """
         import httpx
 
@@ -103,18 +106,29 @@ class OpenAICompatModel:
         if max_retries < 0 or timeout <= 0:
             raise ConfigError(f"max_retries must be >= 0 and timeout > 0 (got {max_retries}, "
                               f"{timeout}).")
-        if api_key is None:
+        route = _credentials.route("openai", base_url) if api_key is None else None
+        if api_key is None and route is None:
             api_key = _credentials.get_key("openai") or os.environ.get("OPENAI_API_KEY") or None
         self.name = model
         self.base_url = base_url.rstrip("/")
+        self._endpoint = self.base_url if route is None else route.base_url
+        """Where requests go: ``base_url``, or Cave's credential process, which adds the key."""
         self.tools = tools
         self.max_retries = max_retries
         self.last_usage_estimated = False
         """True when the last reply's usage is an estimate (the server sent none)."""
         self._headers = {"accept": "text/event-stream"}
+        if route is not None:
+            api_key = route.token
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
-        self._client: Any = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)))
+        self.stream_idle_timeout = min(timeout, stream_idle_timeout)
+        transport = None if route is None else httpx.HTTPTransport(uds=route.uds)
+        self._client: Any = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0),
+                                  read=self.stream_idle_timeout),
+            transport=transport,
+        )
         self._relay = StreamRelay("cave-openai-stream")
 
     def __repr__(self) -> str:
@@ -164,13 +178,14 @@ class OpenAICompatModel:
         """Worker: POST (with retries), put ("text", str)... then ("done", ChunkAccumulator)."""
         import httpx
 
-        url = self.base_url + "/chat/completions"
+        url = self._endpoint + "/chat/completions"
         for attempt in range(self.max_retries + 1):
             delay: float | None = None
             try:
                 with self._client.stream("POST", url, json=body, headers=self._headers) as resp:
                     if not call.attach(_Handle(resp)):
                         return
+                    call.answered = True
                     if resp.status_code < 400:
                         return self._read(resp, call)
                     resp.read()
@@ -181,13 +196,21 @@ class OpenAICompatModel:
                 error = ModelResponseError(None, "connection_error",
                                            f"could not reach {self.base_url}")
                 delay = _retry_delay({}, attempt) if attempt < self.max_retries else None
+            except httpx.ReadTimeout:
+                raise ModelResponseError(
+                    None, "stalled_stream", f"the reply from {self.base_url} stalled: no data "
+                    f"for {self.stream_idle_timeout:g} s") from None
             except httpx.TimeoutException:
                 raise ModelResponseError(None, "connection_error",
                                          f"timed out waiting for {self.base_url}") from None
             except httpx.TransportError as exc:
+                if call.answered:
+                    raise ModelResponseError(
+                        None, "connection_error", f"the connection to {self.base_url} broke "
+                        f"during the reply ({type(exc).__name__}: {exc})") from None
                 raise ModelResponseError(
-                    None, "connection_error", f"the connection to {self.base_url} broke during "
-                    f"the reply ({type(exc).__name__}: {exc})") from None
+                    None, "connection_error", f"the connection to {self.base_url} was closed "
+                    f"before any reply ({type(exc).__name__}: {exc})") from None
             if delay is None or call.cancelled.wait(delay):
                 break
         call.events.put(("error", error))
@@ -253,9 +276,16 @@ def _status_error(resp: Any, base_url: str) -> ModelResponseError:
 
 
 def _retryable(resp: Any) -> bool:
+    """Whether an error answer is worth retrying; quota and billing errors never are."""
     should = resp.headers.get("x-should-retry")
     if should in ("true", "false"):
         return bool(should == "true")
+    try:
+        kind, _ = _error_fields(resp.json())
+    except ValueError:
+        kind = None
+    if kind in ("insufficient_quota", "billing_error", "billing_hard_limit_reached"):
+        return False
     return bool(resp.status_code in (408, 429) or resp.status_code >= 500)
 
 
@@ -294,7 +324,8 @@ def model_from_name(name: str, base_url: str | None = None, *, api_key: str | No
         )
     base_url = base_url or os.environ.get(BASE_URL_ENV) or None
     if base_url is None:
-        if not (api_key or _credentials.get_key("openai") or os.environ.get("OPENAI_API_KEY")):
+        if not (api_key or _credentials.get_key("openai") or os.environ.get("OPENAI_API_KEY")
+                or _credentials.route("openai", OPENAI_URL)):
             raise ConfigError(
                 f"{name!r} needs an endpoint: set {BASE_URL_ENV} or pass --base-url, for example "
                 "http://localhost:11434/v1 (Ollama), http://localhost:8000/v1 (vLLM), "

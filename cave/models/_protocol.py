@@ -15,13 +15,10 @@ PYTHON_TOOL_NAME = "python"
 
 PYTHON_TOOL: dict[str, Any] = {
     "name": PYTHON_TOOL_NAME,
-    "description": (
-        "Run Python code in your persistent runtime. Variables persist between calls. "
-        "Print what you need to see; the value of a final bare expression is shown too."
-    ),
+    "description": "Run Python in your persistent runtime (the system prompt says how).",
     "input_schema": {
         "type": "object",
-        "properties": {"code": {"type": "string", "description": "Python source to run."}},
+        "properties": {"code": {"type": "string"}},
         "required": ["code"],
     },
 }

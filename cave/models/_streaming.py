@@ -33,6 +33,8 @@ class StreamingCall:
     def __init__(self) -> None:
         self.events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.cancelled = threading.Event()
+        self.answered = False
+        """Set by a worker once the response's headers arrived (a later break is mid-reply)."""
         self._stream: Any = None
         self._lock = threading.Lock()
 

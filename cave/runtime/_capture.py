@@ -32,8 +32,13 @@ class Capture:
         head_chars: int = 8000,
         tail_chars: int = 8000,
         echo_chars: int = 200_000,
+        keep_chars: int = 0,
     ) -> None:
         self.echo = echo
+        self.keep_chars = keep_chars
+        """Also keep the first ``keep_chars`` characters whole (for ``_outputs``); 0: no."""
+        self._all: list[str] = []
+        self._all_len = 0
         self.head_chars = head_chars
         self.tail_chars = tail_chars
         self.echo_chars = echo_chars
@@ -50,6 +55,10 @@ class Capture:
     # Called with self.lock held.
     def _record(self, s: str) -> None:
         self.total += len(s)
+        if self._all_len < self.keep_chars:
+            part = s[: self.keep_chars - self._all_len]
+            self._all.append(part)
+            self._all_len += len(part)
         room = self.head_chars - self._head_len
         if room > 0:
             part = s[:room]
@@ -103,6 +112,13 @@ class Capture:
         with self.lock:
             self._record(s)
 
+    def whole(self) -> str | None:
+        """The output kept whole (up to ``keep_chars``) if the model's view is cut, else None."""
+        with self.lock:
+            if self.total <= self.head_chars + self.tail_chars or not self._all:
+                return None
+            return "".join(self._all)
+
     def text(self) -> str:
         """The model's view: everything, or head + ``[... N characters omitted ...]`` + tail."""
         with self.lock:
@@ -134,8 +150,11 @@ class TeeStream(io.TextIOBase):
 
     def __init__(self, capture: Capture, original: TextIO | None, name: str,
                  bystanders: frozenset[int] = frozenset(),
-                 before_write: Callable[[str], None] | None = None) -> None:
+                 before_write: Callable[[str], None] | None = None,
+                 fd: int | None = None) -> None:
         super().__init__()
+        self._fd = fd
+        """The descriptor whose output is captured for this stream too (fd capture), or None."""
         self._capture = capture
         self._original = original
         self._name = name
@@ -179,9 +198,12 @@ class TeeStream(io.TextIOBase):
         return False
 
     def fileno(self) -> int:
-        # Like StringIO: code that wants a descriptor (subprocess, faulthandler) must not get the
-        # kernel's, which would bypass the capture.
-        raise io.UnsupportedOperation("captured stream has no file descriptor")
+        """1 or 2 while fd capture redirects it into the step's output, so that
+        ``subprocess.run(..., stdout=sys.stdout)`` and ``faulthandler`` work. Without fd capture,
+        like StringIO: a descriptor would be the kernel's, bypassing the capture."""
+        if self._fd is None:
+            raise io.UnsupportedOperation("captured stream has no file descriptor")
+        return self._fd
 
     @property
     def wrapped(self) -> TextIO | None:

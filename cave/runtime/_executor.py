@@ -46,13 +46,14 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+from .._agent_code import AGENT_FILENAME_PREFIX as _FILENAME_PREFIX
 from ._capture import Capture, TeeStream
 from ._fd_capture import FdCapture, prepare
 from ._manifest import bounded_repr
+from ._outputs import MAX_KEPT_CHARS, OutputNames, kept_line
 
 __all__ = ["ExecutionResult", "Executor", "StepTimeout", "interrupt_thread"]
 
-_FILENAME_PREFIX = "<cave-"
 _step_ids = itertools.count(1)
 _RUN_LOCK = threading.RLock()
 _ACTIVE: dict[int, _RunState] = {}
@@ -87,12 +88,16 @@ class ExecutionResult:
     duration_s: float
     timed_out: bool
     interrupted: bool
+    kept: str | None = None
+    """When the output was cut: the line naming the ``_output_N`` variable that holds it whole."""
 
     def for_model(self) -> str:
         """The ``tool_result`` text for this run."""
         parts: list[str] = []
         if self.output:
             parts.append(self.output.rstrip("\n"))
+        if self.kept is not None:
+            parts.append(self.kept)
         if self.value_repr is not None:
             parts.append(f"Out: {self.value_repr}")
         if self.timed_out:
@@ -461,6 +466,9 @@ class Executor:
         self.echo_chars = echo_chars
         self.value_chars = value_chars
         self.refire_interval = refire_interval
+        self.keep_chars = MAX_KEPT_CHARS
+        """A cut output is kept whole, up to this many characters, in ``_output_N`` (0: never)."""
+        self._outputs = OutputNames()
         self._state: _RunState | None = None
 
     @property
@@ -502,6 +510,7 @@ class Executor:
             head_chars=self.head_chars,
             tail_chars=self.tail_chars,
             echo_chars=self.echo_chars,
+            keep_chars=self.keep_chars,
         )
         value_repr: str | None = None
         error: BaseException | None = None
@@ -521,8 +530,9 @@ class Executor:
                 out = fds.target(1, old_out) if fds is not None else old_out
                 err = fds.target(2, old_err) if fds is not None else old_err
                 sync = fds.sync if fds is not None else None
-                sys.stdout = TeeStream(capture, out, "<stdout>", bystanders, sync)
-                sys.stderr = TeeStream(capture, err, "<stderr>", bystanders, sync)
+                fd_out, fd_err = (1, 2) if fds is not None else (None, None)
+                sys.stdout = TeeStream(capture, out, "<stdout>", bystanders, sync, fd_out)
+                sys.stderr = TeeStream(capture, err, "<stderr>", bystanders, sync, fd_err)
                 shell = _active_shell()
                 tap = _DisplayTap(shell, capture, echo) if shell is not None else None
                 watchdog: threading.Thread | None = None
@@ -561,6 +571,10 @@ class Executor:
         duration = time.perf_counter() - start
         error_text = _format_error_safely(error) if error is not None else None
         interrupted = state.interrupted or isinstance(error, KeyboardInterrupt)
+        whole, kept = capture.whole(), None
+        if whole is not None:
+            name = self._outputs.keep(self.namespace, whole, capture.total)
+            kept = kept_line(name, len(whole), capture.total)
         return ExecutionResult(
             output=capture.text(),
             value_repr=None if error is not None else value_repr,
@@ -569,6 +583,7 @@ class Executor:
             duration_s=duration,
             timed_out=state.timed_out,
             interrupted=interrupted and not state.timed_out,
+            kept=kept,
         )
 
     def _run_code(

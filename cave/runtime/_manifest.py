@@ -23,6 +23,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
+from ..describe._registry import describe_with
+from ..describe._registry import lookup as _lookup_describer
+
 __all__ = [
     "BoundedRepr",
     "bounded_repr",
@@ -418,6 +421,9 @@ def _summary(obj: Any) -> list[str]:
     if isinstance(obj, type):
         doc = _first_doc_line(obj)
         return [f"class {obj.__qualname__}{_signature(obj)}" + (f": {doc}" if doc else "")]
+    describer = _lookup_describer(obj)  # cave.describe.register / __cave_describe__
+    if describer is not None:
+        return describe_with(describer, obj)
     frame_class = _mro_has(obj, "pandas", "DataFrame")
     if frame_class is not None:
         return _describe_dataframe(obj, frame_class)

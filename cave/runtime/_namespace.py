@@ -21,7 +21,7 @@ import builtins
 import keyword
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType, ModuleType
 from typing import Any
@@ -71,10 +71,13 @@ class AgentRuntime:
     def __init__(self, **executor_options: Any) -> None:
         """``executor_options`` go to :class:`Executor` (``head_chars``, ``tail_chars``, ...)."""
         self.namespace: dict[str, Any] = {"__name__": AGENT_MODULE_NAME, "__builtins__": builtins}
-        self.executor = Executor(self.namespace, **executor_options)
+        self.executor: Any = Executor(self.namespace, **executor_options)
+        self._in_process = self.executor
         self._injected: dict[str, InjectedInfo] = {}
         self._primitives: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self.manifest_sections: list[Callable[[], str]] = []
+        """More text for the manifest (registered tools, ...): each is called per manifest."""
         self._bind_fixed()
 
     # ----------------------------------------------------------------- names
@@ -192,15 +195,22 @@ class AgentRuntime:
                 {n: i for n, i in self._injected.items() if n in self.namespace}
             )
 
-    def agent_variables(self) -> list[tuple[str, str]]:
-        """``(name, type name)`` of what the agent made: not injected, primitive, dunder, module."""
+    def agent_variables(self, *, last: int | None = None) -> list[tuple[str, str]]:
+        """``(name, type name)`` of what the agent made: not injected, primitive, dunder, module.
+
+        ``last``: only the newest N, found from the end of the namespace, so a turn's cost does
+        not grow with a namespace of thousands of names (the prompt shows the newest 50)."""
         skip = self._injected.keys() | self._primitives.keys() | _RESERVED.keys()
-        out = []
-        for name, value in list(self.namespace.items()):
+        names = list(self.namespace)
+        out: list[tuple[str, str]] = []
+        for name in reversed(names) if last is not None else names:
+            if last is not None and len(out) >= last:
+                break
+            value = self.namespace.get(name)
             if name in skip or _is_dunder(name) or isinstance(value, ModuleType):
                 continue
             out.append((name, type_name(value)))
-        return out
+        return out[::-1] if last is not None else out
 
     # ----------------------------------------------------------------- primitives
 
@@ -234,7 +244,9 @@ class AgentRuntime:
             for name, info in self.injected.items()
             if (value := self.namespace.get(name, missing)) is not missing
         ]
-        return build_manifest(items, variables=self.agent_variables() if variables else ())
+        text = build_manifest(items, variables=self.agent_variables() if variables else ())
+        extra = [section() for section in list(self.manifest_sections)]
+        return "\n".join([text, *(e for e in extra if e)])
 
     def run(
         self,
@@ -252,3 +264,10 @@ class AgentRuntime:
     def interrupt(self) -> None:
         """Stop the current run (the stop button); does nothing if nothing is running."""
         self.executor.interrupt()
+
+    def use_executor(self, executor: Any | None) -> None:
+        """Run steps with ``executor`` (strict mode's worker); None: the in-process one again.
+
+        It must have :class:`Executor`'s ``run``/``interrupt``. The namespace stays this one.
+        """
+        self.executor = self._in_process if executor is None else executor

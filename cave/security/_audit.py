@@ -34,7 +34,15 @@ from typing import Any, Protocol, runtime_checkable
 
 from .._errors import AuditChainBroken
 
-__all__ = ["GENESIS", "AuditLog", "AuditSink", "VerifyReport", "format_records", "verify"]
+__all__ = [
+    "GENESIS",
+    "AuditLog",
+    "AuditSink",
+    "ChainedAuditSink",
+    "VerifyReport",
+    "format_records",
+    "verify",
+]
 
 GENESIS = "0" * 64
 _HEAD_SIZE = 160
@@ -46,6 +54,13 @@ class AuditSink(Protocol):
     so an implementation must not open files or sockets per call (open them up front)."""
 
     def record(self, kind: str, /, **fields: Any) -> None: ...
+
+
+class ChainedAuditSink(AuditSink, Protocol):
+    """An audit sink with a hash chain, whose head a checkpoint records (``AuditLog`` is one)."""
+
+    @property
+    def head(self) -> tuple[int, str]: ...
 
 
 def _canonical(obj: dict[str, Any]) -> str:

@@ -116,8 +116,12 @@ class SessionAuthority:
         details: Mapping[str, Any] | None = None,
         code_line: str | None = None,
         grant_as: str | None = None,
+        at_least_ask: bool = False,
     ) -> Permit:
         """A permit, or ``PermissionError`` saying why not.
+
+        ``at_least_ask``: an ``allow`` verdict asks anyway (a grant still counts); the guard uses
+        it for writes to environment names the default policy lets agent code *read*.
 
         ``origin``: what asked (``fs.write`` for a primitive, ``guard:open`` for a raw event).
         ``grant_as``: the capability an approval grants, if broader than the request (a
@@ -148,7 +152,7 @@ class SessionAuthority:
                 f"{grant.scope} grant {grant.id}",
                 grant if grant.scope == ONCE else None,
             )
-        if verdict.effect is Effect.ALLOW:
+        if verdict.effect is Effect.ALLOW and not at_least_ask:
             return Permit(capability, "policy", verdict.reason)
         return self._ask(capability, verdict, origin, summary, details or {}, code_line, grant_as)
 
@@ -231,11 +235,37 @@ class SessionAuthority:
             self.set_policy(policy, by="restore")
         self._record("grants.restore", grants=len(self._grants.all()))
 
+    def grant_session(
+        self, capabilities: Iterable[Capability], *, because: str, request_id: str | None
+    ) -> list[str]:
+        """Session grants for ``capabilities`` that no deny covers (a skill approved by a
+        person); returns those it refused. Callers: vault operations only."""
+        refused: list[str] = []
+        for capability in capabilities:
+            if self.is_denied(capability):
+                refused.append(str(capability))
+                continue
+            with self._lock:
+                grant = self._grants.add(str(capability), SESSION, request_id)
+            self._record(
+                "grant", capability=str(capability), scope=SESSION, grant=grant.id,
+                request=request_id, because=because,
+            )
+        return refused
+
     def allowed_by_policy(self, capability: Capability) -> bool:
         """The fast path of the guard: an ``allow`` verdict needs no grant, asks nobody."""
         if capability.kind in FS_KINDS and self._protected(capability) is not None:
             return False
         return self._policy.decide(capability).effect is Effect.ALLOW
+
+    def session_grant_covers(self, capability: Capability) -> bool:
+        """A session grant covers ``capability`` and nothing denies it (no permit needed)."""
+        if self.is_denied(capability):
+            return False
+        with self._lock:
+            grant = self._grants.find(capability)
+        return grant is not None and grant.scope == SESSION
 
     def is_denied(self, capability: Capability) -> bool:
         """Denied by a protected path or a deny rule (grants and approvals cannot change it)."""

@@ -75,6 +75,45 @@ class Security:
         )
         """Bind these into the agent's namespace: ``fs``, ``shell``, ``net``, ``env``, ``human``."""
 
+    @classmethod
+    def _adopt(cls, handle: object, workspace: Path) -> Security:
+        """A facade for a session the vault already holds (a sub-agent's)."""
+        self = cls.__new__(cls)
+        self.workspace = workspace
+        self._handle = handle
+        self.primitives = MappingProxyType(
+            {
+                "fs": Files(handle),
+                "shell": Shell(handle),
+                "net": Net(handle),
+                "env": Env(handle),
+                "human": Human(handle),
+            }
+        )
+        return self
+
+    def spawn(self, label: str, policy: Any) -> Security:
+        """A sub-agent's authority: ``policy`` met with this session's (``_attenuation``).
+
+        ``policy``: a list of capability patterns (allowed; the rest denied) or a ``Policy``.
+        Refused from agent code (agents use the ``agents.spawn`` primitive, which asks)."""
+        from ._attenuation import given_policy
+
+        handle = _ask("spawn", (self._handle, label, given_policy(policy, self.workspace)))
+        return Security._adopt(handle, self.workspace)
+
+    def extend(self, name: str, primitive: Any, ops: Mapping[str, Any]) -> None:
+        """Add a primitive namespace (``skills``, ``agents``): ``primitive`` is the agent-facing
+        object (holding only this session's handle), ``ops`` the functions the vault runs for
+        ``name.op`` calls, each ``fn(ctx, *args)``. Refused from agent code."""
+        _ask("extend", (self._handle, dict(ops)))
+        self.primitives = MappingProxyType({**self.primitives, name: primitive})
+
+    @property
+    def handle(self) -> object:
+        """The opaque handle the primitives carry (useless without the vault)."""
+        return self._handle
+
     def describe_primitives(self) -> str:
         """Signatures and first doc lines of the primitives, for the system prompt."""
         return describe(self.primitives)

@@ -32,26 +32,29 @@ state on the ``Security`` object (``security._policy = ...`` would switch the gu
 What this does not stop (``docs/security.md`` has the full table, each with a test): ctypes
 calls through function pointers that already exist (CPython 3.11 raises no event for them),
 monkeypatching shared modules so that *kernel* threads later run agent-chosen code, work handed
-to threads that already existed (a user's executor, the kernel's event loop), reads of
-``os.environ``, metadata via ``os.stat``, and symlink races between the check and the use.
+to threads that already existed (a user's executor, the kernel's event loop), metadata via
+``os.stat``, and symlink races between the check and the use. ``os.environ`` is guarded too: see
+``_environ`` (its data lives in this vault).
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ._capabilities import Capability
 from ._engine import Permit, SessionAuthority
+from ._environ import ENV_EVENT, EnvironVault, install_environ
 from ._events import EVENTS, Check, Refusal, classify, resolve_path, shell_program
 from ._ops import run_op
-from ._policy import Effect, Policy
+from ._policy import HARMLESS_ENV, Effect, Policy
 
 __all__ = ["EVENT", "install"]
 
@@ -67,7 +70,21 @@ _SPECIAL = frozenset(
 _FRESH_REFUSED = frozenset({"_thread", "_posixsubprocess", "posix", "_imp", "sys", "builtins"})
 """Modules we patched (or singletons): agent code may not build a fresh, unpatched copy."""
 
-_PRIVILEGED = frozenset({"register", "set_policy", "restore", "cancel", "close"})
+_EXEC_WITHOUT_ENV = (
+    "os.exec* without an environment would hand this process's whole environment to the new "
+    "program; use os.execve(path, args, env) with the variables it needs"
+)
+
+_RAW_ENVIRON = (
+    "agent code may not read os.environ's raw dictionary; use os.environ[NAME] or "
+    "env.get(NAME), which the policy decides"
+)
+
+_ENV_WRITES = frozenset({"os.putenv", "os.unsetenv"})
+
+_PRIVILEGED = frozenset(
+    {"register", "set_policy", "restore", "cancel", "close", "spawn", "extend"}
+)
 
 _install_lock = threading.Lock()
 
@@ -99,6 +116,11 @@ def _os_open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = N
     if not isinstance(path, (int, str, bytes)):
         path = os.fspath(path)  # agent code runs here, outside the vault
     return int(_ask("open_at", (path, flags, mode, dir_fd)))
+
+
+def _os_system(command: Any) -> int:
+    """Forwarder for ``os.system``: agent code's shell gets the filtered environment."""
+    return int(_ask("system", (command,)))
 
 
 def _create_builtin(spec: Any) -> Any:
@@ -176,16 +198,38 @@ class _Binding:
 class _Session:
     """One ``Security`` instance's state, inside the vault."""
 
-    __slots__ = ("authority", "exec_marker", "handle", "spawned", "workspace")
+    __slots__ = (
+        "authority", "env_set", "exec_marker", "ext_ops", "handle", "parent", "spawned",
+        "workspace",
+    )
 
     def __init__(
-        self, handle: object, authority: SessionAuthority, exec_marker: str | None
+        self,
+        handle: object,
+        authority: SessionAuthority,
+        exec_marker: str | None,
+        parent: _Session | None = None,
     ) -> None:
         self.handle = handle
         self.authority = authority
         self.workspace = authority.workspace
         self.exec_marker = exec_marker
         self.spawned: set[int] = set()
+        self.env_set: set[str] = set()
+        """Environment names agent code set itself (it knows their values): readable freely."""
+        self.parent = parent
+        """The session this one was spawned from (a sub-agent's), or None."""
+        self.ext_ops: dict[str, Callable[..., Any]] = {}
+        """Operations added with ``Security.extend`` (skills, agents), run inside the vault."""
+
+    def descends_from(self, other: _Session) -> bool:
+        """True if ``other`` is this session's parent, grandparent, ... (not itself)."""
+        node = self.parent
+        while node is not None:
+            if node is other:
+                return True
+            node = node.parent
+        return False
 
 
 # -- the vault ----------------------------------------------------------------------------
@@ -207,13 +251,17 @@ class _Vault:
         self.create_builtin = _imp.create_builtin
         self.create_dynamic = _imp.create_dynamic
         self.getaddrinfo = socket.getaddrinfo
+        self.system = os.system
+        self.environ = EnvironVault(os.environ._data)  # type: ignore[attr-defined]
         self.protected_code: list[Any] = []
         """Code objects whose generators' frames agent code may not read (agent_code())."""
-        self.interesting = EVENTS | _SPECIAL | _FRAME_EVENTS | {EVENT, "os.killpg"}
+        self.interesting = EVENTS | _SPECIAL | _FRAME_EVENTS | {EVENT, ENV_EVENT, "os.killpg"}
 
     # entry point: returns None (allow) or (exception class, args) for the hook to raise
     def handle(self, event: str, args: tuple[Any, ...]) -> Any:
         try:
+            if event == ENV_EVENT:
+                return self._env(args)
             if event == EVENT:
                 return self._command(args)
             b: _Binding | None = getattr(self.tl, "b", None)
@@ -278,6 +326,28 @@ class _Vault:
             raise _Refused("this Security session is closed or unknown")
         return session
 
+    def _op_spawn(self, b: _Binding | None, payload: tuple[Any, ...]) -> Any:
+        """A sub-agent's session under ``handle``'s (user side; agents use ``agents.spawn``)."""
+        handle, label, policy = payload
+        return self.spawn_child(self._session(handle), str(label), policy)
+
+    def spawn_child(self, parent: _Session, label: str, policy: Policy) -> object:
+        from ._attenuation import ChildAuthority
+
+        authority = ChildAuthority(
+            parent=parent.authority, label=label, policy=_private_copy(policy)
+        )
+        handle = _Handle()
+        with self.lock:
+            self.sessions[handle] = _Session(handle, authority, parent.exec_marker, parent)
+        authority.record("agent.spawn", agent=label, rules=len(authority.policy.rules))
+        return handle
+
+    def _op_extend(self, b: _Binding | None, payload: tuple[Any, ...]) -> Any:
+        handle, ops = payload
+        self._session(handle).ext_ops.update(dict(ops))
+        return True
+
     def _op_close(self, b: _Binding | None, payload: tuple[Any, ...]) -> Any:
         with self.lock:
             self.sessions.pop(payload[0], None)
@@ -308,10 +378,17 @@ class _Vault:
     def _op_enter(self, b: _Binding | None, payload: tuple[Any, ...]) -> Any:
         session = self._session(payload[0])
         if b is None:
+            self.environ.forget_thread()
             b = _Binding(session, life=False)
             self.tl.b = b
         elif b.session is not session:
-            raise _Refused("this thread is already running agent code for another session")
+            if not session.descends_from(b.session):
+                raise _Refused("this thread is already running agent code for another session")
+            # A sub-agent's step inside its parent's code: narrower authority until exit.
+            nested = _Nested(b.session)
+            b.session = session
+            b.nonces.append(nested)
+            return nested
         nonce = object()
         b.nonces.append(nonce)
         return nonce
@@ -325,6 +402,10 @@ class _Vault:
                 )
             raise _Refused("agent_code() exit without its matching enter")
         b.nonces.pop()
+        if isinstance(nonce, _Nested):
+            self._summarise(b)
+            b.session = nonce.outer
+            return True
         if not b.nonces and not b.life:
             self._summarise(b)
             del self.tl.b
@@ -356,6 +437,7 @@ class _Vault:
             session = self.tickets.pop(payload[0], None)
         if session is None or b is not None:
             return False
+        self.environ.forget_thread()  # a new thread has none; this makes sure
         self.tl.b = _Binding(session, life=True)
         return True
 
@@ -393,10 +475,109 @@ class _Vault:
                 err = self._checks(b, "fork_exec", (check,))
                 if err is not None:
                     return err
+            if len(payload) > 5 and payload[5] is None:  # no env=: only what the agent may read
+                env = self.environ.child_env(lambda name: self._env_visible(b, name))
+                payload = (*payload[:5], env, *payload[6:])
         pid = self.fork_exec(*payload)
         if b is not None:
             b.session.spawned.add(int(pid))
         return pid
+
+    # -- the environment (``_environ``) --------------------------------------------------
+    def _env(self, args: tuple[Any, ...]) -> Any:
+        if len(args) != 4 or type(args[3]) is not list:
+            return None
+        op, a, c, box = args
+        b: _Binding | None = getattr(self.tl, "b", None)
+        if b is None or b.depth > 0:  # not agent code, or Cave working on its behalf
+            if b is None:
+                self.environ.remember_thread()
+            list.append(box, self.environ.plain(str(op), a, c))
+            return None
+        b.depth += 1
+        try:
+            if op == "data":
+                return self._refuse(b, "os.environ", _RAW_ENVIRON)
+            result = self.environ.agent(
+                str(op),
+                a,
+                c,
+                visible=lambda name: self._env_visible(b, name),
+                decide=lambda name: self._env_decide(b, name),
+                write=lambda name, is_set, fn: self._env_write(b, name, is_set, fn),
+                count=lambda: self._count(b, "os.environ"),
+            )
+        finally:
+            b.depth -= 1
+        list.append(box, result)
+        return None
+
+    def _count(self, b: _Binding, event: str) -> None:
+        b.counts[event] = b.counts.get(event, 0) + 1
+
+    def _env_visible(self, b: _Binding, name: str) -> bool:
+        """Readable by agent code without asking: allowed by policy, a session grant, or set by
+        the agent itself."""
+        if name in b.session.env_set:
+            return True
+        cap = Capability("env", name)
+        authority = b.session.authority
+        return authority.allowed_by_policy(cap) or authority.session_grant_covers(cap)
+
+    def _env_decide(self, b: _Binding, name: str) -> None:
+        """The ``env.get`` primitive decides (policy, grants, approval, audit) or raises."""
+        run_op(_OpContext(self, b), "env.get", (name,))
+
+    def _env_write(self, b: _Binding, name: str, is_set: bool, fn: Callable[[], None]) -> None:
+        cap = Capability("env", name)
+        verb = "set" if is_set else "unset"
+        check = Check(cap, f"{verb} environment variable {name}", {"name": name})
+        err = self._checks(b, "os.putenv" if is_set else "os.unsetenv", (check,))
+        if err is not None:
+            raise err[0](*err[1])
+        outer = b.ticket
+        b.ticket = _Ticket({str(cap)}, [])
+        try:
+            fn()
+        finally:
+            b.ticket = outer
+        if is_set:
+            b.session.env_set.add(name)
+        else:
+            b.session.env_set.discard(name)
+
+    def _op_system(self, b: _Binding | None, payload: tuple[Any, ...]) -> Any:
+        command = payload[0]
+        if b is None:
+            return self.system(command)
+        text = os.fsdecode(command) if isinstance(command, bytes) else command
+        if not isinstance(text, str):
+            raise TypeError(f"os.system takes a str command, not {type(command).__name__}")
+        checks = classify("os.system", (text,))
+        assert isinstance(checks, tuple)
+        err = self._checks(b, "os.system", checks)
+        if err is not None:
+            return err
+        env = dict(
+            entry.split(b"=", 1)
+            for entry in self.environ.child_env(lambda name: self._env_visible(b, name))
+        )
+        outer = b.ticket
+        b.ticket = _Ticket({str(c.capability) for c in checks}, [])
+        try:
+            pid = os.posix_spawn("/bin/sh", ["sh", "-c", text], env)
+        finally:
+            b.ticket = outer
+        b.session.spawned.add(pid)
+        try:
+            return os.waitpid(pid, 0)[1]
+        except BaseException:
+            try:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+            raise
 
     def _op_imp(self, b: _Binding | None, payload: tuple[Any, ...]) -> Any:
         kind, name, file, spec = payload
@@ -415,6 +596,9 @@ class _Vault:
             b = _Binding(session, life=False)  # a user cell calling a primitive: no guard
             b.depth = 1
         line = code_line if type(code_line) is str else None
+        ext = session.ext_ops.get(str(op))
+        if ext is not None:
+            return ext(_OpContext(self, b, line), *args)
         return run_op(_OpContext(self, b, line), str(op), args)
 
     # -- the guard proper --------------------------------------------------------------
@@ -426,6 +610,8 @@ class _Vault:
         try:
             if event in _SPECIAL or event in _FRAME_EVENTS or event in _GUARDED_KILL:
                 return self._special(b, event, args)
+            if event == "os.exec" and (len(args) < 3 or args[2] is None):
+                return self._refuse(b, event, _EXEC_WITHOUT_ENV)
             result = classify(event, args)
             if result is None:
                 return None
@@ -470,6 +656,22 @@ class _Vault:
         for check in checks:
             cap = check.capability
             if b.ticket is not None and b.ticket.covers(cap):
+                continue
+            if event in _ENV_WRITES and _read_only_allow(authority, cap):
+                # Reading PATH or PYTHONPATH is harmless; changing them (for every child the
+                # kernel starts later, the user's included) is not: ask, unless a grant covers it.
+                try:
+                    permit = authority.authorize(
+                        cap,
+                        origin=f"guard:{event}",
+                        summary=check.summary,
+                        details=check.details,
+                        at_least_ask=True,
+                    )
+                except PermissionError as exc:
+                    return (PermissionError, (str(exc),))
+                authority.settle(permit, ok=True)
+                self._allowed(b, event, check, permit)
                 continue
             if authority.allowed_by_policy(cap):
                 b.counts[event] = b.counts.get(event, 0) + 1
@@ -608,6 +810,60 @@ class _OpContext:
     def spawned(self, pid: int) -> None:
         self._b.session.spawned.add(pid)
 
+    # -- for operations added with Security.extend (skills, sub-agents) ----------------------
+    @property
+    def handle(self) -> object:
+        """The handle of the session this operation runs for."""
+        return self._b.session.handle
+
+    def owns(self, handle: object) -> bool:
+        """True if ``handle`` is a sub-agent (at any depth) of this operation's session."""
+        child = self._vault.sessions.get(handle)
+        return child is not None and child.descends_from(self._b.session)
+
+    def spawn(self, label: str, policy: Policy, ops: Mapping[str, Callable[..., Any]]) -> object:
+        """A sub-agent session under this one (attenuated, see ``_attenuation``) with ``ops``."""
+        handle = self._vault.spawn_child(self._b.session, label, policy)
+        self._vault.sessions[handle].ext_ops.update(ops)
+        return handle
+
+    def aside(self, fn: Callable[[], Any], cancel: Callable[[], None]) -> Any:
+        """Run Cave's ``fn`` on a thread that is not agent code (a sub-agent's model call) and
+        wait; an interrupt of the waiting thread calls ``cancel`` and is re-raised."""
+        done = threading.Event()
+        box: list[Any] = []
+        context = contextvars.copy_context()
+
+        def run() -> None:
+            try:
+                box.append((True, context.run(fn)))
+            except BaseException as exc:  # noqa: B036 - handed to the waiting thread
+                box.append((False, exc))
+            finally:
+                done.set()
+
+        self._vault.start_new_thread(run, ())
+        try:
+            while not done.wait(0.05):
+                pass
+        except BaseException:
+            cancel()
+            done.wait(10.0)
+            raise
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+
+class _Nested:
+    """The nonce of a sub-agent's ``enter`` on a thread already running its parent's code."""
+
+    __slots__ = ("outer",)
+
+    def __init__(self, outer: _Session) -> None:
+        self.outer = outer
+
 
 class _Handle:
     """An opaque session handle (useless without the vault, which checks the caller)."""
@@ -620,6 +876,18 @@ class _Handle:
 
 class _Refused(Exception):
     """Raised inside the vault for a refused command; becomes a PermissionError."""
+
+
+def _read_only_allow(authority: SessionAuthority, cap: Capability) -> bool:
+    """``cap`` is an ``env`` capability allowed only by a default harmless-name rule."""
+    if cap.kind != "env":
+        return False
+    verdict = authority.policy.decide(cap)
+    return (
+        verdict.effect is Effect.ALLOW
+        and verdict.rule is not None
+        and verdict.rule.source == HARMLESS_ENV
+    )
 
 
 def _sanitize(exc: BaseException) -> tuple[type[BaseException], tuple[Any, ...]]:
@@ -761,3 +1029,7 @@ def _patch() -> None:
         os.supports_dir_fd.add(_os_open)
     _imp.create_builtin = _create_builtin
     _imp.create_dynamic = _create_dynamic
+    os.system = _os_system
+    if posix is not None:
+        posix.system = _os_system  # type: ignore[attr-defined]
+    install_environ()

@@ -10,6 +10,7 @@ Results are plain builtins too; the wrappers dress them up.
 from __future__ import annotations
 
 import hashlib
+import json as _json
 import os
 import shutil
 import signal
@@ -19,30 +20,48 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._capabilities import Capability
 from ._events import Check, resolve_path, shell_program
 
 if TYPE_CHECKING:
-    from ._engine import Permit
-    from ._guard import _OpContext
+    from pathlib import Path
 
-__all__ = ["run_op"]
+    from ._engine import Permit
+
+__all__ = ["OpContext", "run_op"]
+
+
+class OpContext(Protocol):
+    """What an operation may do on the guard's behalf (the guard's ``_OpContext`` is one).
+
+    A protocol here, so the operations do not import the guard that calls them.
+    """
+
+    authority: Any
+    workspace: Path
+
+    def permit(self, check: Check, origin: str) -> Permit: ...
+    def run_with(
+        self, exact: set[str], trees: list[tuple[str, str]], fn: Callable[[], Any]
+    ) -> Any: ...
+    def resolve_host(self, host: str, port: int) -> list[str]: ...
+    def spawned(self, pid: int) -> None: ...
 
 MAX_OUTPUT_CHARS = 1_000_000
 """``shell.run`` keeps at most this much of stdout and of stderr (the rest is cut, with a note)."""
 MAX_FETCH_BYTES = 20_000_000
 
 
-def run_op(ctx: _OpContext, op: str, args: tuple[Any, ...]) -> Any:
+def run_op(ctx: OpContext, op: str, args: tuple[Any, ...]) -> Any:
     fn = _OPS.get(op)
     if fn is None:
         raise ValueError(f"unknown primitive {op!r}")
     return fn(ctx, *args)
 
 
-def _path(ctx: _OpContext, path: str, *, follow: bool = True) -> str:
+def _path(ctx: OpContext, path: str, *, follow: bool = True) -> str:
     if not isinstance(path, str) or not path:
         raise TypeError("path must be a non-empty str")
     if not os.path.isabs(path):
@@ -53,7 +72,7 @@ def _path(ctx: _OpContext, path: str, *, follow: bool = True) -> str:
 
 
 def _settled(
-    ctx: _OpContext,
+    ctx: OpContext,
     permit: Permit,
     op: str,
     run: Callable[[], Any],
@@ -88,7 +107,7 @@ def _settled(
         ctx.authority.record("primitive", **record)
 
 
-def _denied(ctx: _OpContext, op: str, check: Check) -> Permit:
+def _denied(ctx: OpContext, op: str, check: Check) -> Permit:
     try:
         return ctx.permit(check, op)
     except PermissionError as exc:
@@ -99,7 +118,7 @@ def _denied(ctx: _OpContext, op: str, check: Check) -> Permit:
 
 
 # -- fs ------------------------------------------------------------------------------------
-def fs_read(ctx: _OpContext, path: str, binary: bool) -> bytes:
+def fs_read(ctx: OpContext, path: str, binary: bool) -> bytes:
     real = _path(ctx, path)
     cap = Capability("fs.read", real)
     permit = _denied(ctx, "fs.read", Check(cap, f"read {real}", {"path": real}))
@@ -113,7 +132,7 @@ def fs_read(ctx: _OpContext, path: str, binary: bool) -> bytes:
     )
 
 
-def fs_write(ctx: _OpContext, path: str, data: bytes, append: bool, is_text: bool) -> int:
+def fs_write(ctx: OpContext, path: str, data: bytes, append: bool, is_text: bool) -> int:
     real = _path(ctx, path)
     cap = Capability("fs.write", real)
     digest = hashlib.sha256(data).hexdigest()
@@ -143,7 +162,7 @@ def fs_write(ctx: _OpContext, path: str, data: bytes, append: bool, is_text: boo
     )
 
 
-def fs_list(ctx: _OpContext, path: str) -> list[str]:
+def fs_list(ctx: OpContext, path: str) -> list[str]:
     real = _path(ctx, path)
     cap = Capability("fs.read", real)
     permit = _denied(ctx, "fs.list", Check(cap, f"list {real}", {"path": real}))
@@ -160,7 +179,7 @@ def fs_list(ctx: _OpContext, path: str) -> list[str]:
     )
 
 
-def fs_delete(ctx: _OpContext, path: str, recursive: bool) -> None:
+def fs_delete(ctx: OpContext, path: str, recursive: bool) -> None:
     real = _path(ctx, path, follow=False)
     is_dir = os.path.isdir(real) and not os.path.islink(real)
     cap = Capability("fs.delete", real)
@@ -202,7 +221,7 @@ def fs_delete(ctx: _OpContext, path: str, recursive: bool) -> None:
 
 # -- shell ---------------------------------------------------------------------------------
 def shell_run(
-    ctx: _OpContext, argv: tuple[str, ...], cwd: str | None, timeout: float, stdin: str | None
+    ctx: OpContext, argv: tuple[str, ...], cwd: str | None, timeout: float, stdin: str | None
 ) -> dict[str, Any]:
     if not argv:
         raise ValueError("argv is empty: pass the program and its arguments as a list")
@@ -277,7 +296,7 @@ def _cut(text: str | None) -> str:
 
 # -- net -----------------------------------------------------------------------------------
 def net_fetch(
-    ctx: _OpContext,
+    ctx: OpContext,
     url: str,
     method: str,
     headers: tuple[tuple[str, str], ...],
@@ -338,10 +357,13 @@ def net_fetch(
 
 
 # -- env, human ----------------------------------------------------------------------------
-def env_get(ctx: _OpContext, name: str) -> str | None:
+def env_get(ctx: OpContext, name: str) -> str | None:
     if not isinstance(name, str) or not name:
         raise TypeError("name must be a non-empty str")
     cap = Capability("env", name)
+    if os.environ.get(name) is None:  # not set: no secret to protect, nobody is asked
+        ctx.authority.record("primitive", op="env.get", capability=str(cap), ok=True, present=False)
+        return None
     permit = _denied(
         ctx, "env.get", Check(cap, f"read environment variable {name}", {"name": name})
     )
@@ -355,8 +377,50 @@ def env_get(ctx: _OpContext, name: str) -> str | None:
     )
 
 
-def human_ask(ctx: _OpContext, question: str, timeout: float | None = None) -> str:
+def human_ask(ctx: OpContext, question: str, timeout: float | None = None) -> str:
     return ctx.authority.ask_human(question, timeout=timeout)
+
+
+# -- tools ---------------------------------------------------------------------------------
+def tool_digest(name: str, source: str, capabilities: tuple[str, ...], description: str) -> str:
+    """What an approval of a tool's registration covers: name, source, capabilities, text."""
+    blob = _json.dumps([name, source, list(capabilities), description], ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def tool_register(
+    ctx: OpContext, name: str, source: str, capabilities: tuple[str, ...], description: str
+) -> str:
+    """Approve registering a Deno tool (``tool:NAME``); returns the digest that was approved.
+
+    The request shows exactly what is hashed (the full source, the capabilities), so what a
+    person approves cannot differ from what gets registered. The grant is for that digest only
+    (``tool:NAME@<digest>``): approving "for this session" never covers a different source.
+    """
+    if not all(isinstance(x, str) for x in (name, source, description, *capabilities)):
+        raise TypeError("tools.register takes str name, source, description and capabilities")
+    digest = tool_digest(name, source, capabilities, description)
+    cap = Capability("tool", name)
+    details: dict[str, Any] = {
+        "name": name,
+        "capabilities": ", ".join(capabilities) or "(none: it can only compute)",
+        "description": description,
+        "bytes": len(source.encode("utf-8")),
+        "sha256": digest,
+        "source": source,
+        "language": "typescript",
+    }
+    summary = f"register the TypeScript tool {name!r} ({len(source.splitlines())} lines)"
+    check = Check(cap, summary, details, grant_as=f"tool:{name}@{digest[:16]}")
+    permit = _denied(ctx, "tools.register", check)
+    return _settled(
+        ctx,
+        permit,
+        "tools.register",
+        lambda: digest,
+        exact=set(),
+        fields=lambda d: {"sha256": d, "capabilities": list(capabilities)},
+    )
 
 
 _OPS: dict[str, Callable[..., Any]] = {
@@ -368,4 +432,5 @@ _OPS: dict[str, Callable[..., Any]] = {
     "net.fetch": net_fetch,
     "env.get": env_get,
     "human.ask": human_ask,
+    "tools.register": tool_register,
 }

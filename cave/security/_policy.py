@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ._capabilities import Capability, Pattern, compile_pattern, expand_kinds, parse_capability
+from ._environ import DEFAULT_ENV_ALLOW
 
 __all__ = [
     "DEFAULT_SECRETS",
@@ -57,6 +58,9 @@ class Effect(str, enum.Enum):
 
 
 _STRICTNESS = {Effect.ALLOW: 0, Effect.ASK: 1, Effect.DENY: 2}
+
+HARMLESS_ENV = "default (harmless environment names, to read)"
+"""The source of the default ``allow env:...`` rules: they allow reading; writes still ask."""
 
 DEFAULT_SECRETS = ("/**/.env", "/**/.env.*", "/**/.git/**", "/**/.ssh/**", "/**/*.pem", "/**/*.key")
 """Paths that ask even inside the workspace: credentials and repository internals."""
@@ -301,6 +305,7 @@ def default_rules() -> tuple[Rule, ...]:
         Rule("env:*", Effect.ASK, d),
         Rule("tool:*", Effect.ASK, d),
     ]
+    rules += [Rule(f"env:{name}", Effect.ALLOW, HARMLESS_ENV) for name in DEFAULT_ENV_ALLOW]
     return tuple(rules)
 
 

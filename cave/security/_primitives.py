@@ -275,3 +275,19 @@ def describe(primitives: Mapping[str, _Primitive]) -> str:
         "do not retry a denial, explain what you needed instead."
     )
     return "\n".join(lines)
+
+
+def call_on_behalf(primitive: _Primitive, op: str, args: tuple[Any, ...], who: str) -> Any:
+    """Run primitive ``op`` for Cave code acting for someone else (a Deno tool's syscall).
+
+    Same vault, policy, approvals and audit as the agent's own call; ``who`` replaces the agent's
+    code line in the approval request (``tool parse_records: fs.read data/x.csv``). ``args`` must
+    already be plain builtins in the op's order (see ``_ops``).
+    """
+    box: list[Any] = []
+    sys.audit(_EVENT, "call", (primitive._handle, op, args, who[:500]), box)
+    if not box:
+        raise AuthorityError(
+            f"{op}: Cave's guard did not answer, so nothing was done; restart the kernel."
+        )
+    return box[0]

@@ -148,15 +148,20 @@ class _MessagesHandler(LoopbackHandler):
         if problem is not None:
             return self.send_api_error(400, "invalid_request_error", problem)
         if path.endswith("count_tokens"):
+            app.count_calls += 1
             return self.send_json(200, {"input_tokens": estimate_tokens(len(json.dumps(body)))})
+        window = app.context_window
+        if window is not None and (used := estimate_tokens(len(json.dumps(body)))) > window:
+            return self.send_api_error(400, "invalid_request_error",
+                                       f"prompt is too long: {used} tokens > {window} maximum")
         item = self.script_item(body)
         if item is None:
             return None
         message, blocks = app._message(body, item)
         if body.get("stream"):
             self.send_events(
-                None if data is None else f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
-                for name, data in app._events(message, blocks))
+                (None if data is None else f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+                 for name, data in app._events(message, blocks)), item)
         else:
             self.send_json(200, message)
         return None
@@ -171,7 +176,8 @@ class AnthropicServer(LoopbackServer):
 
     ``chunk_size``: characters per text/input delta. ``latency``: seconds slept before each delta
     (for interrupt tests). ``api_key``: if set, requests with another key get 401. ``port``: 0 picks
-    a free one.
+    a free one. ``context_window``: if set, a request estimated above it gets the API's 400
+    "prompt is too long" (before a script item is used).
     """
 
     handler_class = _MessagesHandler
@@ -185,10 +191,14 @@ class AnthropicServer(LoopbackServer):
         latency: float = 0.0,
         api_key: str | None = None,
         port: int = 0,
+        context_window: int | None = None,
     ) -> None:
         super().__init__(script, chunk_size=chunk_size, latency=latency, api_key=api_key,
                          port=port)
         self._cache = PromptCache()
+        self.context_window = context_window
+        self.count_calls = 0
+        """How many ``/v1/messages/count_tokens`` requests were answered."""
 
     # -- the API ---------------------------------------------------------------------------------
 
@@ -294,6 +304,12 @@ def _validate(body: Any, needs_max_tokens: bool = True) -> str | None:
         return "messages: at least one message is required"
     if needs_max_tokens and (not isinstance(body["max_tokens"], int) or body["max_tokens"] < 1):
         return "max_tokens: Input should be a positive integer"
+    last = len(body["messages"]) - 1
+    for i, message in enumerate(body["messages"]):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not content and not (i == last and message.get("role") == "assistant"):
+            return (f"messages.{i}: all messages must have non-empty content except for the "
+                    "optional final assistant message")
     return None
 
 

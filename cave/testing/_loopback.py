@@ -259,9 +259,27 @@ class LoopbackHandler(BaseHTTPRequestHandler):
                                 app._player.exhausted_message(type(app).__name__), retry=False)
             return None
         if isinstance(item, Failure):
-            self.send_api_error(item.status, item.error_type, item.message)
+            if item.reset:
+                self.reset_connection()
+            else:
+                self.send_api_error(item.status, item.error_type, item.message,
+                                    retry=item.retry, retry_after=item.retry_after)
             return None
         return item
+
+    def reset_connection(self) -> None:
+        """Drop the connection with a TCP reset (``SO_LINGER`` 0), as a crashed peer would."""
+        import io
+        import struct
+
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        except OSError:
+            pass
+        self.wfile = io.BytesIO()  # the handler's own finish() writes nowhere
 
     def send_headers(self, status: int, headers: dict[str, str]) -> None:
         self.send_response(status)
@@ -277,27 +295,36 @@ class LoopbackHandler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     def send_api_error(self, status: int, error_type: str, message: str, retry: bool = True,
-                       code: str | None = None) -> None:
+                       code: str | None = None, retry_after: float | None = None) -> None:
         """An error answer with the retry headers the SDKs read."""
         headers: dict[str, str] = {}
-        if status == 429 or status >= 500:
+        if retry_after is not None:
+            headers = {"retry-after": f"{retry_after:g}"}
+        elif status == 429 or status >= 500:
             headers = {"retry-after": "0", "retry-after-ms": str(RETRY_AFTER_MS)}
         if not retry:
             headers["x-should-retry"] = "false"  # the SDKs obey it: retrying cannot help
         self.send_json(status, self.error_body(error_type, message, code), headers)
 
-    def send_events(self, events: Iterable[bytes | None]) -> None:
-        """A chunked ``text/event-stream`` of encoded events; ``None`` is a pause point, where
-        the server waits ``latency`` seconds. Ends early (closing the connection) on ``stop()``."""
+    def send_events(self, events: Iterable[bytes | None], item: Reply | None = None) -> None:
+        """A chunked ``text/event-stream`` of encoded events; ``None`` is a pause point (one
+        before each delta), where the server waits ``latency`` seconds, and where ``item.fault``
+        strikes after ``item.fault_after`` deltas. Ends early (closing the connection) on
+        ``stop()``."""
         app = self.server.app
         self.send_headers(200, {"content-type": "text/event-stream; charset=utf-8",
                                 "cache-control": "no-cache", "transfer-encoding": "chunked"})
+        fault = item.fault if item is not None else None
+        pauses = 0
         try:
             for event in events:
                 if app._stopping.is_set():
                     self.close_connection = True
                     return
                 if event is None:
+                    pauses += 1
+                    if fault is not None and item is not None and pauses > item.fault_after:
+                        return self._strike(fault, item.stall_s)
                     if app.latency > 0:
                         app._stopping.wait(app.latency)
                     continue
@@ -305,6 +332,16 @@ class LoopbackHandler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client hung up (cancel): nothing to clean up
+
+    def _strike(self, fault: str, stall_s: float) -> None:
+        """Inject a streaming fault (see ``Reply.fault``)."""
+        if fault == "truncate":  # a well-formed end of the body, without the final events
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        if fault == "stall":
+            self.wfile.flush()
+            self.server.app._stopping.wait(stall_s)
+        self.reset_connection()
 
 
 def script_parser(prog: str, description: str) -> argparse.ArgumentParser:

@@ -76,9 +76,9 @@ class _ChatHandler(LoopbackHandler):
         whole, chunks = app._completion(body, item)
         if body.get("stream"):
             self.send_events(
-                None if data is None else
-                f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
-                for data in [*chunks, "[DONE]"])
+                (None if data is None else
+                 f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+                 for data in [*chunks, "[DONE]"]), item)
         else:
             self.send_json(200, whole)
         return None
@@ -140,7 +140,9 @@ class OpenAIServer(LoopbackServer):
         head = {"id": new_id("chatcmpl-"), "created": int(time.time()), "model": body["model"],
                 "system_fingerprint": None}
         tool_calls: list[dict[str, Any]] = [
-            {"id": i, "type": "function", "function": {"name": PYTHON_TOOL_NAME, "arguments": raw}}
+            {"id": i, "type": "function", "function": {
+                "name": item.tool if item.tool and raw == item.raw_tool_input else PYTHON_TOOL_NAME,
+                "arguments": raw}}
             for i, raw in calls]
         message: dict[str, Any] = {"role": "assistant", "content": text or None}
         if item.thinking:

@@ -35,6 +35,8 @@ class Reply:
     """Each item becomes a ``python`` tool_use block with input ``{"code": item}``."""
     raw_tool_input: str | None = None
     """Send exactly this string as one tool_use block's input JSON (for malformed-input tests)."""
+    tool: str | None = None
+    """The tool ``raw_tool_input`` calls (default ``python``): for fixtures of other agents."""
     stop_reason: str | None = None
     """Default: ``"tool_use"`` when there is code or raw input, else ``"end_turn"``."""
     input_tokens: int | None = None
@@ -43,6 +45,14 @@ class Reply:
     """Default: estimated from the reply (characters // 4)."""
     thinking: str = ""
     """A ``thinking`` block sent before the text (to test that it is kept but not shown)."""
+    fault: str | None = None
+    """A streaming fault injected after ``fault_after`` deltas: ``"reset"`` (the connection is
+    reset), ``"truncate"`` (the stream ends cleanly but without its final events) or ``"stall"``
+    (no more bytes for ``stall_s`` seconds, then the connection closes)."""
+    fault_after: int = 1
+    """Deltas sent before ``fault`` strikes."""
+    stall_s: float = 60.0
+    """How long a ``"stall"`` fault stays silent (the server's ``stop()`` ends it sooner)."""
 
     @property
     def effective_stop_reason(self) -> str:
@@ -65,6 +75,12 @@ class Failure:
     error_type: str = "overloaded_error"
     """The ``error.type`` of the API's error body."""
     message: str = "Overloaded"
+    retry_after: float | None = None
+    """Send ``retry-after: <seconds>`` (and no ``retry-after-ms``), as a rate-limited API does."""
+    reset: bool = False
+    """Reset the connection instead of answering (``status`` is then unused)."""
+    retry: bool = True
+    """False sends ``x-should-retry: false`` (billing and quota errors: retrying cannot help)."""
 
 
 Script: TypeAlias = Sequence[Reply | Failure] | Callable[[dict[str, Any]], Reply | Failure]
@@ -117,7 +133,12 @@ def _item(item: Any, where: str) -> Reply | Failure:
     spec["code"] = (code,) if isinstance(code, str) else tuple(code)
     if not all(isinstance(c, str) for c in spec["code"]):
         raise ConfigError(f"{where}: 'code' must be a string or a list of strings.")
+    if spec.get("fault") not in FAULTS:
+        raise ConfigError(f"{where}: 'fault' must be one of {FAULTS[1:]}, not {spec['fault']!r}.")
     return Reply(**spec)
+
+
+FAULTS = (None, "reset", "truncate", "stall")
 
 
 class ScriptPlayer:

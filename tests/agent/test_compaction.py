@@ -95,7 +95,7 @@ def test_the_loop_sends_compacted_history_but_keeps_it_whole() -> None:
         ]
     )
     history: list[dict[str, Any]] = []
-    settings = AgentSettings(context_budget_tokens=6000)
+    settings = AgentSettings(context_budget_tokens=8000)  # the last two turns fit
     for prompt in ("a", "b", "c", "d"):
         Agent(runtime, model, history=history, settings=settings, echo=False).run(prompt)
     last_request = model.requests[-1]

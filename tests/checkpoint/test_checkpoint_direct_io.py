@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cave.checkpoint import SessionStore, _blobio
+from cave.checkpoint import SessionStore, _blobfile, _blobio
 from cave.checkpoint._local import LocalBackend
 from cave.checkpoint._signing import Signer
 
-BLOCK, CHUNK, ALIGN = _blobio.BLOCK, _blobio.CHUNK, _blobio.ALIGN
+BLOCK, CHUNK, ALIGN = _blobio.BLOCK, _blobfile.CHUNK, _blobfile.ALIGN
 TAG = bytes(range(32))
 LENGTHS = [
     BLOCK,  # the smallest payload that goes direct; its file ends 64 bytes past a chunk
@@ -77,7 +77,7 @@ def write(path: Path, data: bytes) -> tuple[bytes, bool, list[int]]:
     counts: list[int] = []
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        digest, direct = _blobio.write_file(
+        digest, direct = _blobfile.write_file(
             fd, split(data), counts.append, lambda d: old_header(TAG, len(data))
         )
         os.fsync(fd)
@@ -90,7 +90,7 @@ def read(path: Path, length: int) -> tuple[memoryview, bytes, bool, list[int]]:
     counts: list[int] = []
     fd = os.open(path, os.O_RDONLY)
     try:
-        buf, sha, direct = _blobio.read_file(fd, length, counts.append)
+        buf, sha, direct = _blobfile.read_file(fd, length, counts.append)
     finally:
         os.close(fd)
     return buf, sha, direct, counts
@@ -98,7 +98,7 @@ def read(path: Path, length: int) -> tuple[memoryview, bytes, bool, list[int]]:
 
 @pytest.mark.parametrize("direct_io", [True, False], ids=["direct", "page-cache"])
 def test_round_trip_of_odd_lengths_writes_exact_version_1_files(tmp_path, monkeypatch, direct_io):
-    monkeypatch.setattr(_blobio, "direct_io", direct_io)
+    monkeypatch.setattr(_blobfile, "direct_io", direct_io)
     expect_direct = direct_io and takes_direct(tmp_path)
     for length in LENGTHS:
         data = os.urandom(length)
@@ -118,14 +118,14 @@ def test_round_trip_of_odd_lengths_writes_exact_version_1_files(tmp_path, monkey
 
 def test_each_way_reads_what_the_other_wrote(tmp_path, monkeypatch):
     data = os.urandom(BLOCK + 12345)
-    monkeypatch.setattr(_blobio, "direct_io", True)
+    monkeypatch.setattr(_blobfile, "direct_io", True)
     digest, _direct, _counts = write(tmp_path / "direct", data)
-    monkeypatch.setattr(_blobio, "direct_io", False)
+    monkeypatch.setattr(_blobfile, "direct_io", False)
     assert write(tmp_path / "cached", data)[:2] == (digest, False)
     assert (tmp_path / "direct").read_bytes() == (tmp_path / "cached").read_bytes()
     buf, sha, direct, _counts = read(tmp_path / "direct", len(data))
     assert (sha, direct, bytes(buf)) == (digest, False, data)
-    monkeypatch.setattr(_blobio, "direct_io", True)
+    monkeypatch.setattr(_blobfile, "direct_io", True)
     buf, sha, _direct, _counts = read(tmp_path / "cached", len(data))
     assert (sha, bytes(buf)) == (digest, data)
 
@@ -137,7 +137,7 @@ def test_a_refused_transfer_is_redone_through_the_page_cache(tmp_path, monkeypat
     data = os.urandom(BLOCK + 4321)
     direct_ok = takes_direct(tmp_path)
     expect_direct = direct_ok and not enforces_alignment(tmp_path)
-    monkeypatch.setattr(_blobio, "ALIGN", 64)
+    monkeypatch.setattr(_blobfile, "ALIGN", 64)
     digest, direct, counts = write(tmp_path / "blob", data)
     assert (digest, direct, sum(counts)) == (spec_digest(data), expect_direct, len(data))
     assert (tmp_path / "blob").read_bytes() == old_header(TAG, len(data)) + data
@@ -189,7 +189,7 @@ def test_version_1_blob_from_an_earlier_save_restores_and_tampering_is_seen(tmp_
 
 @pytest.mark.parametrize("direct_io", [True, False], ids=["direct", "page-cache"])
 def test_store_round_trip_of_a_large_array(tmp_path, monkeypatch, direct_io):
-    monkeypatch.setattr(_blobio, "direct_io", direct_io)
+    monkeypatch.setattr(_blobfile, "direct_io", direct_io)
     store = SessionStore(tmp_path / "store", secret=b"k" * 32)
     big = np.random.default_rng(1).random(3 * BLOCK // 8 + 3)
     store.save("cp", {"big": big, "small": [1, 2]}, {})
@@ -230,7 +230,7 @@ def test_a_descriptor_the_kernel_will_not_make_direct_is_left_as_it_was(tmp_path
     fd = os.open(tmp_path, os.O_RDONLY)  # directories take no O_DIRECT (EINVAL from fcntl)
     try:
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        assert _blobio._set_direct(fd, True) is False
+        assert _blobfile._set_direct(fd, True) is False
         assert fcntl.fcntl(fd, fcntl.F_GETFL) == flags
     finally:
         os.close(fd)

@@ -20,7 +20,7 @@ import pytest
 
 from cave._errors import CheckpointError, CheckpointTampered, ConfigError
 from cave._session import Session
-from cave.approvals._kernel_glue import make_channel
+from cave.approvals._session_channel import make_channel
 from cave.checkpoint import Restored, SessionStore
 from cave.checkpoint._autocheckpoint import enable_autocheckpoint
 from cave.checkpoint._session_io import restore, save
@@ -394,14 +394,20 @@ def test_progress_bar_only_for_large_transfers(places, monkeypatch, capsys) -> N
     a = a_place.session(monkeypatch)
     try:
         a.runtime.namespace["small"] = list(range(100))
+        # tqdm.auto writes to stderr, or to stdout once an IPython kernel module was imported
+        # in this process (another test may have): either stream counts.
+        def shown() -> str:
+            captured = capsys.readouterr()
+            return captured.out + captured.err
+
         save(a, "small")
-        assert "checkpoint save" not in capsys.readouterr().err
+        assert "checkpoint save" not in shown()
         monkeypatch.setattr(_session_io, "PROGRESS_MIN_BYTES", 1 << 20)
         a.runtime.namespace["big"] = np.ones(1 << 19)  # 4 MiB: over the lowered threshold
         save(a, "big")
-        assert "checkpoint save" in capsys.readouterr().err
+        assert "checkpoint save" in shown()
         restore(a, "big")
-        assert "checkpoint restore" in capsys.readouterr().err
+        assert "checkpoint restore" in shown()
     finally:
         closing([a])
 

@@ -196,16 +196,25 @@ def test_unreachable_endpoint_is_a_connection_error():
 
 
 def test_server_dying_mid_stream_is_a_connection_error():
-    server = AnthropicServer([reply("x" * 100)], latency=0.2, chunk_size=2).start()
+    """The server dies once the first text has arrived (an event, not a timer racing latency)."""
+    server = AnthropicServer([reply("x" * 100)], latency=0.05, chunk_size=2).start()
     model = make(server)
     chunks: list[str] = []
-    timer = threading.Timer(0.5, server.stop)
-    timer.start()
+    first = threading.Event()
+    killer = threading.Thread(target=lambda: first.wait(30) and server.stop())
+    killer.start()
+
+    def on_text(text: str) -> None:
+        chunks.append(text)
+        first.set()
+
     with pytest.raises(ModelResponseError) as err:
-        model.query(REQUEST, chunks.append)
-    timer.join()
+        model.query(REQUEST, on_text)
+    first.set()
+    killer.join()
+    server.stop()
     model.close()
-    assert chunks  # it had started answering
+    assert chunks and len(chunks) < 50  # it had started answering, and did not finish
     assert (err.value.status, err.value.error_type) == (None, "connection_error")
     assert "broke during the reply" in err.value.detail
 
@@ -252,25 +261,34 @@ def test_base_url_without_key_sends_a_placeholder():
 
 
 def test_cancel_from_another_thread_during_a_slow_stream():
+    """Cancel from another thread once text has arrived; the next chunk is then a minute away,
+    so returning at all proves the cancel woke the reader (no timer races the stream)."""
     text = "word " * 200
-    with AnthropicServer([reply(text), reply("after")], latency=0.2, chunk_size=5) as server:
+    with AnthropicServer([reply(text), reply("after")], latency=0.05, chunk_size=5) as server:
         model = make(server)
         chunks: list[str] = []
+        first = threading.Event()
         cancelled_at: list[float] = []
 
         def cancel() -> None:
-            cancelled_at.append(time.perf_counter())
-            model.cancel()
+            if first.wait(30):
+                cancelled_at.append(time.perf_counter())
+                model.cancel()
 
-        timer = threading.Timer(0.5, cancel)
-        timer.start()
+        def on_text(text: str) -> None:
+            chunks.append(text)
+            server.latency = 60.0
+            first.set()
+
+        canceller = threading.Thread(target=cancel)
+        canceller.start()
         with pytest.raises(TurnInterrupted) as err:
-            model.query(REQUEST, chunks.append)
+            model.query(REQUEST, on_text)
         returned_after = time.perf_counter() - cancelled_at[0]
-        timer.join()
+        canceller.join()
         assert err.value.step == 0
         assert 0 < len(chunks) < 200
-        assert returned_after < 1.0
+        assert returned_after < 30  # the next chunk was 60 s away
         server.latency = 0.0
         assert model.query(REQUEST).text == "after"  # the model is usable again
         model.cancel()  # nothing in flight: a no-op

@@ -53,7 +53,7 @@ def make(server: OpenAIServer, **kw: Any) -> OpenAICompatModel:
 
 
 @contextlib.contextmanager
-def canned(*responses: tuple[int, dict[str, str], bytes]):
+def canned(*responses: tuple[int, dict[str, str], bytes], served: threading.Event | None = None):
     """A server answering each POST with the next raw (status, headers, body), then closing the
     connection: for wire shapes the scripted server never sends (other servers' quirks)."""
     pending = list(responses)
@@ -69,6 +69,9 @@ def canned(*responses: tuple[int, dict[str, str], bytes]):
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
+            self.wfile.flush()
+            if served is not None:
+                served.set()
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -413,32 +416,43 @@ def test_unreachable_endpoint_is_a_connection_error_after_retries():
 
 
 def test_server_dying_mid_stream_is_a_connection_error():
-    server = OpenAIServer([reply("x" * 100)], latency=0.2, chunk_size=2).start()
+    """The server dies once the first text has arrived (an event, not a timer racing latency)."""
+    server = OpenAIServer([reply("x" * 100)], latency=0.05, chunk_size=2).start()
     model = make(server)
     chunks: list[str] = []
-    timer = threading.Timer(0.5, server.stop)
-    timer.start()
+    first = threading.Event()
+    killer = threading.Thread(target=lambda: first.wait(30) and server.stop())
+    killer.start()
+
+    def on_text(text: str) -> None:
+        chunks.append(text)
+        first.set()
+
     with pytest.raises(ModelResponseError) as err:
-        model.query(REQUEST, chunks.append)
-    timer.join()
+        model.query(REQUEST, on_text)
+    first.set()
+    killer.join()
+    server.stop()
     model.close()
-    assert chunks
+    assert chunks and len(chunks) < 50
     assert (err.value.status, err.value.error_type) == (None, "connection_error")
     assert "broke during the reply" in err.value.detail
 
 
 # -- cancel -----------------------------------------------------------------------------------
 
-def _cancel_later(model: OpenAICompatModel, after: float) -> tuple[threading.Timer, list[float]]:
+def _cancel_when(model: Any, ready: threading.Event) -> tuple[threading.Thread, list[float]]:
+    """Cancel ``model`` from another thread as soon as ``ready`` is set (an event, not a timer)."""
     at: list[float] = []
 
     def cancel() -> None:
-        at.append(time.perf_counter())
-        model.cancel()
+        if ready.wait(30):
+            at.append(time.perf_counter())
+            model.cancel()
 
-    timer = threading.Timer(after, cancel)
-    timer.start()
-    return timer, at
+    thread = threading.Thread(target=cancel)
+    thread.start()
+    return thread, at
 
 
 def _worker_gone_within(seconds: float) -> bool:
@@ -452,20 +466,27 @@ def _worker_gone_within(seconds: float) -> bool:
 
 @pytest.mark.parametrize("fenced", [False, True])
 def test_cancel_from_another_thread_during_a_slow_stream(fenced):
-    """A chunk every 1 s; cancel 0.4 s after one: query and its worker must end well before the
-    next chunk (a reader that only noticed the cancel at the next chunk would take 0.6 s)."""
-    with OpenAIServer([reply("word " * 200), reply("after")], latency=1.0, chunk_size=5,
+    """Cancel once text has arrived, with the next chunk a minute away: query and its worker
+    ending at all proves the cancel woke the reader (no timer races the stream)."""
+    with OpenAIServer([reply("word " * 200), reply("after")], latency=0.05, chunk_size=5,
                       fenced=fenced) as server:
         model = make(server)
         chunks: list[str] = []
-        timer, at = _cancel_later(model, 1.4)
+        first = threading.Event()
+
+        def on_text(text: str) -> None:
+            chunks.append(text)
+            server.latency = 60.0
+            first.set()
+
+        canceller, at = _cancel_when(model, first)
         with pytest.raises(TurnInterrupted) as err:
-            model.query(REQUEST, chunks.append)
+            model.query(REQUEST, on_text)
         returned_after = time.perf_counter() - at[0]
-        assert _worker_gone_within(0.3)
-        timer.join()
+        assert _worker_gone_within(20)
+        canceller.join()
         assert err.value.step == 0 and 0 < len(chunks) < 200
-        assert returned_after < 0.3
+        assert returned_after < 30  # the next chunk was 60 s away
         server.latency = 0.0
         assert model.query(REQUEST).text == "after"  # usable again
         model.cancel()  # nothing in flight: a no-op
@@ -473,30 +494,37 @@ def test_cancel_from_another_thread_during_a_slow_stream(fenced):
 
 
 def test_cancel_during_a_retry_back_off():
-    with canned((429, {"retry-after": "15"}, b'{"error": {"message": "busy"}}')) as url:
+    served = threading.Event()
+    with canned((429, {"retry-after": "15"}, b'{"error": {"message": "busy"}}'),
+                served=served) as url:
         model = OpenAICompatModel("m", base_url=url, max_retries=1)
-        timer, at = _cancel_later(model, 0.3)
+        canceller, at = _cancel_when(model, served)  # the 429 is out: the worker backs off 15 s
         with pytest.raises(TurnInterrupted):
             model.query(REQUEST)
         returned_after = time.perf_counter() - at[0]
-        assert _worker_gone_within(0.3)
-        timer.join()
+        assert _worker_gone_within(10)
+        canceller.join()
         model.close()
-    assert returned_after < 0.3
+    assert returned_after < 10
 
 
 def test_agent_cancel_stops_a_fenced_turn_and_leaves_a_valid_history():
     runtime = AgentRuntime()
     history: list[dict[str, Any]] = []
     with OpenAIServer([reply("", "x = 1"), reply("slow " * 200), reply("", "y = 2"),
-                       reply("Fine.")], fenced=True, latency=0.05, chunk_size=5) as server:
+                       reply("Fine.")], fenced=True, latency=0.01, chunk_size=5) as server:
         model = make(server)
         agent = Agent(runtime, model, history=history, echo=False)
-        timer = threading.Timer(0.5, agent.cancel)
-        timer.start()
+        in_step_2 = threading.Event()
+
+        def on_event(event: Any) -> None:
+            if isinstance(event, TextDelta) and event.step == 2:
+                in_step_2.set()
+
+        canceller, _ = _cancel_when(agent, in_step_2)
         with pytest.raises(TurnInterrupted) as err:
-            agent.run("go")
-        timer.join()
+            agent.run("go", on_event)
+        canceller.join()
         assert err.value.step == 2
         server.latency = 0.0
         result = Agent(runtime, model, history=history, echo=False).run("again")

@@ -155,11 +155,15 @@ def test_keyboard_interrupt_raised_by_code_is_reported_not_raised() -> None:
 
 
 def test_ten_megabytes_of_output_are_truncated_head_and_tail() -> None:
+    """With ``_output_N`` keeping off, the capture itself holds only head and tail (keeping is
+    tested in test_runtime_outputs.py: it holds the whole text, by design)."""
     code = "print('START')\nline = 'x' * 999\nfor i in range(10_000):\n    print(line)\n"
     code += "print('END')"
+    executor = make()
+    executor.keep_chars = 0
     tracemalloc.start()
     try:
-        r = run(code)
+        r = run(code, executor)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -226,9 +230,12 @@ def test_bytes_written_to_buffer_are_captured() -> None:
     assert r.output == "hé\n"
 
 
-def test_fileno_is_refused_so_descriptors_cannot_bypass_capture() -> None:
-    r = run("import sys\nsys.stdout.fileno()")
-    assert r.error is not None and "UnsupportedOperation" in r.error
+def test_fileno_is_refused_when_no_descriptor_is_captured() -> None:
+    from cave.runtime._capture import Capture, TeeStream
+
+    stream = TeeStream(Capture(echo=False), None, "<stdout>")
+    with pytest.raises(io.UnsupportedOperation):
+        stream.fileno()
 
 
 # ------------------------------------------------------------------ stopping

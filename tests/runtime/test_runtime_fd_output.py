@@ -398,3 +398,16 @@ def test_agent_step_fd_output_reaches_model_and_cell_once(cave: Any) -> None:
     while "plain cell after" not in text and time.monotonic() < deadline:
         text += cave.execute("pass").stdout
     assert "plain cell after" in text
+
+
+def test_fileno_names_the_captured_descriptor_so_subprocess_and_faulthandler_work() -> None:
+    r = run(
+        "import subprocess, sys, faulthandler\n"
+        "print(sys.stdout.fileno(), sys.stderr.fileno())\n"
+        "subprocess.run([sys.executable, '-c', 'print(\"child-out\")'], stdout=sys.stdout)\n"
+        "faulthandler.dump_traceback(file=sys.stderr)\n"
+    )
+    assert r.error is None, r.error
+    assert "1 2" in r.output
+    assert "child-out" in r.output
+    assert "Current thread" in r.output or "Thread 0x" in r.output

@@ -195,3 +195,13 @@ def test_runtime_never_imports_pandas_numpy_or_ipython() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.splitlines()[-1] == "[]"
+
+
+def test_agent_variables_last_finds_the_newest_from_the_end() -> None:
+    rt = AgentRuntime()
+    rt.inject("data", [1])
+    for i in range(200):
+        rt.namespace[f"v{i}"] = i
+    rt.namespace["newest"] = "s"
+    assert rt.agent_variables(last=3) == [("v198", "int"), ("v199", "int"), ("newest", "str")]
+    assert len(rt.agent_variables()) == 201 and ("data", "list") not in rt.agent_variables()

@@ -14,6 +14,8 @@ Expectations:
 * ``refused``: PermissionError without asking anyone (the guard refuses such events outright),
   recorded as ``guard.refused``.
 * ``protected``: PermissionError without asking: the path belongs to Cave's session.
+* ``hidden``: the code completes without asking anyone, and ``data`` comes back empty: what it
+  looked for (an environment secret, a provider key) is not shown to agent code.
 * ``bypass``: a *documented known bypass* (docs/security.md); the test asserts the documented
   outcome, so closing the bypass later makes the test fail on purpose and get updated.
 """
@@ -357,9 +359,9 @@ TECHNIQUES: list[Technique] = [
         "proc-exec",
         "process",
         "import os, shutil\nos.execv(shutil.which('touch'), ['touch', {MARK!r}])",
-        "asked",
-        "shell:/",
-        "execv would replace the kernel process itself",
+        "refused",
+        "",
+        "execv without an environment is refused (it would inherit every secret); execve asks",
     ),
     T(
         "proc-spawnv-passfds",
@@ -489,8 +491,61 @@ TECHNIQUES: list[Technique] = [
         "env-os-environ",
         "env",
         "import os\ndata = os.environ.get('CAVE_REDTEAM_SECRET')",
-        "bypass",
-        note="os.environ is a dict in the process; no audit event. Keys are moved out at start",
+        "asked",
+        "env:CAVE_REDTEAM_SECRET",
+    ),
+    T("env-getenv", "env", "import os\ndata = os.getenv('CAVE_REDTEAM_SECRET')", "asked", "env:"),
+    T(
+        "env-environb",
+        "env",
+        "import os\ndata = os.environb[b'CAVE_REDTEAM_SECRET']",
+        "asked",
+        "env:CAVE_REDTEAM_SECRET",
+    ),
+    T(
+        "env-posix-environ",
+        "env",
+        "import posix\ndata = posix.environ.get(b'CAVE_REDTEAM_SECRET')",
+        "asked",
+        "env:CAVE_REDTEAM_SECRET",
+    ),
+    T("env-raw-dict", "env", "import os\ndata = os.environ._data", "refused"),
+    T(
+        "env-dict",
+        "env",
+        "import os\ndata = [k for k in dict(os.environ) if 'REDTEAM' in k]",
+        "hidden",
+        note="listing shows only names the policy allows, and asks nobody",
+    ),
+    T(
+        "env-copy-items",
+        "env",
+        "import os\ndata = [v for k, v in os.environ.copy().items() if 'REDTEAM' in k]",
+        "hidden",
+    ),
+    T(
+        "env-child-inherits",
+        "env",
+        "import subprocess, shutil\n"
+        "out = subprocess.run([shutil.which('env')], capture_output=True, text=True).stdout\n"
+        "data = [line for line in out.splitlines() if 'REDTEAM' in line or 'sk-ant' in line]",
+        "hidden",
+        note="the env program is allowed for this table; the child gets allowed names only",
+    ),
+    T(
+        "env-exec-without-env",
+        "env",
+        "import os, shutil\nos.execv(shutil.which('env'), ['env'])",
+        "refused",
+        note="execv would give the new program the kernel's whole environment",
+    ),
+    T(
+        "env-provider-key-module",
+        "env",
+        "from cave.models import _credentials as c\n"
+        "data = [k for k in (c.get_key('anthropic'), c.get_key('anthropic_auth_token')) if k]",
+        "hidden",
+        note="the key is in Cave's credential process, not in the kernel",
     ),
     T(
         "env-set-ld-preload",

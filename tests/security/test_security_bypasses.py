@@ -142,11 +142,13 @@ def test_symlink_swap_between_check_and_open_is_not_blocked(s: Session, secret: 
     assert out.namespace["won"] is not None, "the race was not won: update docs/security.md"
 
 
-def test_os_environ_reads_are_not_guarded(s: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_os_environ_reads_are_guarded(s: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Formerly a known bypass; every route is in test_security_environ."""
     monkeypatch.setenv("CAVE_BYPASS_SECRET", "ENVSECRET")
     out = s.run("import os\nv = os.environ['CAVE_BYPASS_SECRET']")
-    assert out.namespace["v"] == "ENVSECRET" and s.channel.requests == []
-    assert s.run("v = env.get('CAVE_BYPASS_SECRET')").denied  # the primitive asks
+    assert out.denied and "v" not in out.namespace
+    assert s.channel.capabilities == ["env:CAVE_BYPASS_SECRET"]
+    assert s.run("v = env.get('CAVE_BYPASS_SECRET')").denied  # the primitive asks too
 
 
 def test_thread_bootstrap_frame_holds_nothing_useful(s: Session) -> None:

@@ -62,7 +62,13 @@ def test_default_policy_asks_outside_and_for_deletes_shell_net_env(ws: Path) -> 
     assert effect(p, fs("fs.delete", ws / "data.csv")) is Effect.ASK
     assert effect(p, Capability("shell", "/usr/bin/git")) is Effect.ASK
     assert effect(p, Capability("net", "example.com:443")) is Effect.ASK
-    assert effect(p, Capability("env", "HOME")) is Effect.ASK
+    assert effect(p, Capability("env", "GITHUB_TOKEN")) is Effect.ASK
+    assert effect(p, Capability("env", "AWS_SECRET_ACCESS_KEY")) is Effect.ASK
+    # a short list of harmless names is allowed (cave.security._environ.DEFAULT_ENV_ALLOW)
+    for name in ("HOME", "PATH", "LANG", "LC_ALL", "TZ", "TERM", "PYTHONPATH"):
+        assert effect(p, Capability("env", name)) is Effect.ALLOW, name
+    assert effect(p, Capability("env", "PYTHON")) is Effect.ALLOW  # PYTHON* includes it
+    assert effect(p, Capability("env", "LC")) is Effect.ASK  # LC_* does not
     assert effect(p, fs("fs.write", ws / "cave.toml")) is Effect.ASK
 
 

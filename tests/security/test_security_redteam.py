@@ -219,6 +219,7 @@ def red(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedTeam]:
             "from concurrent.futures import ThreadPoolExecutor\n"
             "from cave.approvals._console import AutoDenyChannel\n"
             "cave.session().approvals = AutoDenyChannel()\n"
+            f"get_ipython().run_line_magic('cave', 'policy allow shell:{shutil.which('env')}')\n"
             "user_pool = ThreadPoolExecutor(1)\n"
             "user_pool.submit(lambda: None).result()  # its worker thread is the user's\n"
             "cave.inject('user_pool', user_pool, description='an executor the user made')\n"
@@ -266,6 +267,9 @@ def test_technique(red: RedTeam, technique: Technique) -> None:
         assert outcome.startswith("PermissionError"), context
         assert result["requests"] == [], context
         assert _records_of(result, "guard.refused") or _records_of(result, "denied"), context
+    elif technique.expect == "hidden":
+        assert outcome == "completed", context
+        assert result["requests"] == [] and result["data"] == "[]", context
     elif technique.expect == "protected":
         assert outcome.startswith("PermissionError") and "Cave's session" in outcome, context
         assert result["requests"] == [], context
@@ -279,9 +283,7 @@ def _assert_documented_bypass(red: RedTeam, technique: Technique, result: dict[s
     outcome, data = str(result["outcome"]), result["data"]
     context = f"{technique.id}: {outcome!r} data={data}"
     assert outcome == "completed", context
-    if technique.id == "env-os-environ":
-        assert ENV_SECRET in data, context
-    elif technique.id == "guard-ctypes-memmove":
+    if technique.id == "guard-ctypes-memmove":
         assert data == "b'ab'", context
     elif technique.id in ("guard-monkeypatch-cave-module", "guard-existing-user-executor"):
         assert SECRET_TEXT in data, context  # read although the policy says ask

@@ -1,0 +1,282 @@
+"""Every model fault, through both providers, against the loopback servers' fault injection.
+
+Each test drives the real agent loop with a real runtime, over HTTP to ``AnthropicServer``
+(through the official ``anthropic`` SDK) or ``OpenAIServer`` (through ``OpenAICompatModel``,
+httpx). The scripted code appends to ``hits``, so each test checks that code the model asked for
+ran at most once whatever was retried, and then that the conversation is still valid by running
+one more turn against the same server (the Anthropic server refuses an empty assistant message,
+as the API does).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from cave._errors import BudgetReached, EmptyModelReply, ModelResponseError
+from cave.agent._events import Notice
+from cave.agent._loop import Agent, AgentSettings
+from cave.agent._recovery import RetryPolicy
+from cave.models._anthropic import AnthropicModel
+from cave.models._openai_compat import OpenAICompatModel
+from cave.runtime._namespace import AgentRuntime
+from cave.testing._anthropic_server import AnthropicServer
+from cave.testing._openai_server import OpenAIServer
+from cave.testing._script import Failure, Reply, reply
+
+PROVIDERS = ["anthropic", "openai"]
+FAST = RetryPolicy(base_delay_s=0.01, max_delay_s=0.05)
+HIT = "hits.append(len(hits) + 1)\nprint('hit', len(hits))"
+
+
+@contextmanager
+def served(provider: str, script: Sequence[Reply | Failure], *, idle: float = 120.0,
+           max_tokens: int = 8192) -> Iterator[tuple[Any, Any]]:
+    if provider == "anthropic":
+        server: Any = AnthropicServer([*script, reply("still here")]).start()
+        model: Any = AnthropicModel("claude-test", base_url=server.base_url, max_retries=2,
+                                    stream_idle_timeout=idle)
+    else:
+        server = OpenAIServer([*script, reply("still here")]).start()
+        model = OpenAICompatModel("m", base_url=server.base_url, max_retries=2,
+                                  stream_idle_timeout=idle)
+    try:
+        yield server, model
+    finally:
+        model.close()
+        server.stop()
+
+
+def run_turn(model: Any, *, max_tokens: int = 8192, history: list[Any] | None = None,
+             runtime: AgentRuntime | None = None) -> tuple[Any, list[Any], AgentRuntime,
+                                                           list[str], list[Any]]:
+    """One turn ("go"); (result or the error, history, runtime, notices, events)."""
+    runtime = runtime or AgentRuntime()
+    runtime.inject("hits", [])
+    history = history if history is not None else []
+    events: list[Any] = []
+    agent = Agent(runtime, model, history=history, echo=False, retry=FAST,
+                  settings=AgentSettings(max_tokens=max_tokens))
+    try:
+        outcome: Any = agent.run("go", events.append)
+    except Exception as exc:  # the test inspects it
+        outcome = exc
+    notices = [e.text for e in events if isinstance(e, Notice)]
+    return outcome, history, runtime, notices, events
+
+
+def then_still_valid(model: Any, history: list[Any], runtime: AgentRuntime) -> None:
+    """The next turn goes through against the same (validating) server."""
+    result = Agent(runtime, model, history=history, echo=False, retry=FAST).run("and now?")
+    assert result.answer == "still here"
+    assert all(m["content"] for m in history), "an empty message is in the history"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_429_with_retry_after_is_honoured(provider: str) -> None:
+    script = [Failure(429, "rate_limit_error", "slow down", retry_after=1),
+              reply("", HIT), reply("done")]
+    with served(provider, script) as (server, model):
+        t0 = time.monotonic()
+        outcome, history, runtime, _, _ = run_turn(model)
+        waited = time.monotonic() - t0
+        assert outcome.answer == "done", outcome
+        assert runtime.retrieve("hits") == [1]
+        assert waited >= 1.0  # a lower bound: the client waited what retry-after asked
+        then_still_valid(model, history, runtime)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("status,kind", [(500, "api_error"), (529, "overloaded_error")])
+def test_server_errors_are_retried(provider: str, status: int, kind: str) -> None:
+    script = [reply("", HIT), Failure(status, kind, "try later"), Failure(status, kind, "again"),
+              reply("done")]
+    with served(provider, script) as (server, model):
+        outcome, history, runtime, _, _ = run_turn(model)
+        assert outcome.answer == "done", outcome
+        assert runtime.retrieve("hits") == [1]
+        then_still_valid(model, history, runtime)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_errors_outliving_the_client_retries_end_the_turn_with_a_message(provider: str) -> None:
+    script = [Failure(529, "overloaded_error", "Overloaded")] * 20
+    with served(provider, script) as (server, model):
+        outcome, history, runtime, notices, _ = run_turn(model)
+        assert isinstance(outcome, ModelResponseError)
+        assert "529" in str(outcome) and "re-run the cell" in str(outcome)
+        assert len(notices) == FAST.max_retries  # the loop's own retries, each shown
+        assert history == []  # nothing happened: the prompt is not left dangling
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_billing_and_quota_errors_are_never_retried(provider: str) -> None:
+    failure = (Failure(402, "billing_error", "Your credit balance is too low", retry=True)
+               if provider == "anthropic" else
+               Failure(429, "insufficient_quota", "You exceeded your current quota"))
+    with served(provider, [failure, reply("never")]) as (server, model):
+        outcome, _, _, notices, _ = run_turn(model)
+        assert isinstance(outcome, ModelResponseError)
+        assert len(server.requests) == 1 and not notices
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_reset_before_the_reply_is_retried(provider: str) -> None:
+    script = [Failure(0, reset=True), reply("", HIT), reply("done")]
+    with served(provider, script) as (server, model):
+        outcome, history, runtime, _, _ = run_turn(model)
+        assert outcome.answer == "done", outcome
+        assert runtime.retrieve("hits") == [1]
+        then_still_valid(model, history, runtime)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("fault", ["reset", "truncate"])
+def test_a_reply_broken_mid_stream_is_asked_again_and_its_code_runs_once(
+        provider: str, fault: str) -> None:
+    broken = Reply(text="Working on it. " * 4, code=(HIT,), fault=fault, fault_after=3)
+    script = [broken, reply("Working on it.", HIT), reply("done")]
+    with served(provider, script) as (server, model):
+        outcome, history, runtime, notices, _ = run_turn(model)
+        assert outcome.answer == "done", outcome
+        assert runtime.retrieve("hits") == [1]
+        said = "broke during the reply" if fault == "reset" else "ended before the reply"
+        assert any(said in n and "retrying" in n for n in notices), notices
+        then_still_valid(model, history, runtime)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_stalled_stream_is_abandoned_by_the_idle_watchdog(provider: str) -> None:
+    stalled = Reply(text="Thinking " * 10, fault="stall", fault_after=2, stall_s=60)
+    with served(provider, [stalled, reply("", HIT), reply("done")], idle=2.0) as (server, model):
+        t0 = time.monotonic()
+        outcome, history, runtime, notices, _ = run_turn(model)
+        assert outcome.answer == "done", outcome
+        assert time.monotonic() - t0 < 50  # not the server's 60 s silence
+        assert any("stalled: no data for 2 s" in n for n in notices), notices
+        assert runtime.retrieve("hits") == [1]
+        then_still_valid(model, history, runtime)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_malformed_tool_input_json_never_runs_and_the_turn_recovers(provider: str) -> None:
+    script = [Reply(raw_tool_input='{"code": "hits.append(99)" oops'), reply("", HIT),
+              reply("done")]
+    with served(provider, script) as (server, model):
+        outcome, history, runtime, _, _ = run_turn(model)
+        assert outcome.answer == "done", outcome
+        assert runtime.retrieve("hits") == [1]
+        then_still_valid(model, history, runtime)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_max_tokens_inside_a_tool_call_asks_again_with_more_room(provider: str) -> None:
+    cut = Reply(text="Here goes.", raw_tool_input='{"code": "hits.append(99)\\nx = [1, 2',
+                stop_reason="max_tokens")
+    with served(provider, [cut, reply("Here goes.", HIT), reply("done")]) as (server, model):
+        outcome, history, runtime, notices, _ = run_turn(model, max_tokens=1000)
+        assert outcome.answer == "done", outcome
+        assert runtime.retrieve("hits") == [1]  # the cut call never ran
+        sent = [r.body["max_tokens"] for r in server.requests]
+        assert sent[:2] == [1000, 2000]
+        assert any("cut at max_tokens inside a code call" in n for n in notices)
+        then_still_valid(model, history, runtime)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_max_tokens_in_text_is_continued(provider: str) -> None:
+    script = [Reply(text="The answer is ", stop_reason="max_tokens"), reply(" 42.")]
+    with served(provider, script) as (server, model):
+        outcome, history, runtime, notices, _ = run_turn(model)
+        assert outcome.answer == "The answer is 42.", outcome
+        last = server.requests[1].body["messages"][-1]
+        assert last["role"] == "assistant"  # the partial reply, sent back to be continued
+        assert history[-1] == {"role": "assistant",
+                               "content": [{"type": "text", "text": "The answer is 42."}]}
+        then_still_valid(model, history, runtime)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_an_empty_reply_never_enters_the_history(provider: str) -> None:
+    with served(provider, [reply(""), reply("", HIT), reply("done")]) as (server, model):
+        outcome, history, runtime, notices, _ = run_turn(model)
+        assert outcome.answer == "done", outcome
+        assert any("empty reply" in n for n in notices)
+        then_still_valid(model, history, runtime)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_two_empty_replies_end_the_turn_and_the_next_turn_works(provider: str) -> None:
+    with served(provider, [reply("", HIT), reply(""), reply("")]) as (server, model):
+        outcome, history, runtime, _, _ = run_turn(model)
+        assert isinstance(outcome, EmptyModelReply), outcome
+        assert "empty reply" in str(outcome) and "re-run the cell" in str(outcome)
+        assert runtime.retrieve("hits") == [1]
+        then_still_valid(model, history, runtime)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_refusal_says_so(provider: str) -> None:
+    with served(provider, [Reply(text="I can't help with", stop_reason="refusal")]) as (
+            server, model):
+        outcome, history, runtime, _, events = run_turn(model)
+        assert outcome.answer.startswith("I can't help with")
+        assert "declined to continue (stop reason: refusal)" in outcome.answer
+        then_still_valid(model, history, runtime)
+
+
+TOO_LONG = {
+    "anthropic": Failure(400, "invalid_request_error",
+                         "prompt is too long: 250000 tokens > 200000 maximum"),
+    "openai": Failure(400, "context_length_exceeded",
+                      "This model's maximum context length is 128000 tokens."),
+}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_context_window_error_compacts_and_retries_once(provider: str) -> None:
+    first = [reply("", "print('x' * 3000)"), reply("first done")]
+    summary = reply("The agent printed 3,000 x characters; no variables.")
+    with served(provider, [*first, TOO_LONG[provider], summary, reply("", HIT),
+                           reply("done")]) as (server, model):
+        _, history, runtime, _, _ = run_turn(model)
+        outcome, history, runtime, notices, _ = run_turn(model, history=history, runtime=runtime)
+        assert outcome.answer == "done", outcome
+        assert any("over the model's context window" in n for n in notices), notices
+        assert any("1 older turn(s) folded into the summary" in n for n in notices), notices
+        retried = server.requests[4].body["messages"]
+        assert "x" * 3000 not in str(retried)  # the old turn was summarised for the retry
+        assert "printed 3,000 x characters" in str(retried)
+        assert "x" * 3000 in str(history)  # and the stored history still has it
+        assert runtime.retrieve("hits") == [1]
+        then_still_valid(model, history, runtime)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_second_context_window_error_ends_the_turn(provider: str) -> None:
+    with served(provider, [TOO_LONG[provider]] * 2) as (server, model):
+        outcome, history, runtime, _, _ = run_turn(model)
+        assert isinstance(outcome, ModelResponseError) and outcome.status == 400
+        assert len(server.requests) == 2
+        assert history == []
+        then_still_valid(model, history, runtime)
+
+
+def test_a_turn_budget_stops_at_a_step_boundary() -> None:
+    from cave.agent._budget import Budget, Totals
+
+    script = [reply("", HIT, ) for _ in range(5)]
+    with served("anthropic", script) as (server, model):
+        runtime, history, totals = AgentRuntime(), [], Totals()
+        runtime.inject("hits", [])
+        agent = Agent(runtime, model, history=history, echo=False, totals=totals,
+                      budget=Budget(turn_steps=2))
+        with pytest.raises(BudgetReached, match="turn-steps"):
+            agent.run("go")
+        assert runtime.retrieve("hits") == [1, 2] and totals.steps == 2
+        assert len(server.requests) == 2
+        then_still_valid(model, history, runtime)
