@@ -40,9 +40,10 @@ Checked here: 1 (``walk_end``), 2 (revocation under the lock, tested by mutation
 ``tests/checkpoint/test_checkpoint_tracking_fuzz.py``), 3 and 4 at every call. Trusted, not
 checked: that no other code in this process re-protects pages with its own ``PAGEMAP_SCAN``, and
 that pinners account their pins in ``VmPin``/``VmLck`` (AF_XDP umem and some drivers do not).
-Not reliably seen: memory the kernel replaces without a write (``MADV_DONTNEED``/``MADV_FREE`` on a
-live buffer reads back zeros; a zapped page may keep its protection marker). `_fingerprint` re-hashes one trusted buffer in full after saves to
-catch what this list misses, and turns tracking off (`disable`) on a mismatch.
+Not reliably seen: memory the kernel replaces without a write (``MADV_DONTNEED``/``MADV_FREE`` on
+a live buffer reads back zeros; a zapped page may keep its protection marker). `_fingerprint`
+re-hashes one trusted buffer in full after saves to catch what this list misses, and turns
+tracking off (`disable`) on a mismatch.
 
 Anything else (another OS, an older kernel, file-backed or shared memory, a forked child) gets
 ``None`` from `tracker()` or from `watch`, and the caller hashes as before.
