@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: lab install test lint bench clean test-under-load soak
+.PHONY: lab install test lint bench clean test-under-load soak test-checkpoint-fuzz
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -28,6 +28,12 @@ lint: $(VENV)/.test-deps
 
 test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The write-tracking differential test with many more examples than the suite runs (issue 9).
+FUZZ_EXAMPLES ?= 400
+test-checkpoint-fuzz: $(VENV)/.test-deps
+	CAVE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) CAVE_FUZZ_STEPS=60 $(VENV)/bin/pytest -p no:cacheprovider \
+		-o timeout=0 tests/checkpoint/test_checkpoint_tracking_fuzz.py
 
 bench: $(VENV)/.test-deps
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

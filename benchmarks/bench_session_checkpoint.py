@@ -6,7 +6,9 @@
    lists and a 1,000-row DataFrame) plus what the agent made; the conversation grows each turn.
    Baseline in the same run: the turn without auto-checkpoint.
    The same with a 1 GiB DataFrame injected and never changed, with the kernel's write tracking
-   on and off (``CAVE_CHECKPOINT_WRITE_TRACKING=0``): off, every auto-checkpoint reads the frame.
+   on and off (``CAVE_CHECKPOINT_WRITE_TRACKING=0``): off, every auto-checkpoint reads the frame;
+   and on without the background re-hash that follows each save
+   (``CAVE_CHECKPOINT_VERIFY_EVERY=0``).
 2. Resume of a 1 GiB DataFrame plus 100 small objects in a new kernel (``CAVE_RESUME``): time from
    starting the kernel to the reply of its first cell, against a plain kernel start in the same
    run; and `restore()` alone in this process. The page cache is dropped before every start and
@@ -125,13 +127,16 @@ def main() -> None:
         # -- 1b. the same with an unchanged 1 GiB frame, write tracking on and off ---------
         ns = big_frame_namespace(args.gib)
         big_turns = max(5, args.turns // 2)
-        by_tracking = {}
-        for on in (True, False):
-            tracking(on)
-            where = root / f"big-{'on' if on else 'off'}"
+        by_tracking: dict[Any, list[float]] = {}
+        for on in (True, False, "unverified"):
+            tracking(bool(on))
+            # "unverified": tracking on, without the background re-hash after each save
+            os.environ["CAVE_CHECKPOINT_VERIFY_EVERY"] = "0" if on == "unverified" else "1"
+            where = root / f"big-{on}"
             where.mkdir()
             by_tracking[on] = turn_times(where, big_turns, True, ns["big"])[1:]  # 1st: full save
             shutil.rmtree(where)
+        os.environ.pop("CAVE_CHECKPOINT_VERIFY_EVERY")
         tracking(True)
         base = med(off)
         rows += [
@@ -140,6 +145,10 @@ def main() -> None:
              (max(by_tracking[True]) - base) * 1e3, f"turns 2-{big_turns}; the first saves it"),
             ("the same, write tracking off (ms)", (med(by_tracking[False]) - base) * 1e3,
              (max(by_tracking[False]) - base) * 1e3, "every save reads the frame"),
+            ("the same, write tracking on without the re-hash after each save (ms)",
+             (med(by_tracking["unverified"]) - base) * 1e3,
+             (max(by_tracking["unverified"]) - base) * 1e3,
+             "CAVE_CHECKPOINT_VERIFY_EVERY=0: the difference is what verification costs a turn"),
         ]
 
         # -- 2. resume 1 GiB in a new kernel ---------------------------------------------

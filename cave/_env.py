@@ -29,6 +29,8 @@ UNATTENDED_ENV = "CAVE_UNATTENDED"
 """``1``: no one can answer approvals (fail the cell at once); ``0``: someone can; unset: guess."""
 UNATTENDED_WAIT_ENV = "CAVE_UNATTENDED_WAIT"
 """Seconds an approval waits for `cave approvals` in a run that looks unattended (default 300)."""
+VERIFY_EVERY_ENV = "CAVE_CHECKPOINT_VERIFY_EVERY"
+"""After every N-th save, re-hash one buffer write tracking vouched for (default 1; 0 never)."""
 CONFIG_DIR_ENV = "CAVE_CONFIG_DIR"
 """The user's Cave config directory (checkpoint signing secret, user policy)."""
 

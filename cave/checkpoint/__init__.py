@@ -22,6 +22,7 @@ from ._session_io import restore, save
 from ._session_state import RestoreReport, capture
 from ._signing import config_dir, load_or_create_secret
 from ._store import SessionStore
+from ._verify_tracking import WriteTrackingOff
 
 __all__ = [
     "Changes",
@@ -37,6 +38,7 @@ __all__ = [
     "Restored",
     "SessionStore",
     "VerifyReport",
+    "WriteTrackingOff",
     "capture",
     "config_dir",
     "load_or_create_secret",

@@ -7,16 +7,21 @@ computed (`_write_tracking`), so a checkpoint of an unchanged 1 GiB DataFrame re
 
 Fingerprints decide only what to write again; integrity and authenticity rest on SHA-256 and HMAC,
 never on these. A wrong "unchanged" would save stale data, which is why a cached digest is used only
-under the exact conditions `_write_tracking` states, and otherwise the buffer is hashed again.
+under the exact conditions `_write_tracking` states (its invariant), and otherwise the buffer is
+hashed again. Trust, but verify: `verify_one` re-hashes one trusted buffer in full (the store runs
+it after saves) and, on a mismatch the tracker did not explain, turns tracking off for the process
+(`_write_tracking.disable`); `take_failure` hands the reason to whoever reports it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import threading
+import time
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from . import _write_tracking
 
@@ -35,7 +40,9 @@ def _hasher() -> tuple[Any, str]:
 class _Known:
     owner: weakref.ref[Any] | None
     digest: bytes
-    watched: bool
+    watch: _write_tracking.Watch | None
+    """The tracker's evidence that the whole pages were not written since `digest`; None when
+    the buffer is not tracked (hashed at every save)."""
     edges: tuple[bytes, bytes]
     """Copies of the partial pages at the buffer's ends, which the kernel does not track."""
 
@@ -77,11 +84,15 @@ def _edges(view: memoryview, address: int) -> tuple[bytes, bytes]:
 
 
 def _remember(
-    key: tuple[int, int], owner: Any, digest: bytes, watched: bool, edges: tuple[bytes, bytes]
+    key: tuple[int, int],
+    owner: Any,
+    digest: bytes,
+    watch: _write_tracking.Watch | None,
+    edges: tuple[bytes, bytes],
 ) -> _Known | None:
     """A cache entry that removes itself when ``owner`` dies; None if ``owner`` cannot be
     weakly referenced (``bytes``): such buffers are hashed every time."""
-    entry = _Known(None, digest, watched, edges)
+    entry = _Known(None, digest, watch, edges)
 
     def gone(_ref: weakref.ref[Any]) -> None:
         _forget(key, entry)
@@ -111,29 +122,39 @@ def buffer_digest(view: memoryview) -> bytes:
         return bytes(h.digest())
     key = (address, view.nbytes)
     owner = _owner(view)
+    try:
+        weakref.ref(owner)
+    except TypeError:  # ``bytes``: never cached (see `_remember`), so not worth protecting
+        h, _prefix = _hasher()
+        h.update(view)
+        return bytes(h.digest())
     with _known_lock:
         known = _known.get(key)
     if known is not None and (known.owner is None or known.owner() is not owner):
         known = None
     if (
         known is not None
-        and known.watched
-        and tracker.untouched(*key)
+        and known.watch is not None
+        and tracker.untouched(known.watch)
         and _edges(view, address) == known.edges
     ):
         return known.digest
     # Protect and copy the edges first, hash second: a write racing the hash shows next time.
-    watched = (known is None or not known.watched) and tracker.watch(*key)
+    watch: _write_tracking.Watch | None = None
+    if known is not None and known.watch is not None and not tracker.clean(*key):
+        tracker.unwatch(known.watch)  # written while tracked: hashing follows it more cheaply
+    else:
+        # New; untracked last time; or its watch was revoked by an overlapping one with nothing
+        # written (then the range is clean, and a fresh watch re-protects nothing).
+        watch = tracker.watch(*key)
     edges = _edges(view, address)
     h, _prefix = _hasher()
     h.update(view)
     digest: bytes = h.digest()
-    if watched and known is not None and digest != known.digest:
-        tracker.unwatch(*key)  # changed since the last save: hashing follows it more cheaply
-        watched = False
-    elif known is not None and known.watched and not watched:
-        tracker.unwatch(*key)  # written while tracked
-    entry = _remember(key, owner, digest, watched, edges)
+    if watch is not None and known is not None and digest != known.digest:
+        tracker.unwatch(watch)  # changed since the last save: still changing, stop tracking
+        watch = None
+    entry = _remember(key, owner, digest, watch, edges)
     with _known_lock:
         if entry is not None:
             _known[key] = entry
@@ -157,3 +178,74 @@ def cached_buffers() -> int:
     """How many buffer digests are cached (for tests and `%checkpoint` diagnostics)."""
     with _known_lock:
         return len(_known)
+
+
+Outcome = Literal["match", "mismatch", "written", "none"]
+
+
+@dataclass(frozen=True)
+class Verification:
+    """One re-hash of a trusted buffer (`verify_one`)."""
+
+    outcome: Outcome
+    """``match``; ``mismatch`` (tracking is now off); ``written`` (written during or before the
+    check: inconclusive, the next save hashes it anyway); ``none`` (nothing trusted to check)."""
+    nbytes: int = 0
+    seconds: float = 0.0
+
+
+_failure: str | None = None
+_turn = 0
+
+
+def verify_one() -> Verification:
+    """Re-hash one buffer whose cached digest the tracker vouches for (round robin) and compare.
+
+    A mismatch while the tracker still says "untouched" before and after the hash means a write
+    it cannot see: tracking is turned off for this process, the cache is dropped (every buffer
+    is hashed at the next save), and `take_failure` returns the reason once.
+    """
+    global _turn, _failure
+    tracker = _write_tracking.tracker()
+    if tracker is None:
+        return Verification("none")
+    with _known_lock:
+        trusted = [(k, e) for k, e in _known.items() if e.watch is not None and e.watch.valid]
+        _turn += 1
+    if not trusted:
+        return Verification("none")
+    (address, nbytes), entry = trusted[_turn % len(trusted)]
+    owner = entry.owner() if entry.owner is not None else None
+    watch = entry.watch
+    if owner is None or watch is None:
+        return Verification("none")
+    t0 = time.perf_counter()
+    # ``owner`` (held until we return) keeps the memory mapped; untouched() checked it is.
+    view = memoryview((ctypes.c_char * nbytes).from_address(address)).cast("B")
+    if not tracker.untouched(watch) or _edges(view, address) != entry.edges:
+        return Verification("written", nbytes, time.perf_counter() - t0)
+    h, _prefix = _hasher()
+    h.update(view)
+    digest = h.digest()
+    if not tracker.untouched(watch) or _edges(view, address) != entry.edges:
+        return Verification("written", nbytes, time.perf_counter() - t0)
+    if digest == entry.digest:
+        return Verification("match", nbytes, time.perf_counter() - t0)
+    reason = (
+        f"a {nbytes}-byte buffer ({type(owner).__name__} at {address:#x}) changed without the "
+        "kernel's page tables showing a write (pinned memory written by a device or the kernel, "
+        "MADV_DONTNEED, or another untracked route)"
+    )
+    _write_tracking.disable(f"turned off after a failed verification: {reason}")
+    with _known_lock:
+        _known.clear()
+        _failure = reason
+    return Verification("mismatch", nbytes, time.perf_counter() - t0)
+
+
+def take_failure() -> str | None:
+    """Why tracking was turned off by `verify_one`, once (None if it was not, or was told)."""
+    global _failure
+    with _known_lock:
+        reason, _failure = _failure, None
+    return reason

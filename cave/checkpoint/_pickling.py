@@ -96,6 +96,8 @@ def _cloudpickler() -> type:
             return None
 
         def reducer_override(self, obj: Any) -> Any:
+            if type(obj) is memoryview:  # cloudpickle's own reducer turns it into bytes
+                return _reduce_memoryview(obj)
             reduced = reduce_registered(obj)
             if reduced is not None:
                 return reduced
@@ -119,6 +121,46 @@ def _cloudpickler() -> type:
             )
 
     return _Pickler
+
+
+def _reduce_memoryview(view: memoryview) -> Any:
+    """A memoryview comes back as a memoryview (format, shape, read-only flag kept): over its
+    exporter when it views all of it (a NumPy array stays one object, and large ones go out of
+    band), else over a copy of its bytes."""
+    if _views_all_of(view):
+        return _rebuild_memoryview, (view.obj, None, None, view.readonly)
+    try:
+        memoryview(b"").cast(view.format)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"a memoryview with format {view.format!r} over part of its exporter cannot be "
+            "rebuilt; checkpoint the exporting object (for example the NumPy array) instead"
+        ) from None
+    return _rebuild_memoryview, (view.tobytes(), view.format, view.shape, view.readonly)
+
+
+def _views_all_of(view: memoryview) -> bool:
+    """Whether ``view`` is the exporter's whole buffer as the exporter presents it (a view with
+    the same format, shape and strides cannot start anywhere else)."""
+    try:
+        whole = memoryview(view.obj)
+    except TypeError:
+        return False
+    with whole:
+        return (whole.format, whole.shape, whole.strides, whole.readonly) == (
+            view.format, view.shape, view.strides, view.readonly,
+        )  # fmt: skip
+
+
+def _rebuild_memoryview(
+    data: Any, fmt: str | None, shape: tuple[int, ...] | None, readonly: bool
+) -> memoryview:
+    view = memoryview(data)
+    if fmt is None:
+        return view.toreadonly() if readonly and not view.readonly else view
+    if not readonly:
+        view = memoryview(bytearray(view))  # writable, and not the blob's memory
+    return view.cast(fmt, shape)  # type: ignore[call-overload]
 
 
 _PICKLER: type | None = None

@@ -2,12 +2,15 @@
 
 What is saved and how it is put back is `_session_state`; where it goes is `_session_store`.
 `save` records ``checkpoint.save`` and `restore` records ``checkpoint.restore`` in the session's
-audit log; transfers of at least `PROGRESS_MIN_BYTES` show a ``tqdm.auto`` bar in the calling cell.
+audit log (and ``checkpoint.tracking_off`` when write tracking was found wrong and turned
+off, also printed in the cell); transfers of at least `PROGRESS_MIN_BYTES` show a ``tqdm.auto``
+bar in the calling cell.
 """
 
 from __future__ import annotations
 
 import contextvars
+import sys
 import time
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -15,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ._protocol import CheckpointInfo, Restored
 from ._session_state import RestoreReport, apply, capture, skip_names
 from ._session_store import audit, open_store
+from ._verify_tracking import WriteTrackingOff, take_failure
 
 if TYPE_CHECKING:
     from .._session import Session
@@ -72,6 +76,10 @@ def save(
     t0 = time.perf_counter()
     namespace, state = capture(session)
     store = store or open_store(session)
+    tracking_off = take_failure()
+    if tracking_off is not None:  # a background verification after an earlier save failed
+        print(f"[cave] {WriteTrackingOff(tracking_off)}", file=sys.stderr)
+        audit(session, "checkpoint.tracking_off", reason=tracking_off)
     bar = _Bar("checkpoint save", progress)
     try:
         info = store.save(name, namespace, state, progress=bar, skip=skip_names(session))

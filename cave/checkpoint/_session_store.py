@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["STORE_ENV", "audit", "fresh_name", "open_store", "store_url"]
 
-from .._env import STORE_ENV
+from .._env import STORE_ENV, VERIFY_EVERY_ENV
 
 """A store URL or directory that overrides ``<session dir>/checkpoints``."""
 
@@ -43,9 +43,20 @@ def open_store(session: Session) -> SessionStore:
         return cached[1]
     from ._store import SessionStore
 
-    store = SessionStore(url)
+    store = SessionStore(url, verify_every=verify_every())
     _stores[session] = (url, store)
     return store
+
+
+def verify_every() -> int:
+    """``$CAVE_CHECKPOINT_VERIFY_EVERY`` (default 1), checked."""
+    raw = os.environ.get(VERIFY_EVERY_ENV, "1").strip() or "1"
+    if not raw.isdigit():
+        raise CheckpointError(
+            f"{VERIFY_EVERY_ENV}={raw!r} is not a number of saves: set it to 0 (never re-hash a "
+            "tracked buffer to check write tracking), 1 (after every save, the default) or N."
+        )
+    return int(raw)
 
 
 def fresh_name(store: SessionStore) -> str:

@@ -27,6 +27,7 @@ import os
 import re
 import threading
 import time
+import warnings
 from collections.abc import Collection, Mapping, MutableMapping
 from typing import Any
 
@@ -45,6 +46,7 @@ from ._protocol import (
 )
 from ._remote import FsspecBackend
 from ._signing import Signer, load_or_create_secret
+from ._verify_tracking import Verifier, WriteTrackingOff, take_failure
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 REMOTE_GC_GRACE = 3600.0
@@ -64,12 +66,16 @@ class SessionStore:
         *,
         secret: bytes | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        verify_every: int = 1,
     ) -> None:
         """``url``: a directory (created 0700) or an fsspec URL such as ``s3://bucket/prefix``.
 
         ``secret``: the HMAC key; by default the user's key file (created 0600 on first use in
         ``$CAVE_CONFIG_DIR`` or ``~/.config/cave``). ``storage_options`` go to fsspec.
+        ``verify_every``: after every N-th save, re-hash one buffer that write tracking vouched
+        for, in the background (`_verify_tracking`); 0 never does.
         """
+        self.verifier = Verifier(verify_every)
         self._backend: LocalBackend | FsspecBackend
         if _is_local(url):
             path = (
@@ -151,6 +157,9 @@ class SessionStore:
         """
         if name is not None and not _NAME.fullmatch(name):
             raise InvalidCheckpointName(name)
+        failure = take_failure()  # a background check failed since the last save: say so
+        if failure is not None:
+            warnings.warn(WriteTrackingOff(failure), stacklevel=2)
         try:
             state_json = _manifest.encode(dict(state))
         except (TypeError, ValueError) as exc:
@@ -222,6 +231,7 @@ class SessionStore:
                 return doc["name"], raw, self._signer.manifest_tag(raw)
 
             self._backend.commit(build)
+        self.verifier.after_save()
         return _manifest.info(doc)
 
     # --- load -----------------------------------------------------------------------------------

@@ -73,8 +73,8 @@ def test_every_kind_of_write_is_seen():
     tracker = _write_tracking.tracker()
     arr = np.random.default_rng(0).random(8 * MB // 8)
     address, length = arr.ctypes.data, arr.nbytes
-    assert tracker.watch(address, length)
-    assert tracker.untouched(address, length)
+    watch = tracker.watch(address, length)
+    assert watch is not None and tracker.untouched(watch)
 
     writes = {
         # The kernel tracks the whole pages inside the buffer; the partial pages at its ends are
@@ -86,10 +86,11 @@ def test_every_kind_of_write_is_seen():
         "the kernel (readinto)": lambda: _readinto(view(arr)[4 * MB : 4 * MB + 16]),
     }
     for what, write in writes.items():
-        assert tracker.watch(address, length)
-        assert tracker.untouched(address, length), what
+        watch = tracker.watch(address, length)
+        assert watch is not None and tracker.untouched(watch), what
         write()
-        assert not tracker.untouched(address, length), f"missed a write from {what}"
+        assert not tracker.untouched(watch), f"missed a write from {what}"
+        assert not tracker.clean(address, length), what
 
 
 def _in_thread(fn) -> None:
@@ -120,19 +121,19 @@ def test_writes_to_the_partial_pages_at_either_end_are_seen(hashed):
 def test_memory_the_kernel_cannot_track_is_refused(tmp_path):
     tracker = _write_tracking.tracker()
     never_watched = np.ones(8 * MB // 8)
-    assert not tracker.untouched(never_watched.ctypes.data, never_watched.nbytes)
+    assert not tracker.clean(never_watched.ctypes.data, never_watched.nbytes)
     import mmap
 
     shared = mmap.mmap(-1, 8 * MB)  # MAP_SHARED anonymous is shmem: another process may write it
     arr = np.frombuffer(shared, dtype=np.uint8)
-    assert not tracker.watch(arr.ctypes.data, arr.nbytes)
+    assert tracker.watch(arr.ctypes.data, arr.nbytes) is None
     del arr
     shared.close()
 
     path = tmp_path / "data.bin"
     path.write_bytes(bytes(8 * MB))
     private_file = np.memmap(path, dtype=np.uint8, mode="c")  # pages not yet copied follow the file
-    assert not tracker.watch(private_file.ctypes.data, private_file.nbytes)
+    assert tracker.watch(private_file.ctypes.data, private_file.nbytes) is None
     del private_file
 
 
@@ -193,6 +194,7 @@ def test_saves_of_a_restored_and_edited_frame(tmp_path, hashed):
     store.save("one", {"df": pd.DataFrame(rng.random((MB, 4)), columns=list("abcd"))}, {})
     ns = dict(store.load("one").namespace)
     store.save("two", ns, {})
+    assert store.verifier.wait().outcome == "match"  # its background re-hash, done before we count
     hashed["bytes"] = 0
     info = store.save("three", ns, {})
     assert info.blobs_written == 0 and hashed["bytes"] < MB
@@ -230,20 +232,21 @@ def test_a_buffer_written_between_saves_stops_being_tracked_until_it_settles(has
     arr = np.random.default_rng(4).random(8 * MB // 8)
     key = (arr.ctypes.data, arr.nbytes)
     _fingerprint.buffer_digest(view(arr))
-    assert _fingerprint._known[key].watched and tracker.untouched(*key)
+    first = _fingerprint._known[key].watch
+    assert first is not None and tracker.untouched(first)
 
     arr[7] = 1.25  # written while tracked: hashed, and tracking is dropped
     assert _fingerprint.buffer_digest(view(arr)) == truth(arr)
-    assert not _fingerprint._known[key].watched
-    assert not tracker.untouched(*key)  # unregistered: no page is protected any more
+    assert _fingerprint._known[key].watch is None and not first.valid
+    assert not tracker.clean(*key)  # unregistered: no page is protected any more
 
     arr[8] = 2.5  # still changing: hashed again, still untracked
     hashed["bytes"] = 0
     assert _fingerprint.buffer_digest(view(arr)) == truth(arr) and hashed["bytes"] == arr.nbytes
-    assert not _fingerprint._known[key].watched
+    assert _fingerprint._known[key].watch is None
 
     assert _fingerprint.buffer_digest(view(arr)) == truth(arr)  # unchanged since: tracked again
-    assert _fingerprint._known[key].watched
+    assert _fingerprint._known[key].watch is not None
     hashed["bytes"] = 0
     assert _fingerprint.buffer_digest(view(arr)) == truth(arr) and hashed["bytes"] == 0
     arr[9] = 3.75
