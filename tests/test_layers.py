@@ -179,3 +179,18 @@ def test_the_graph_sees_imports_inside_functions() -> None:
     """A guard against the test going blind: known lazy imports must be in the graph."""
     found = {(e.source, e.target) for e in edges()}
     assert ("cave._session", "cave.runtime._namespace") in found
+
+
+MAX_LINES = 500
+"""STYLE.md 13: one concept per module, under 500 lines; split a bigger one along a seam."""
+
+
+def test_no_module_over_500_lines() -> None:
+    too_long = sorted(
+        (n, str(path.relative_to(PACKAGE.parent)))
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    )
+    assert not too_long, f"modules over {MAX_LINES} lines (STYLE.md 13):\n" + "\n".join(
+        f"  {name}: {n} lines" for n, name in too_long
+    )

@@ -7,18 +7,8 @@ of a final bare expression is kept; an exception becomes a short traceback that 
 own lines. Nothing raised by agent code escapes :meth:`Executor.run`, not even ``SystemExit``
 (``exit()`` ends the step, never the kernel) or ``KeyboardInterrupt`` (reported as ``interrupted``).
 
-Stopping a run, stated exactly:
-
-* A timeout or :meth:`Executor.interrupt` raises an exception *inside the executing thread* with
-  ``PyThreadState_SetAsyncExc`` (:class:`StepTimeout` or ``KeyboardInterrupt``, both
-  ``BaseException`` so ``except Exception`` in agent code does not swallow them). It is re-raised
-  every ``refire_interval`` seconds while the run lasts, so one bare ``except:`` does not defeat it.
-* A thread blocked in a C call (``time.sleep``, a socket read, a long numpy operation) sees the
-  exception only when it returns to Python bytecode. Code that catches ``BaseException`` in a loop
-  forever cannot be stopped in-process. Threads started by agent code are not stopped.
-* A late exception cannot escape: when the run ends, the watchdog is disarmed under a lock and any
-  exception already scheduled but not yet delivered is cleared (``PyThreadState_SetAsyncExc(tid,
-  NULL)``) before ``run`` returns.
+Stopping a run (timeouts, the stop button) is :mod:`._stop`'s, with its guarantees stated
+exactly; the short traceback the model reads is :mod:`._tracebacks`'s.
 
 ``sys.stdout``/``sys.stderr`` are process-wide, so runs are serialised process-wide by a re-entrant
 lock: two runtimes used from two threads take turns. Output that *other* threads write during a run
@@ -37,12 +27,10 @@ import ast
 import inspect
 import itertools
 import linecache
-import os
 import re
 import sys
 import threading
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,26 +39,22 @@ from ._capture import Capture, TeeStream
 from ._fd_capture import FdCapture, prepare
 from ._manifest import bounded_repr
 from ._outputs import MAX_KEPT_CHARS, OutputNames, kept_line
+from ._stop import (
+    _ACTIVE,
+    _ACTIVE_LOCK,
+    StepTimeout,
+    _resolve_async_exc,
+    _RunState,
+    interrupt_thread,
+)
+from ._stop import _set_async_exc as _set_async_exc
+from ._tracebacks import _format_error_safely
+from ._tracebacks import format_error as format_error
 
 __all__ = ["ExecutionResult", "Executor", "StepTimeout", "interrupt_thread"]
 
 _step_ids = itertools.count(1)
 _RUN_LOCK = threading.RLock()
-_ACTIVE: dict[int, _RunState] = {}
-_ACTIVE_LOCK = threading.Lock()
-_MAX_ERROR_LINES = 20
-
-
-class StepTimeout(BaseException):
-    """Raised inside agent code when its step runs past its time limit.
-
-    A ``BaseException`` (like ``KeyboardInterrupt``) so that ``except Exception`` in agent code
-    does not swallow it. It never escapes :meth:`Executor.run`; the result says ``timed_out``.
-    """
-
-    def __init__(self, *args: object) -> None:
-        # PyThreadState_SetAsyncExc instantiates the class without arguments.
-        super().__init__(*(args or ("the step ran past its time limit",)))
 
 
 @dataclass(frozen=True)
@@ -109,136 +93,6 @@ class ExecutionResult:
             parts.append(self.error if stopped else "Error:\n" + self.error)
         return "\n".join(parts) or "(no output)"
 
-
-# --------------------------------------------------------------------------- async exceptions
-
-_set_exc_fn: Any = None
-_clear_exc_fn: Any = None
-
-
-def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> int:
-    """Schedule ``exc`` in thread ``thread_id`` (or clear a scheduled one when ``exc`` is None)."""
-    _resolve_async_exc()
-    if exc is None:
-        return int(_clear_exc_fn(thread_id, None))
-    return int(_set_exc_fn(thread_id, exc))
-
-
-def _resolve_async_exc() -> None:
-    """Look up ``PyThreadState_SetAsyncExc`` once, before any agent code runs.
-
-    The watchdog and re-fire threads are started inside agent code, so the guard treats them as
-    agent threads and refuses the ``dlsym`` a first lookup would make there: timeouts would
-    never fire. ``Executor.__init__`` calls this, outside any guarded block.
-    """
-    global _set_exc_fn, _clear_exc_fn
-    if _set_exc_fn is None:
-        import ctypes
-
-        # Private prototypes, so we never change argtypes on the shared ctypes.pythonapi object.
-        # PYFUNCTYPE keeps the GIL held, which the C API requires.
-        _set_exc_fn = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(
-            ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
-        )
-        _clear_exc_fn = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(
-            ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
-        )
-
-
-class _Disarmed(BaseException):
-    """Private stand-in for a stop that arrived too late; raised and swallowed in ``disarm``."""
-
-
-def _swallow_pending(thread_id: int) -> None:
-    """Replace a stop still scheduled for this (the calling) thread, and let it arrive here.
-
-    Clearing with ``PyThreadState_SetAsyncExc(id, NULL)`` instead leaves CPython 3.11's
-    eval-breaker flag set, after which any thread running with a trace function (pdb, coverage)
-    spins forever. Delivering a private exception clears the flag the normal way.
-    """
-    try:  # delivery can come as soon as the call below returns: schedule inside the try
-        _set_async_exc(thread_id, _Disarmed)
-        for _ in range(1_000_000):  # a backward jump checks the eval breaker: delivery is prompt
-            pass
-    except _Disarmed:
-        return
-    _set_async_exc(thread_id, None)  # not delivered (never seen): clear as a last resort
-
-
-class _RunState:
-    """The stop machinery of one run: who to stop, whether we did, and the disarm protocol."""
-
-    def __init__(self, thread_id: int, refire_interval: float) -> None:
-        self.thread_id = thread_id
-        self.refire_interval = refire_interval
-        self.lock = threading.Lock()
-        self.active = True
-        self.done = threading.Event()
-        self.fired = 0
-        self.timed_out = False
-        self.interrupted = False
-        self._refiring = False
-
-    def fire(self, exc: type[BaseException]) -> bool:
-        """Raise ``exc`` in the running thread if the run is still active; start re-firing."""
-        with self.lock:
-            if not self.active:
-                return False
-            if exc is StepTimeout:
-                self.timed_out = True
-            else:
-                self.interrupted = True
-            self.fired += 1
-            _set_async_exc(self.thread_id, exc)
-            start = not self._refiring
-            self._refiring = True
-        if start:
-            threading.Thread(
-                target=self._refire, args=(exc,), name="cave-refire", daemon=True
-            ).start()
-        return True
-
-    def _refire(self, exc: type[BaseException]) -> None:
-        while not self.done.wait(self.refire_interval):
-            with self.lock:
-                if not self.active:
-                    return
-                self.fired += 1
-                _set_async_exc(self.thread_id, exc)
-
-    def watch(self, timeout: float) -> None:
-        if not self.done.wait(timeout):
-            self.fire(StepTimeout)
-
-    def disarm(self) -> None:
-        """Mark the run finished and clear any exception scheduled but not yet delivered.
-
-        Called in the executing thread. A scheduled exception may be delivered *while* we disarm;
-        we catch it and retry. After ``active`` is False under the lock nothing new is scheduled,
-        and the clear removes what was, so nothing can surface after ``run`` returns.
-        """
-        while True:
-            try:
-                with self.lock:
-                    self.active = False
-                    fired = self.fired
-                if fired:
-                    _swallow_pending(self.thread_id)
-                self.done.set()
-                return
-            except (StepTimeout, KeyboardInterrupt):
-                continue
-
-
-def interrupt_thread(thread_id: int) -> bool:
-    """Stop the run executing in ``thread_id`` with ``KeyboardInterrupt`` (the stop button).
-
-    Only a thread that is inside :meth:`Executor.run` is touched; returns False (and does
-    nothing) for any other thread, so a stale id cannot interrupt unrelated kernel code.
-    """
-    with _ACTIVE_LOCK:
-        state = _ACTIVE.get(thread_id)
-    return state.fire(KeyboardInterrupt) if state is not None else False
 
 
 # --------------------------------------------------------------------------- compile and run
@@ -291,89 +145,6 @@ def _execute(body: Any, expr: Any, namespace: dict[str, Any]) -> Any:
 
 # --------------------------------------------------------------------------- errors
 
-
-_OWN_FILES = {__file__, os.path.join(os.path.dirname(__file__), "_namespace.py")}
-"""Frames of the runtime itself are never shown to the model."""
-
-
-def _short_path(filename: str) -> str:
-    for marker in ("site-packages" + os.sep, "dist-packages" + os.sep):
-        i = filename.rfind(marker)
-        if i >= 0:
-            return filename[i + len(marker) :]
-    m = re.search(r"python3\.\d+" + re.escape(os.sep), filename)
-    if m:
-        return filename[m.end() :]
-    return os.sep.join(filename.split(os.sep)[-2:])
-
-
-def _exception_text(exc: BaseException, max_lines: int = 6, max_chars: int = 1500) -> list[str]:
-    text = "".join(traceback.format_exception_only(type(exc), exc)).rstrip("\n")
-    if len(text) > max_chars:
-        text = text[:max_chars] + f" [... {len(text) - max_chars:,} chars cut]"
-    lines = text.splitlines()
-    if len(lines) > max_lines:
-        lines = lines[: max_lines - 1] + [f"[... {len(lines) - max_lines + 1} more lines]"]
-    return lines
-
-
-def format_error(exc: BaseException, max_frames: int = 7) -> str:
-    """A short traceback: agent frames with source lines; a run of library frames is one line."""
-    frames = [
-        (f.f_code.co_filename, lineno, f.f_code.co_name)
-        for f, lineno in traceback.walk_tb(exc.__traceback__)
-        if f.f_code.co_filename not in _OWN_FILES
-    ]
-    if not any(fn.startswith(_FILENAME_PREFIX) for fn, _, _ in frames):
-        frames = []  # a SyntaxError from compiling the step: the message shows the line
-    entries: list[str] = []
-    library: list[tuple[str, int, str]] = []
-
-    def flush() -> None:
-        if not library:
-            return
-        shown = [library[0]] if len(library) == 1 else [library[0], library[-1]]
-        where = " -> ".join(f"{_short_path(fn)}:{ln} in {name}" for fn, ln, name in shown)
-        n = len(library)
-        entries.append(f"  [{n} library frame{'s' if n > 1 else ''}: {where}]")
-        library.clear()
-
-    for fn, ln, name in frames:
-        if fn.startswith(_FILENAME_PREFIX):
-            flush()
-            src = linecache.getline(fn, ln).strip()
-            entry = f'  File "{fn}", line {ln}, in {name}'
-            entries.append(entry + (f"\n    {src[:200]}" if src else ""))
-        else:
-            library.append((fn, ln, name))
-    flush()
-    if len(entries) > max_frames:
-        omitted = len(entries) - (max_frames - 1)
-        note = f"  [... {omitted} frames omitted ...]"
-        entries = entries[:2] + [note] + entries[-(max_frames - 3) :]
-    lines = ["Traceback (most recent call last):", *entries] if entries else []
-    if isinstance(exc, StepTimeout):
-        lines.append(f"StepTimeout: {exc}")
-    else:
-        lines += _exception_text(exc)
-    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
-    if cause is not None:
-        first = _exception_text(cause, max_lines=1, max_chars=200)[-1]
-        lines.append(f"(raised while handling {first})")
-    if isinstance(exc, SystemExit):
-        lines.append("(exit() ends only this step; the runtime and its variables are kept.)")
-    text = "\n".join(lines)
-    out = text.splitlines()
-    if len(out) > _MAX_ERROR_LINES:
-        out = out[: _MAX_ERROR_LINES - 1] + [f"[... {len(out) - _MAX_ERROR_LINES + 1} more lines]"]
-    return "\n".join(out)
-
-
-def _format_error_safely(exc: BaseException) -> str:
-    try:
-        return format_error(exc)
-    except Exception as failure:  # never let a hostile exception object break the result
-        return f"{type(exc).__name__}: <traceback could not be formatted: {failure!r}>"
 
 
 # --------------------------------------------------------------------------- displays
@@ -446,7 +217,7 @@ def _start_fd_capture(capture: Capture, out: Any, err: Any) -> FdCapture | None:
 
 
 class Executor:
-    """Runs code in one namespace; see the module docstring for what stopping guarantees."""
+    """Runs code in one namespace; :mod:`._stop` says what stopping guarantees."""
 
     def __init__(
         self,

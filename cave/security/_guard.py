@@ -35,52 +35,49 @@ monkeypatching shared modules so that *kernel* threads later run agent-chosen co
 to threads that already existed (a user's executor, the kernel's event loop), metadata via
 ``os.stat``, and symlink races between the check and the use. ``os.environ`` is guarded too: see
 ``_environ`` (its data lives in this vault).
+
+Where the code lives: the hook, ``install()`` and the vault's commands (sessions, enter/exit,
+primitive calls, the environment) are here, in ``_Vault``. Its two base classes hold the rest of
+its methods: ``_vault_events._EventGuard`` is the guard proper (raw events on agent threads,
+frame protection, Cave's own code, signals, the capability checks) and
+``_vault_forwarded._ForwardedOps`` runs what the forwarders ask for (thread start, ``os.open``,
+``fork_exec``, ``os.system``, fresh builtin modules). The records the vault keeps (bindings,
+sessions, tickets, handles) are in ``_vault_state``; the operation context handed to primitives
+is in ``_opcontext``; the stateless forwarders and the patching are in ``_forwarders``. None of
+those modules holds the vault in a global: only the hook references the instance, as above.
 """
 
 from __future__ import annotations
 
-import contextvars
-import functools
 import os
 import socket
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ._capabilities import Capability
-from ._engine import Permit, SessionAuthority
-from ._environ import ENV_EVENT, EnvironVault, install_environ
-from ._events import EVENTS, Check, Refusal, classify, resolve_path, shell_program
+from ._engine import SessionAuthority
+from ._environ import ENV_EVENT, EnvironVault
+from ._events import EVENTS, Check
+from ._forwarders import EVENT, _patch
+from ._forwarders import _ask as _ask
+from ._forwarders import _os_open as _os_open
+from ._forwarders import _start_new_thread as _start_new_thread
+from ._opcontext import _OpContext
 from ._ops import run_op
-from ._policy import HARMLESS_ENV, Effect, Policy
+from ._policy import Policy
+from ._vault_events import _FRAME_EVENTS, _SPECIAL
+from ._vault_forwarded import _ForwardedOps
+from ._vault_state import _Binding, _Handle, _Nested, _Refused, _Session, _Ticket
 
 __all__ = ["EVENT", "install"]
-
-EVENT = "cave.security"
-"""The audit event Cave code uses to talk to the vault."""
-
-_FRAME_ATTRS = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame"})
-_FRAME_EVENTS = frozenset({"sys._getframe", "sys._getframemodulename"})
-_GUARDED_KILL = frozenset({"os.kill", "os.killpg"})
-_SPECIAL = frozenset(
-    {"object.__getattr__", "object.__setattr__", "object.__delattr__", "exec", "os.kill"}
-)
-_FRESH_REFUSED = frozenset({"_thread", "_posixsubprocess", "posix", "_imp", "sys", "builtins"})
-"""Modules we patched (or singletons): agent code may not build a fresh, unpatched copy."""
-
-_EXEC_WITHOUT_ENV = (
-    "os.exec* without an environment would hand this process's whole environment to the new "
-    "program; use os.execve(path, args, env) with the variables it needs"
-)
 
 _RAW_ENVIRON = (
     "agent code may not read os.environ's raw dictionary; use os.environ[NAME] or "
     "env.get(NAME), which the policy decides"
 )
-
-_ENV_WRITES = frozenset({"os.putenv", "os.unsetenv"})
 
 _PRIVILEGED = frozenset(
     {"register", "set_policy", "restore", "cancel", "close", "spawn", "extend"}
@@ -89,151 +86,7 @@ _PRIVILEGED = frozenset(
 _install_lock = threading.Lock()
 
 
-# -- the forwarders that replace patched functions (no state: they only emit events) ------------
-def _ask(op: str, payload: tuple[Any, ...], _audit: Any = sys.audit) -> Any:
-    box: list[Any] = []
-    _audit(EVENT, op, payload, box)
-    if not box:
-        raise RuntimeError(
-            f"Cave's guard did not answer ({op}); sys.audit may have been replaced. Restart "
-            "the kernel."
-        )
-    return box[0]
-
-
-def _start_new_thread(function: Any, args: Any, kwargs: Any = None) -> Any:
-    """Forwarder for ``_thread.start_new_thread``: threads started by agent code are agent code."""
-    return _ask("thread", (function, args, kwargs))
-
-
-def _fork_exec(*args: Any) -> Any:
-    """Forwarder for ``_posixsubprocess.fork_exec`` (raises no audit event of its own)."""
-    return _ask("fork_exec", args)
-
-
-def _os_open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
-    """Forwarder for ``os.open``: the ``open`` audit event does not carry ``dir_fd``."""
-    if not isinstance(path, (int, str, bytes)):
-        path = os.fspath(path)  # agent code runs here, outside the vault
-    return int(_ask("open_at", (path, flags, mode, dir_fd)))
-
-
-def _os_system(command: Any) -> int:
-    """Forwarder for ``os.system``: agent code's shell gets the filtered environment."""
-    return int(_ask("system", (command,)))
-
-
-def _create_builtin(spec: Any) -> Any:
-    """Forwarder for ``_imp.create_builtin``: no fresh copies of patched modules for agents."""
-    return _ask("imp", ("builtin", str(spec.name), None, spec))
-
-
-def _create_dynamic(spec: Any, file: Any = None) -> Any:
-    """Forwarder for ``_imp.create_dynamic`` (extension modules)."""
-    return _ask("imp", ("dynamic", str(spec.name), file, spec))
-
-
-def _child_bootstrap(
-    ticket: object, function: Any, args: Any, kwargs: Any, _audit: Any = sys.audit
-) -> Any:
-    """First frame of a thread that agent code started: mark the thread, then run it."""
-    box: list[Any] = []
-    _audit(EVENT, "thread_begin", (ticket,), box)
-    if not box or box[0] is not True:
-        raise RuntimeError("Cave's guard did not mark this thread; refusing to run it")
-    del ticket, box
-    return function(*args, **(kwargs or {}))
-
-
-# -- per-thread state ---------------------------------------------------------------------
-class _Ticket:
-    """What raw events a running primitive may cause (exact capabilities and subtrees)."""
-
-    __slots__ = ("exact", "trees")
-
-    def __init__(self, exact: set[str], trees: list[tuple[str, str]]) -> None:
-        self.exact = exact
-        self.trees = trees
-
-    def covers(self, cap: Capability) -> bool:
-        if str(cap) in self.exact:
-            return True
-        for kind, root in self.trees:
-            if cap.kind == kind and (cap.resource == root or cap.resource.startswith(root + "/")):
-                return True
-        return False
-
-
-class _Binding:
-    """One thread running agent code for one session."""
-
-    __slots__ = (
-        "counts",
-        "depth",
-        "life",
-        "names",
-        "nonces",
-        "popen",
-        "session",
-        "skip",
-        "ticket",
-        "trees",
-    )
-
-    def __init__(self, session: _Session, *, life: bool) -> None:
-        self.session = session
-        self.life = life
-        """True for threads agent code started: agent code until they end."""
-        self.nonces: list[object] = []
-        self.depth = 0
-        """>0 while the vault works on this thread's behalf."""
-        self.ticket: _Ticket | None = None
-        self.skip: tuple[str, Any] | None = None
-        self.trees: list[str] = []
-        self.names: dict[str, set[str]] = {}
-        self.popen: str | None = None
-        self.counts: dict[str, int] = {}
-
-
-class _Session:
-    """One ``Security`` instance's state, inside the vault."""
-
-    __slots__ = (
-        "authority", "env_set", "exec_marker", "ext_ops", "handle", "parent", "spawned",
-        "workspace",
-    )
-
-    def __init__(
-        self,
-        handle: object,
-        authority: SessionAuthority,
-        exec_marker: str | None,
-        parent: _Session | None = None,
-    ) -> None:
-        self.handle = handle
-        self.authority = authority
-        self.workspace = authority.workspace
-        self.exec_marker = exec_marker
-        self.spawned: set[int] = set()
-        self.env_set: set[str] = set()
-        """Environment names agent code set itself (it knows their values): readable freely."""
-        self.parent = parent
-        """The session this one was spawned from (a sub-agent's), or None."""
-        self.ext_ops: dict[str, Callable[..., Any]] = {}
-        """Operations added with ``Security.extend`` (skills, agents), run inside the vault."""
-
-    def descends_from(self, other: _Session) -> bool:
-        """True if ``other`` is this session's parent, grandparent, ... (not itself)."""
-        node = self.parent
-        while node is not None:
-            if node is other:
-                return True
-            node = node.parent
-        return False
-
-
-# -- the vault ----------------------------------------------------------------------------
-class _Vault:
+class _Vault(_ForwardedOps):
     """All the guard's state. Only the hook references an instance (see the module doc)."""
 
     def __init__(self) -> None:
@@ -416,73 +269,6 @@ class _Vault:
             b.session.authority.record("guard.summary", allowed=dict(b.counts))
             b.counts.clear()
 
-    def _op_thread(self, b: _Binding | None, payload: tuple[Any, ...]) -> Any:
-        function, args, kwargs = payload
-        start = self.start_new_thread
-        if b is None:
-            return start(function, args) if kwargs is None else start(function, args, kwargs)
-        ticket = object()
-        with self.lock:
-            self.tickets[ticket] = b.session
-        boot = functools.partial(_child_bootstrap, ticket, function, args, kwargs)
-        try:
-            return start(boot, ())
-        except BaseException:
-            with self.lock:
-                self.tickets.pop(ticket, None)
-            raise
-
-    def _op_thread_begin(self, b: _Binding | None, payload: tuple[Any, ...]) -> Any:
-        with self.lock:
-            session = self.tickets.pop(payload[0], None)
-        if session is None or b is not None:
-            return False
-        self.environ.forget_thread()  # a new thread has none; this makes sure
-        self.tl.b = _Binding(session, life=True)
-        return True
-
-    def _start_aside(self, fn: Callable[[], None]) -> Any:
-        """Start ``fn`` on a thread that is not agent code (approval channels run there)."""
-        return self.start_new_thread(fn, ())
-
-    def _op_open_at(self, b: _Binding | None, payload: tuple[Any, ...]) -> Any:
-        path, flags, mode, dir_fd = payload
-        if b is None:
-            return self.os_open(path, flags, mode, dir_fd=dir_fd)
-        real = resolve_path(path, dir_fd)
-        if real is not None:
-            result = classify("open", (real, None, flags))
-            if isinstance(result, tuple):
-                err = self._checks(b, "open", result)
-                if err is not None:
-                    return err
-        b.skip = ("open", path)
-        try:
-            return self.os_open(path, flags, mode, dir_fd=dir_fd)
-        finally:
-            b.skip = None
-
-    def _op_fork_exec(self, b: _Binding | None, payload: tuple[Any, ...]) -> Any:
-        if b is not None:
-            argv = [os.fsdecode(a) for a in (payload[0] or ())]
-            program = _first_existing(payload[1]) or (argv[0] if argv else "?")
-            cwd = os.fsdecode(payload[4]) if len(payload) > 4 and payload[4] is not None else None
-            program = shell_program(program, cwd)
-            if b.popen == program:
-                b.popen = None
-            else:
-                check = Check(Capability("shell", program), f"run {' '.join(argv)}", {"argv": argv})
-                err = self._checks(b, "fork_exec", (check,))
-                if err is not None:
-                    return err
-            if len(payload) > 5 and payload[5] is None:  # no env=: only what the agent may read
-                env = self.environ.child_env(lambda name: self._env_visible(b, name))
-                payload = (*payload[:5], env, *payload[6:])
-        pid = self.fork_exec(*payload)
-        if b is not None:
-            b.session.spawned.add(int(pid))
-        return pid
-
     # -- the environment (``_environ``) --------------------------------------------------
     def _env(self, args: tuple[Any, ...]) -> Any:
         if len(args) != 4 or type(args[3]) is not list:
@@ -512,18 +298,6 @@ class _Vault:
         list.append(box, result)
         return None
 
-    def _count(self, b: _Binding, event: str) -> None:
-        b.counts[event] = b.counts.get(event, 0) + 1
-
-    def _env_visible(self, b: _Binding, name: str) -> bool:
-        """Readable by agent code without asking: allowed by policy, a session grant, or set by
-        the agent itself."""
-        if name in b.session.env_set:
-            return True
-        cap = Capability("env", name)
-        authority = b.session.authority
-        return authority.allowed_by_policy(cap) or authority.session_grant_covers(cap)
-
     def _env_decide(self, b: _Binding, name: str) -> None:
         """The ``env.get`` primitive decides (policy, grants, approval, audit) or raises."""
         run_op(_OpContext(self, b), "env.get", (name,))
@@ -546,49 +320,6 @@ class _Vault:
         else:
             b.session.env_set.discard(name)
 
-    def _op_system(self, b: _Binding | None, payload: tuple[Any, ...]) -> Any:
-        command = payload[0]
-        if b is None:
-            return self.system(command)
-        text = os.fsdecode(command) if isinstance(command, bytes) else command
-        if not isinstance(text, str):
-            raise TypeError(f"os.system takes a str command, not {type(command).__name__}")
-        checks = classify("os.system", (text,))
-        assert isinstance(checks, tuple)
-        err = self._checks(b, "os.system", checks)
-        if err is not None:
-            return err
-        env = dict(
-            entry.split(b"=", 1)
-            for entry in self.environ.child_env(lambda name: self._env_visible(b, name))
-        )
-        outer = b.ticket
-        b.ticket = _Ticket({str(c.capability) for c in checks}, [])
-        try:
-            pid = os.posix_spawn("/bin/sh", ["sh", "-c", text], env)
-        finally:
-            b.ticket = outer
-        b.session.spawned.add(pid)
-        try:
-            return os.waitpid(pid, 0)[1]
-        except BaseException:
-            try:
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
-            except OSError:
-                pass
-            raise
-
-    def _op_imp(self, b: _Binding | None, payload: tuple[Any, ...]) -> Any:
-        kind, name, file, spec = payload
-        if b is not None and name in _FRESH_REFUSED:
-            return self._refuse(
-                b, "import", f"agent code may not build a fresh copy of the {name} module"
-            )
-        if kind == "builtin":
-            return self.create_builtin(spec)
-        return self.create_dynamic(spec) if file is None else self.create_dynamic(spec, file)
-
     def _op_call(self, b: _Binding | None, payload: tuple[Any, ...]) -> Any:
         handle, op, args, code_line = (tuple(payload) + (None,))[:4]
         session = b.session if b is not None else self._session(handle)
@@ -601,293 +332,6 @@ class _Vault:
             return ext(_OpContext(self, b, line), *args)
         return run_op(_OpContext(self, b, line), str(op), args)
 
-    # -- the guard proper --------------------------------------------------------------
-    def _guard(self, b: _Binding, event: str, args: tuple[Any, ...]) -> Any:
-        if b.skip is not None and b.skip[0] == event and args and _same(args[0], b.skip[1]):
-            b.skip = None
-            return None
-        b.depth += 1
-        try:
-            if event in _SPECIAL or event in _FRAME_EVENTS or event in _GUARDED_KILL:
-                return self._special(b, event, args)
-            if event == "os.exec" and (len(args) < 3 or args[2] is None):
-                return self._refuse(b, event, _EXEC_WITHOUT_ENV)
-            result = classify(event, args)
-            if result is None:
-                return None
-            if isinstance(result, Refusal):
-                return self._refuse(b, event, result.reason)
-            return self._checks(b, event, result)
-        finally:
-            b.depth -= 1
-
-    def _special(self, b: _Binding, event: str, args: tuple[Any, ...]) -> Any:
-        if event in _FRAME_EVENTS:
-            if b.depth > 1:
-                return self._refuse(b, event, "no frames while Cave's guard is working")
-            return None
-        if event == "object.__getattr__":
-            name = args[1] if len(args) > 1 else None
-            if name in _FRAME_ATTRS:
-                if b.depth > 1:
-                    return self._refuse(b, event, "no frames while Cave's guard is working")
-                if name == "gi_frame" and getattr(args[0], "gi_code", None) in self.protected_code:
-                    return self._refuse(b, event, "the agent_code() generator is Cave's")
-            return None
-        if event in ("object.__setattr__", "object.__delattr__"):
-            target, name = args[0], args[1] if len(args) > 1 else ""
-            if _is_caves(target, name):
-                return self._refuse(
-                    b, event, f"agent code may not modify Cave's own code ({name!r})"
-                )
-            return None
-        if event in _GUARDED_KILL:
-            pid, sig = (tuple(args) + (None, None))[:2]
-            if sig == 0 or pid in b.session.spawned:
-                return None
-            check = Check(
-                Capability("shell", "os.kill"), f"send signal {sig} to process {pid}", {"pid": pid}
-            )
-            return self._checks(b, event, (check,))
-        return None
-
-    def _checks(self, b: _Binding, event: str, checks: tuple[Check, ...]) -> Any:
-        authority = b.session.authority
-        for check in checks:
-            cap = check.capability
-            if b.ticket is not None and b.ticket.covers(cap):
-                continue
-            if event in _ENV_WRITES and _read_only_allow(authority, cap):
-                # Reading PATH or PYTHONPATH is harmless; changing them (for every child the
-                # kernel starts later, the user's included) is not: ask, unless a grant covers it.
-                try:
-                    permit = authority.authorize(
-                        cap,
-                        origin=f"guard:{event}",
-                        summary=check.summary,
-                        details=check.details,
-                        at_least_ask=True,
-                    )
-                except PermissionError as exc:
-                    return (PermissionError, (str(exc),))
-                authority.settle(permit, ok=True)
-                self._allowed(b, event, check, permit)
-                continue
-            if authority.allowed_by_policy(cap):
-                b.counts[event] = b.counts.get(event, 0) + 1
-                if cap.kind == "net" and event != "socket.connect":
-                    self._remember_name(b, cap)
-                elif event == "subprocess.Popen":
-                    b.popen = cap.resource
-                continue
-            if cap.kind == "net" and self._associated(b, cap):
-                continue
-            if cap.kind == "fs.delete" and _under(cap.resource, b.trees):
-                if not authority.is_denied(cap):
-                    continue
-            try:
-                permit = authority.authorize(
-                    cap,
-                    origin=f"guard:{event}",
-                    summary=check.summary,
-                    details=check.details,
-                    grant_as=check.grant_as,
-                )
-            except PermissionError as exc:
-                return (PermissionError, (str(exc),))
-            authority.settle(permit, ok=True)
-            self._allowed(b, event, check, permit)
-        return None
-
-    def _allowed(self, b: _Binding, event: str, check: Check, permit: Permit) -> None:
-        cap = check.capability
-        if permit.via == "policy":
-            b.counts[event] = b.counts.get(event, 0) + 1
-        else:
-            b.session.authority.record(
-                "guard.allowed",
-                event=event,
-                capability=str(cap),
-                via=permit.via,
-                reason=permit.reason,
-            )
-            if event == "shutil.rmtree":
-                b.trees.append(cap.resource)
-        if event == "subprocess.Popen":
-            b.popen = cap.resource
-        if cap.kind == "net" and event != "socket.connect":
-            self._remember_name(b, cap)
-
-    def _remember_name(self, b: _Binding, cap: Capability) -> None:
-        host, port = _split_host_port(cap.resource)
-        if host is None or _is_ip(host):
-            return
-        b.skip = ("socket.getaddrinfo", host)
-        try:
-            infos = self.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError:
-            return
-        finally:
-            b.skip = None
-        for info in infos[:16]:
-            ip = str(info[4][0])
-            b.names.setdefault(ip, set()).add(host)
-        if len(b.names) > 256:
-            b.names.clear()
-
-    def _associated(self, b: _Binding, cap: Capability) -> bool:
-        """A connect to an IP that a host name allowed in this thread resolves to."""
-        host, _port = _split_host_port(cap.resource)
-        if host is None or host not in b.names:
-            return False
-        if b.session.authority.policy.decide(cap).effect is Effect.DENY:
-            return False
-        b.counts["socket.connect"] = b.counts.get("socket.connect", 0) + 1
-        return True
-
-    def _refuse(self, b: _Binding, event: str, reason: str) -> Any:
-        b.session.authority.record("guard.refused", event=event, reason=reason)
-        return (PermissionError, (f"Cave guard: {reason}",))
-
-    def _exec_outside(self, args: tuple[Any, ...]) -> Any:
-        """Agent code (by its file name) executed outside ``agent_code()``: refuse, fail closed."""
-        code = args[0] if args else None
-        filename = getattr(code, "co_filename", "")
-        if not isinstance(filename, str):
-            return None
-        for session in list(self.sessions.values()):
-            marker = session.exec_marker
-            if marker and filename.startswith(marker):
-                session.authority.record("guard.refused", event="exec", reason=filename)
-                return (
-                    PermissionError,
-                    (
-                        f"Cave guard: agent code ({filename}) must run inside "
-                        "Security.agent_code(); refusing to run it unguarded",
-                    ),
-                )
-        return None
-
-
-class _OpContext:
-    """What an operation in ``_ops`` may do: get a permit, run with a ticket, settle."""
-
-    def __init__(self, vault: _Vault, b: _Binding, code_line: str | None = None) -> None:
-        self._vault = vault
-        self._b = b
-        self.code_line = code_line
-        self.authority = b.session.authority
-        self.workspace = b.session.workspace
-
-    def permit(self, check: Check, origin: str) -> Permit:
-        return self.authority.authorize(
-            check.capability,
-            origin=origin,
-            summary=check.summary,
-            details=check.details,
-            code_line=self.code_line,
-            grant_as=check.grant_as,
-        )
-
-    def run_with(self, exact: set[str], trees: list[tuple[str, str]], fn: Callable[[], Any]) -> Any:
-        b = self._b
-        outer = b.ticket
-        b.ticket = _Ticket(exact, trees)
-        try:
-            return fn()
-        finally:
-            b.ticket = outer
-
-    def resolve_host(self, host: str, port: int) -> list[str]:
-        b = self._b
-        b.skip = ("socket.getaddrinfo", host)
-        try:
-            infos = self._vault.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        finally:
-            b.skip = None
-        return sorted({str(i[4][0]) for i in infos})
-
-    def spawned(self, pid: int) -> None:
-        self._b.session.spawned.add(pid)
-
-    # -- for operations added with Security.extend (skills, sub-agents) ----------------------
-    @property
-    def handle(self) -> object:
-        """The handle of the session this operation runs for."""
-        return self._b.session.handle
-
-    def owns(self, handle: object) -> bool:
-        """True if ``handle`` is a sub-agent (at any depth) of this operation's session."""
-        child = self._vault.sessions.get(handle)
-        return child is not None and child.descends_from(self._b.session)
-
-    def spawn(self, label: str, policy: Policy, ops: Mapping[str, Callable[..., Any]]) -> object:
-        """A sub-agent session under this one (attenuated, see ``_attenuation``) with ``ops``."""
-        handle = self._vault.spawn_child(self._b.session, label, policy)
-        self._vault.sessions[handle].ext_ops.update(ops)
-        return handle
-
-    def aside(self, fn: Callable[[], Any], cancel: Callable[[], None]) -> Any:
-        """Run Cave's ``fn`` on a thread that is not agent code (a sub-agent's model call) and
-        wait; an interrupt of the waiting thread calls ``cancel`` and is re-raised."""
-        done = threading.Event()
-        box: list[Any] = []
-        context = contextvars.copy_context()
-
-        def run() -> None:
-            try:
-                box.append((True, context.run(fn)))
-            except BaseException as exc:  # noqa: B036 - handed to the waiting thread
-                box.append((False, exc))
-            finally:
-                done.set()
-
-        self._vault.start_new_thread(run, ())
-        try:
-            while not done.wait(0.05):
-                pass
-        except BaseException:
-            cancel()
-            done.wait(10.0)
-            raise
-        ok, value = box[0]
-        if not ok:
-            raise value
-        return value
-
-
-class _Nested:
-    """The nonce of a sub-agent's ``enter`` on a thread already running its parent's code."""
-
-    __slots__ = ("outer",)
-
-    def __init__(self, outer: _Session) -> None:
-        self.outer = outer
-
-
-class _Handle:
-    """An opaque session handle (useless without the vault, which checks the caller)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<cave security session>"
-
-
-class _Refused(Exception):
-    """Raised inside the vault for a refused command; becomes a PermissionError."""
-
-
-def _read_only_allow(authority: SessionAuthority, cap: Capability) -> bool:
-    """``cap`` is an ``env`` capability allowed only by a default harmless-name rule."""
-    if cap.kind != "env":
-        return False
-    verdict = authority.policy.decide(cap)
-    return (
-        verdict.effect is Effect.ALLOW
-        and verdict.rule is not None
-        and verdict.rule.source == HARMLESS_ENV
-    )
 
 
 def _sanitize(exc: BaseException) -> tuple[type[BaseException], tuple[Any, ...]]:
@@ -920,57 +364,6 @@ def _private_copy(policy: Policy) -> Policy:
         raise TypeError(f"expected a Policy, got {type(policy).__name__}")
     return Policy.from_dict(policy.to_dict()).with_paths(policy.path_dirs)
 
-
-def _same(a: Any, b: Any) -> bool:
-    if type(a) in (str, bytes) and type(b) in (str, bytes):
-        return bool(a == b)
-    return a is b
-
-
-def _under(path: str, roots: list[str]) -> bool:
-    return any(path == r or path.startswith(r + "/") for r in roots)
-
-
-def _is_caves(target: Any, name: Any) -> bool:
-    module = ""
-    if isinstance(target, type):
-        module = type.__getattribute__(target, "__module__")
-    elif type(target).__name__ == "function" and name in (
-        "__code__",
-        "__defaults__",
-        "__kwdefaults__",
-    ):
-        module = getattr(target, "__module__", "") or ""
-    return isinstance(module, str) and (module == "cave" or module.startswith("cave."))
-
-
-def _first_existing(executables: Any) -> str | None:
-    for item in executables or ():
-        path = os.fsdecode(item)
-        if os.path.exists(path):
-            return path
-    return None
-
-
-def _split_host_port(resource: str) -> tuple[str | None, int | None]:
-    if resource.startswith("unix:"):
-        return None, None
-    if resource.startswith("["):
-        end = resource.find("]")
-        host, rest = resource[1:end], resource[end + 1 :]
-    else:
-        host, _, rest = resource.partition(":")
-        rest = ":" + rest if rest else ""
-    port = int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
-    return host, port
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-        return True
-    except OSError:
-        return False
 
 
 def install() -> None:
@@ -1008,28 +401,3 @@ def _make_hook(handle: Any, interesting: frozenset[str]) -> Callable[[str, tuple
 
     return hook
 
-
-def _patch() -> None:
-    import _imp
-    import _posixsubprocess
-    import _thread
-    import subprocess
-
-    _thread.start_new_thread = _start_new_thread
-    _thread.start_new = _start_new_thread
-    threading._start_new_thread = _start_new_thread  # type: ignore[attr-defined]
-    _posixsubprocess.fork_exec = _fork_exec
-    subprocess._fork_exec = _fork_exec  # type: ignore[attr-defined]
-    original_open = os.open
-    os.open = _os_open
-    posix = sys.modules.get("posix")
-    if posix is not None:
-        posix.open = _os_open  # type: ignore[attr-defined]
-    if original_open in os.supports_dir_fd:
-        os.supports_dir_fd.add(_os_open)
-    _imp.create_builtin = _create_builtin
-    _imp.create_dynamic = _create_dynamic
-    os.system = _os_system
-    if posix is not None:
-        posix.system = _os_system  # type: ignore[attr-defined]
-    install_environ()

@@ -34,7 +34,7 @@ __all__ = ["OpContext", "run_op"]
 
 
 class OpContext(Protocol):
-    """What an operation may do on the guard's behalf (the guard's ``_OpContext`` is one).
+    """What an operation may do on the guard's behalf (``_opcontext._OpContext`` is one).
 
     A protocol here, so the operations do not import the guard that calls them.
     """
