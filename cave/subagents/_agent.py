@@ -266,6 +266,8 @@ class SubAgent:
         self.history: list[dict[str, Any]] = []
         self.usage = Usage()
         self._lock = threading.Lock()
+        self._stopping = False
+        """A stop was asked for the running turn: the next ``ask`` waits for it to unwind."""
         self._loop: Any = None
         registry = registry_for(session)
         registry.add(self)
@@ -317,13 +319,15 @@ class SubAgent:
                     top.charge(self.name, spent)
             return result.answer
         finally:
+            self._stopping = False
             self._lock.release()
 
     def _after_stop(self) -> bool:
         """Take the turn lock once a stopped turn has unwound (it may still be unwinding when
         the next cell starts); False if the running turn was not stopped."""
-        loop = self._loop
-        if loop is None or not loop.cancelled.is_set():
+        # Not the turn's ``_loop``: it is cleared just before the lock is let go, and a next
+        # ``ask`` that comes in between must still wait.
+        if not self._stopping:
             return False
         return self._lock.acquire(timeout=STOP_WAIT_S)
 
@@ -338,6 +342,7 @@ class SubAgent:
         loop = self._loop
         if loop is None:
             return
+        self._stopping = True  # cleared when the turn lets go of its lock
         loop.cancel()
         self._security.cancel_pending()  # its asks waiting for a person
         # A stop that lands between the step's start and its code running finds nothing to
