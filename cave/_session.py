@@ -316,12 +316,16 @@ class Session:
 
     def cancel(self) -> bool:
         """Stop the running turn, if any (safe from any thread). True if there was one."""
-        # The stop button stops the whole tree, also sub-agents a user cell is running.
-        subagents = self.subagents.cancel_all() if self.subagents is not None else 0
+        # The stop button stops the whole tree, also sub-agents a user cell is running. The
+        # session's turn first: a sub-agent stopped before it returns to its parent's code, whose
+        # step then ends with an ordinary error, and a parent not yet cancelled would go on to
+        # its next model request.
         agent = self._active
+        if agent is not None:
+            agent.cancel()
+        subagents = self.subagents.cancel_all() if self.subagents is not None else 0
         if agent is None:
             return subagents > 0
-        agent.cancel()
         if self.security is not None:
             self.security.cancel_pending()
         return True

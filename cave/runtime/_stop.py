@@ -17,6 +17,7 @@ Apart from the executor because it is one mechanism with its own guarantees, sta
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 __all__ = ["StepTimeout", "interrupt_thread"]
@@ -73,6 +74,34 @@ def _resolve_async_exc() -> None:
         )
 
 
+def _raise_in(thread_id: int, exc: type[BaseException]) -> None:
+    """Schedule ``exc`` in another thread once no thread is being started.
+
+    CPython (3.11 at least) gives a new thread's state the *starting* thread's id until the new
+    thread runs, and puts it first in the list ``PyThreadState_SetAsyncExc`` searches: a stop
+    fired while the run's thread is in ``Thread.start()`` (the watchdog's, or agent code's) lands
+    in the new thread, which dies before it signals that it started, and the run's thread then
+    waits for it for good in a lock no exception reaches. A thread stays in ``threading._limbo``
+    from before its state exists until after it has its own id, and enters it only under
+    ``_active_limbo_lock``, which we hold while we check and fire. Fails safe: a thread that
+    stays in limbo (one that died starting) only delays the stop by ``_LIMBO_WAIT_S``, after which
+    we fire as before.
+    """
+    lock = getattr(threading, "_active_limbo_lock", None)
+    limbo = getattr(threading, "_limbo", None)
+    deadline = time.monotonic() + _LIMBO_WAIT_S
+    while lock is not None and limbo is not None and time.monotonic() < deadline:
+        with lock:
+            if not limbo:
+                _set_async_exc(thread_id, exc)
+                return
+        time.sleep(0.001)  # a thread start takes microseconds
+    _set_async_exc(thread_id, exc)
+
+
+_LIMBO_WAIT_S = 0.2
+
+
 class _Disarmed(BaseException):
     """Private stand-in for a stop that arrived too late; raised and swallowed in ``disarm``."""
 
@@ -117,7 +146,7 @@ class _RunState:
             else:
                 self.interrupted = True
             self.fired += 1
-            _set_async_exc(self.thread_id, exc)
+            _raise_in(self.thread_id, exc)
             start = not self._refiring
             self._refiring = True
         if start:
@@ -132,7 +161,7 @@ class _RunState:
                 if not self.active:
                     return
                 self.fired += 1
-                _set_async_exc(self.thread_id, exc)
+                _raise_in(self.thread_id, exc)
 
     def watch(self, timeout: float) -> None:
         if not self.done.wait(timeout):

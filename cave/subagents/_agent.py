@@ -325,6 +325,8 @@ class SubAgent:
     def _after_stop(self) -> bool:
         """Take the turn lock once a stopped turn has unwound (it may still be unwinding when
         the next cell starts); False if the running turn was not stopped."""
+        # Not the turn's ``_loop``: it is cleared just before the lock is let go, and a next
+        # ``ask`` that comes in between must still wait.
         if not self._stopping:
             return False
         return self._lock.acquire(timeout=STOP_WAIT_S)
