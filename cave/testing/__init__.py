@@ -13,6 +13,7 @@ from ._openai_server import OpenAIServer
 from ._script import Failure, Reply, Script, load_script, reply
 from ._scripted_kernel import ScriptedKernel
 from ._scripted_model import ScriptedModel
+from ._scripted_server import ScriptedServer
 
 __all__ = [
     "CLICK",
@@ -27,6 +28,7 @@ __all__ = [
     "Script",
     "ScriptedKernel",
     "ScriptedModel",
+    "ScriptedServer",
     "approval_clicker",
     "load_script",
     "reply",

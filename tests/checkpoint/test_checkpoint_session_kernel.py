@@ -21,33 +21,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cave.testing import AnthropicServer, KernelHarness, reply
-from cave.testing._script import Failure
+from cave.testing import KernelHarness, ScriptedServer, reply
 
 pytestmark = pytest.mark.slow
 
 SALES = "pd.DataFrame({'region': ['n', 's', 'e', 'w'], 'amount': [1.5, 2.5, 4.0, 8.0]})"
 
 
-class Model:
-    """One loopback server; each test scripts its replies and reads what the kernels sent."""
-
-    def __init__(self) -> None:
-        self.replies: list[Any] = []
-        self.server = AnthropicServer(self._next)
-        self.server.start()
-
-    def _next(self, request: dict[str, Any]) -> Any:
-        if not self.replies:
-            return Failure(500, "api_error", "the test script has no reply left")
-        return self.replies.pop(0)
-
-    def script(self, *replies: Any) -> int:
-        self.replies = list(replies)
-        return len(self.server.requests)
-
-    def env(self) -> dict[str, str]:
-        return {"ANTHROPIC_BASE_URL": self.server.base_url, "ANTHROPIC_API_KEY": "sk-ant-test"}
+Model = ScriptedServer  # one server for every kernel of the module
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from cave.testing import AnthropicServer, KernelHarness, reply
-from cave.testing._script import Failure
+from cave.testing import KernelHarness, ScriptedServer, reply
 
 pytestmark = pytest.mark.slow
 distributed = pytest.importorskip("distributed")
@@ -60,19 +59,7 @@ def cluster() -> Iterator[Any]:
         yield c
 
 
-class Model:
-    def __init__(self) -> None:
-        self.replies: list[Any] = []
-        self.server = AnthropicServer(self._next)
-        self.server.start()
-
-    def _next(self, request: dict[str, Any]) -> Any:
-        if not self.replies:
-            return Failure(500, "api_error", "the test script has no reply left")
-        return self.replies.pop(0)
-
-    def env(self) -> dict[str, str]:
-        return {"ANTHROPIC_BASE_URL": self.server.base_url, "ANTHROPIC_API_KEY": "sk-ant-test"}
+Model = ScriptedServer  # one server for every kernel of the module
 
 
 def kernel(root: Path, name: str, model: Model, **env: str) -> KernelHarness:

@@ -170,9 +170,8 @@ class RedTeam:
         return result
 
 
-@pytest.fixture(scope="module")
-def red(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedTeam]:
-    base = Path(os.path.realpath(tmp_path_factory.mktemp("redteam")))
+def build_world(base: Path) -> tuple[Path, Path, Path]:
+    """The workspace and the outside world every red-team run attacks: (ws, outside, site)."""
     ws, out = base / "ws", base / "outside"
     ws.mkdir()
     out.mkdir()
@@ -189,7 +188,13 @@ def red(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedTeam]:
     (ws / ".git").mkdir()
     (ws / ".git" / "config").write_text(f"[remote]\n token = {SECRET_TEXT}\n")
     (ws / "ws_file.txt").write_text("keep me")
-    site = Path(os.path.realpath(sysconfig.get_paths()["purelib"]))
+    return ws, out, Path(os.path.realpath(sysconfig.get_paths()["purelib"]))
+
+
+@pytest.fixture(scope="module")
+def red(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedTeam]:
+    base = Path(os.path.realpath(tmp_path_factory.mktemp("redteam")))
+    ws, out, site = build_world(base)
     listener = _Listener(str(out / "sock"))
 
     holder: dict[str, RedTeam] = {}

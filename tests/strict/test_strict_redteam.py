@@ -13,9 +13,7 @@ import json
 import os
 import platform
 import shutil
-import sqlite3
 import sys
-import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,13 @@ from strict_helpers import HARMLESS_ENV, needs_strict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "security"))
 from redteam_techniques import TECHNIQUES, Technique  # noqa: E402
-from test_security_redteam import ENV_SECRET, SECRET_TEXT, RedTeam, _Listener  # noqa: E402
+from test_security_redteam import (  # noqa: E402
+    ENV_SECRET,
+    SECRET_TEXT,
+    RedTeam,
+    _Listener,
+    build_world,
+)
 
 from cave.testing._anthropic_server import AnthropicServer  # noqa: E402
 from cave.testing._kernel_harness import KernelHarness  # noqa: E402
@@ -119,28 +123,12 @@ class StrictRedTeam(RedTeam):
 @pytest.fixture(scope="module")
 def red(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StrictRedTeam]:
     base = Path(os.path.realpath(tmp_path_factory.mktemp("strict-redteam")))
-    ws, out = base / "ws", base / "outside"
-    ws.mkdir()
-    out.mkdir()
-    (out / "secret.txt").write_text(SECRET_TEXT + "\n")
-    (out / "victim.txt").write_text("keep me")
-    (out / "victim_dir").mkdir()
-    (out / "victim_dir" / "x.txt").write_text("keep me")
-    (out / "evil_mod.py").write_text(f"open({str(out / 'imported_marker')!r}, 'w')\n")
+    ws, out, site = build_world(base)
     import _json  # a real shared library to copy where the worker may not map it
 
     shutil.copy(str(_json.__file__), out / "evil.so")
-    with sqlite3.connect(out / "db.sqlite") as db:
-        db.execute("create table t (v text)")
-        db.execute("insert into t values (?)", (SECRET_TEXT,))
-    db.close()
-    (ws / ".env").write_text(f"API_KEY={SECRET_TEXT}\n")
-    (ws / ".git").mkdir()
-    (ws / ".git" / "config").write_text(f"[remote]\n token = {SECRET_TEXT}\n")
-    (ws / "ws_file.txt").write_text("keep me")
     (ws / "cave.toml").write_text(
         "[policy]\n" + "".join(f'"env:{n}" = "allow"\n' for n in HARMLESS_ENV))
-    site = Path(os.path.realpath(sysconfig.get_paths()["purelib"]))
     listener = _Listener(str(out / "sock"))
     holder: dict[str, StrictRedTeam] = {}
 

@@ -13,8 +13,13 @@ from typing import Any
 
 import pytest
 
-from cave.testing import CLICK, AnthropicServer, ApprovalWidgets, KernelHarness, reply
-from cave.testing._script import Failure
+from cave.testing import (
+    CLICK,
+    ApprovalWidgets,
+    KernelHarness,
+    ScriptedServer,
+    reply,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -36,19 +41,7 @@ FRAME = "pd.DataFrame({'name': ['a', '', 'c'], 'amount': [1.0, 2.0, -3.0]})"
 EXPECTED = "{'valid': 1, 'errors': ['row 1: empty name', 'row 2: amount must be positive']}"
 
 
-class Model:
-    def __init__(self) -> None:
-        self.replies: list[Any] = []
-        self.server = AnthropicServer(self._next)
-        self.server.start()
-
-    def _next(self, request: dict[str, Any]) -> Any:
-        if not self.replies:
-            return Failure(500, "api_error", "the test script has no reply left")
-        return self.replies.pop(0)
-
-    def env(self) -> dict[str, str]:
-        return {"ANTHROPIC_BASE_URL": self.server.base_url, "ANTHROPIC_API_KEY": "sk-ant-test"}
+Model = ScriptedServer  # one server for every kernel of the module
 
 
 @pytest.fixture(scope="module")
