@@ -109,17 +109,16 @@ class Session:
         replaces the turn's result or error."""
         self.tools: Any = None
         """``cave.tools``' registry of TypeScript tools, attached with the security layer."""
-        self.state_parts: dict[str, tuple[Callable[[], Any], Callable[[Any], Callable[[], None]]]]
+        self.state_parts: dict[str, tuple[Callable[[], Any], Callable[[Any], Callable[[], Any]]]]
         self.state_parts = {}
-        """Extra JSON state a checkpoint carries: name -> (capture, prepare); ``prepare(saved)``
-        raises ValueError on bad data and returns the step that applies it (all or nothing)."""
+        """Extra JSON state a checkpoint carries (tools, skills, sub-agents): name -> (capture,
+        prepare). ``prepare(saved)`` raises ValueError on bad data (the restore then changes
+        nothing) and returns the step that applies it; a step may return a list of ``Problem``
+        (what it could not bring back, reported, not fatal)."""
         self.skills: Any = None
         """``cave.skills.SkillRegistry``, discovered when the security layer is built."""
         self.subagents: Any = None
         """``cave.subagents._registry.SubAgents``: the sub-agents made in this session."""
-        self.checkpoint_parts: dict[str, tuple[Callable[[Session], Any], Any]] = {}
-        """Extra state a checkpoint carries: key -> (capture(session) -> JSON-able,
-        apply(session, saved or None) -> list of ``Problem``)."""
         from .agent._budget import Budget, Totals
         from .agent._compaction import Compactor
 

@@ -90,9 +90,6 @@ def capture(session: Session) -> tuple[Mapping[str, Any], dict[str, Any]]:
         "totals": session.totals.to_dict(),
         "context": {"summary": session.compactor.summary, "covered": session.compactor.covered},
     }
-    parts = getattr(session, "checkpoint_parts", {})
-    if parts:  # skills, sub-agents: JSON-able state each part captures itself
-        state["parts"].update({key: take(session) for key, (take, _) in parts.items()})
     return runtime.namespace, state
 
 
@@ -187,8 +184,8 @@ class _Plan:
     budget: Any = None
     totals: Any = None
     context: Any = None
-    parts: tuple[Callable[[], None], ...] = ()
-    """Steps that apply the extra parts (``Session.state_parts``), checked already."""
+    parts: tuple[tuple[str, Callable[[], Any]], ...] = ()
+    """(name, step) applying each extra part (``Session.state_parts``), checked already."""
 
 
 def _plan(state: Mapping[str, Any], session: Session, name: str) -> _Plan:
@@ -238,7 +235,8 @@ def _plan(state: Mapping[str, Any], session: Session, name: str) -> _Plan:
             str(a["capability"]), str(a["summary"])
         saved_parts = dict(state.get("parts") or {})
         parts = tuple(
-            prepare(saved_parts.get(part)) for part, (_, prepare) in session.state_parts.items()
+            (part, prepare(saved_parts.get(part)))
+            for part, (_, prepare) in session.state_parts.items()
         )
         budget, totals, context = _budget_plan(state, len(history), session)
     except (KeyError, TypeError, ValueError) as exc:
@@ -335,14 +333,11 @@ def apply(
             security.restore(plan.security)
             grants = len(security.grants)
         pending = resubmit(session, plan.approvals, name)
-        for step in plan.parts:
-            step()
-        saved_parts = restored.state.get("parts") or {}
-        for key, (_, put) in getattr(session, "checkpoint_parts", {}).items():
+        for part, step in plan.parts:
             try:
-                problems.extend(put(session, saved_parts.get(key)))
+                problems.extend(step() or ())
             except Exception as exc:  # a part that cannot come back is reported, not fatal
-                problems.append(Problem(key, "part", f"{type(exc).__name__}: {exc}", "restore"))
+                problems.append(Problem(part, "part", f"{type(exc).__name__}: {exc}", "restore"))
     report = RestoreReport(
         name,
         names,

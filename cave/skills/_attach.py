@@ -27,7 +27,9 @@ def attach(session: Any, security: Any) -> None:
         session.runtime.inject(name, obj, description)
 
     security.extend("skills", Skills(security.handle), make_ops(registry, bind))
-    session.checkpoint_parts["skills"] = (_capture, _apply)
+    session.state_parts["skills"] = (
+        lambda: _capture(session), lambda saved: lambda: _apply(session, saved)
+    )
 
 
 def _capture(session: Any) -> dict[str, Any]:

@@ -93,4 +93,6 @@ def attach(session: Any, security: Any, build_model: Callable[[str], Any]) -> No
     registry.extend_child = extend_child
     set_attached(registry)
     security.extend("agents", Agents(security.handle), make_ops(session))
-    session.checkpoint_parts["subagents"] = (capture_subagents, apply_subagents)
+    session.state_parts["subagents"] = (
+        lambda: capture_subagents(session), lambda saved: lambda: apply_subagents(session, saved)
+    )
