@@ -191,8 +191,9 @@ def _load_copy(state: dict[str, Any]) -> Any:
         if Path(f"{built}.wal").exists():
             raise CheckpointError(f"DuckDB left a WAL beside {built} after CHECKPOINT and close")
         target = _place(built, state["path"])
-    finally:
+    finally:  # a failed import leaves nothing behind (after success, built was moved)
         built.unlink(missing_ok=True)
+        Path(f"{built}.wal").unlink(missing_ok=True)
     restored = duckdb.connect(str(target), read_only=state["read_only"])
     _copy[restored] = True
     return restored
