@@ -17,9 +17,12 @@ returned), so repeating a *call* can never repeat code. What this module does wi
   turn ends with ``EmptyModelReply``.
 * ``max_tokens`` in the middle of text: the reply is continued (the partial reply is sent back as
   the start of the assistant's message and the continuation joined to it), up to
-  ``max_continuations`` times. ``max_tokens`` in the middle of a tool call: the call is asked
-  again once with twice the output budget, and the cut call never runs. Not done: joining the
-  halves of a split tool call (the Messages API cannot prefill a partial ``tool_use`` block).
+  ``max_continuations`` times. Not done: Claude 4.6 and later refuse that prefill with a 400
+  (the turn then ends with the API's message).
+* ``max_tokens`` in the middle of a tool call: the model is asked for the rest of the call's
+  input, and the halves are joined, parsed and checked before anything runs (``_rejoin``). When
+  the provider did not report the partial input, or the joint is not a valid call, the request is
+  asked again once with twice the output budget (said in a notice); the cut call never runs.
 * ``refusal``: the reply is kept, and a notice saying that the model declined is added to the
   answer (and shown), so a partial text is never mistaken for an answer.
 """
@@ -35,7 +38,8 @@ from typing import Any
 
 from .._errors import EmptyModelReply, ModelResponseError, TurnInterrupted
 from ..models._anthropic import text_from_content, tool_calls_from_content
-from ..models._protocol import Model, ModelReply, ModelRequest, TextSink
+from ..models._protocol import Model, ModelReply, ModelRequest, TextSink, Usage
+from . import _rejoin
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,7 @@ def query(
     makes the request; ``notify`` gets one line per recovery action."""
     request = build(False)
     compacted = empty = continued = grown = 0
+    spent = Usage()  # calls whose reply was dropped (a cut call asked again): still paid for
     reply: ModelReply | None = None
     base: ModelRequest | None = None  # the request before any continuation
     while True:
@@ -115,9 +120,19 @@ def query(
         if part.stop_reason == "max_tokens":
             cut_call = any(b.get("type") == "tool_use" for b in part.content[-1:])
             if cut_call and grown == 0 and reply is None:
+                why = "the provider did not report the cut input"
+                if part.partial_tool_input is not None:
+                    joined, why, paid = _rejoin_call(model, request, part, notify, cancelled,
+                                                     step, policy)
+                    if joined is not None:
+                        return replace(joined, usage=joined.usage + spent)
+                    spent += paid
+                else:
+                    spent += part.usage
                 grown += 1
-                notify("the reply was cut at max_tokens inside a code call; asking again with "
-                       f"{request.max_tokens * 2:,} output tokens (the cut call was not run)")
+                notify(f"the reply was cut at max_tokens inside a code call and could not be "
+                       f"rejoined ({why}); asking again with {request.max_tokens * 2:,} output "
+                       "tokens (the cut call was not run)")
                 request = replace(request, max_tokens=request.max_tokens * 2)
                 continue
             if not cut_call and continued < policy.max_continuations and part.text.strip():
@@ -131,7 +146,35 @@ def query(
             content = [b for b in part.content if b.get("type") != "tool_use"]
             part = replace(part, text=part.text + REFUSAL_NOTICE, tool_calls=(),
                            content=content or [{"type": "text", "text": "[refused]"}])
-        return part
+        return replace(part, usage=part.usage + spent) if spent != Usage() else part
+
+
+def _rejoin_call(model: Model, request: ModelRequest, cut: ModelReply, notify: Notify,
+                 cancelled: threading.Event, step: int, policy: RetryPolicy
+                 ) -> tuple[ModelReply | None, str, Usage]:
+    """Ask for the rest of the cut call and join it (``_rejoin``): (the whole reply, "", usage)
+    or (None, why not, the usage spent trying)."""
+    notify("the reply was cut at max_tokens inside a code call; asking the model for the rest "
+           "of the call (nothing has run)")
+    partial, paid = cut.partial_tool_input or "", cut.usage
+    why = "no continuation"
+    for _ in range(max(1, policy.max_continuations)):
+        ask = _rejoin.continuation_request(request, cut, partial)
+        try:
+            rest = _call(model, ask, lambda text: None, notify, cancelled, step, policy,
+                         _no_compaction, compacted=1)
+        except ModelResponseError as exc:
+            return None, f"the continuation request failed: {exc.detail}", paid
+        assert isinstance(rest, ModelReply)
+        joined, why = _rejoin.join(cut, partial, rest, paid)
+        if joined is not None:
+            notify("the cut code call was rejoined with its continuation")
+            return joined, "", joined.usage
+        paid += rest.usage
+        if rest.stop_reason != "max_tokens" or rest.tool_calls:
+            break
+        partial += _rejoin.continuation_text(rest)  # cut again: ask for what follows that
+    return None, why, paid
 
 
 def _call(model: Model, request: ModelRequest, on_text: TextSink, notify: Notify,
@@ -155,6 +198,10 @@ def _call(model: Model, request: ModelRequest, on_text: TextSink, notify: Notify
             if cancelled.wait(delay):
                 raise TurnInterrupted(step) from None
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _no_compaction() -> ModelRequest:
+    raise AssertionError("unreachable: compacted=1 makes an overflow raise")  # pragma: no cover
 
 
 def _continuation(request: ModelRequest, partial: ModelReply) -> ModelRequest:
