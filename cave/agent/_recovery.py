@@ -17,8 +17,8 @@ returned), so repeating a *call* can never repeat code. What this module does wi
   turn ends with ``EmptyModelReply``.
 * ``max_tokens`` in the middle of text: the reply is continued (the partial reply is sent back as
   the start of the assistant's message and the continuation joined to it), up to
-  ``max_continuations`` times. Not done: Claude 4.6 and later refuse that prefill with a 400
-  (the turn then ends with the API's message).
+  ``max_continuations`` times. A model that refuses the prefill with a 400 (Claude 4.6 and
+  later) is asked instead, in a user message after its partial reply, to continue it.
 * ``max_tokens`` in the middle of a tool call: the model is asked for the rest of the call's
   input, and the halves are joined, parsed and checked before anything runs (``_rejoin``). When
   the provider did not report the partial input, or the joint is not a valid call, the request is
@@ -102,9 +102,19 @@ def query(
     spent = Usage()  # calls whose reply was dropped (a cut call asked again): still paid for
     reply: ModelReply | None = None
     base: ModelRequest | None = None  # the request before any continuation
+    prefill = True
     while True:
-        reply_part = _call(model, request, on_text, notify, cancelled, step, policy,
-                           lambda: build(True), compacted)
+        try:
+            reply_part = _call(model, request, on_text, notify, cancelled, step, policy,
+                               lambda: build(True), compacted)
+        except ModelResponseError as exc:
+            if reply is None or base is None or not prefill or not _refuses_prefill(exc):
+                raise
+            prefill = False
+            notify("the model does not take the start of its reply back (no prefill); asking "
+                   "it to continue in a new message")
+            request = _continuation(base, reply, prefill=False)
+            continue
         if isinstance(reply_part, ModelRequest):  # context overflow: compacted request to send
             request, compacted = reply_part, compacted + 1
             continue
@@ -139,7 +149,7 @@ def query(
                 continued += 1
                 notify("the reply was cut at max_tokens; continuing it")
                 reply, base = part, base or request
-                request = _continuation(base, part)
+                request = _continuation(base, part, prefill=prefill)
                 continue
         if part.stop_reason == "refusal":  # shown and answered; no code from it runs
             on_text(REFUSAL_NOTICE)
@@ -204,14 +214,27 @@ def _no_compaction() -> ModelRequest:
     raise AssertionError("unreachable: compacted=1 makes an overflow raise")  # pragma: no cover
 
 
-def _continuation(request: ModelRequest, partial: ModelReply) -> ModelRequest:
-    """The request again, with the partial reply as the start of the assistant's message."""
+CONTINUE = ("[cave] Your reply was cut off by the output limit (max_tokens). Continue it exactly "
+            "where it stops, without repeating anything.")
+
+
+def _continuation(request: ModelRequest, partial: ModelReply, *, prefill: bool = True
+                  ) -> ModelRequest:
+    """The request again, with the partial reply as the start of the assistant's message; or,
+    for models that refuse a prefill (Claude 4.6 and later), as a whole assistant message
+    followed by a user message asking to continue it."""
     content = [dict(b) for b in partial.content if b.get("type") == "text"]
     if content:  # the API refuses a final assistant message that ends in whitespace
         content[-1]["text"] = content[-1]["text"].rstrip()
     content = [b for b in content if b["text"]]
-    return replace(request, messages=[*request.messages, {"role": "assistant",
-                                                          "content": content}])
+    messages = [*request.messages, {"role": "assistant", "content": content}]
+    if not prefill:
+        messages.append({"role": "user", "content": [{"type": "text", "text": CONTINUE}]})
+    return replace(request, messages=messages)
+
+
+def _refuses_prefill(exc: ModelResponseError) -> bool:
+    return exc.status == 400 and "prefill" in f"{exc.error_type} {exc.detail}".lower()
 
 
 def _join(first: ModelReply, rest: ModelReply) -> ModelReply:

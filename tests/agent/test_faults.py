@@ -283,6 +283,20 @@ def test_max_tokens_in_text_is_continued(provider: str) -> None:
         then_still_valid(model, history, runtime)
 
 
+def test_max_tokens_in_text_is_continued_without_prefill_where_the_model_refuses_it() -> None:
+    script = [Reply(text="The answer is ", stop_reason="max_tokens"), reply(" 42."),
+              reply("still here")]
+    with served_fn("anthropic", script) as (server, model):  # prefill=False, as Claude 4.6+
+        outcome, history, runtime, notices, _ = run_turn(model)
+        assert outcome.answer == "The answer is 42.", outcome
+        refused, asked = server.requests[1].body, server.requests[2].body
+        assert refused["messages"][-1]["role"] == "assistant"  # the prefill, refused with a 400
+        last = asked["messages"]
+        assert [m["role"] for m in last[-2:]] == ["assistant", "user"]  # then asked to continue
+        assert any("no prefill" in n for n in notices)
+        then_still_valid(model, history, runtime)
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_an_empty_reply_never_enters_the_history(provider: str) -> None:
     with served(provider, [reply(""), reply("", HIT), reply("done")]) as (server, model):
