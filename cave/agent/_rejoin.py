@@ -81,7 +81,8 @@ def join(cut: ModelReply, partial: str, rest: ModelReply, usage_so_far: Any
     if call.code is None:
         return None, call.error or "the joined input is not a python call"
     content = [*cut.content[:-1], block]
+    earlier = cut.tool_calls[:-1]  # as the provider checked them (a malformed one stays refused)
     return replace(cut, text=text_from_content(content),
-                   tool_calls=tool_calls_from_content(content, "tool_use"), stop_reason="tool_use",
+                   tool_calls=(*earlier, call), stop_reason="tool_use",
                    usage=usage_so_far + rest.usage, content=content, partial_tool_input=None,
                    model=rest.model or cut.model), ""

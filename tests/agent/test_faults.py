@@ -27,7 +27,14 @@ from cave.models._openai_compat import OpenAICompatModel
 from cave.runtime._namespace import AgentRuntime
 from cave.testing._anthropic_server import AnthropicServer
 from cave.testing._openai_server import OpenAIServer
-from cave.testing._script import CUT_MARKERS, Failure, Reply, reply, split_tool_call
+from cave.testing._script import (
+    CUT_MARKERS,
+    Failure,
+    Reply,
+    _quoted_cut_input,
+    reply,
+    split_tool_call,
+)
 
 PROVIDERS = ["anthropic", "openai"]
 FAST = RetryPolicy(base_delay_s=0.01, max_delay_s=0.05)
@@ -214,6 +221,34 @@ def test_a_tool_call_split_by_max_tokens_is_rejoined_before_it_runs(provider: st
         assert any("rejoined" in n for n in notices)
         call = next(b for b in history[1]["content"] if b["type"] == "tool_use")
         assert call["input"] == {"code": SPLIT_CODE}  # the history holds the whole call
+        then_still_valid(model, history, runtime)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_continuation_cut_again_is_continued_again(provider: str) -> None:
+    whole = json.dumps({"code": SPLIT_CODE})
+    played: list[str] = []
+
+    def script(body: dict[str, Any]) -> Reply:
+        quoted = _quoted_cut_input(body["messages"][-1])
+        if not played:
+            played.append("cut")
+            return Reply(raw_tool_input=whole[:20], stop_reason="max_tokens")
+        if quoted == whole[:20]:  # the first continuation is cut too
+            played.append("cut again")
+            return Reply(text=whole[20:45], stop_reason="max_tokens")
+        if quoted is not None and whole.startswith(quoted):
+            played.append("rest")
+            return Reply(text=whole[len(quoted):])
+        played.append("after")
+        return reply("done") if played.count("after") == 1 else reply("still here")
+
+    with served_fn(provider, script) as (server, model):
+        outcome, history, runtime, notices, events = run_turn(model, max_tokens=1000)
+        assert outcome.answer == "done", outcome
+        assert played[:3] == ["cut", "cut again", "rest"]
+        assert [e.code for e in events if isinstance(e, CodeStarted)] == [SPLIT_CODE]
+        assert runtime.retrieve("hits") == [1]
         then_still_valid(model, history, runtime)
 
 
