@@ -100,6 +100,7 @@ def query(
     request = build(False)
     compacted = empty = continued = grown = 0
     spent = Usage()  # calls whose reply was dropped (a cut call asked again): still paid for
+    calls = 0  # model calls answered, for ModelReply.calls
     reply: ModelReply | None = None
     base: ModelRequest | None = None  # the request before any continuation
     prefill = True
@@ -119,12 +120,14 @@ def query(
             request, compacted = reply_part, compacted + 1
             continue
         part = reply_part
+        calls += 1
         if reply is not None:  # a continuation of a reply cut at max_tokens
             part = _join(reply, part)
         if not part.text.strip() and not part.tool_calls and reply is None:
             empty += 1
             if empty > 1:
                 raise EmptyModelReply(step)
+            spent += part.usage
             notify("the model sent an empty reply (no text, no code); asking again")
             continue
         if part.stop_reason == "max_tokens":
@@ -132,10 +135,11 @@ def query(
             if cut_call and grown == 0 and reply is None:
                 why = "the provider did not report the cut input"
                 if part.partial_tool_input is not None:
-                    joined, why, paid = _rejoin_call(model, request, part, notify, cancelled,
-                                                     step, policy)
+                    joined, why, paid, n = _rejoin_call(model, request, part, notify,
+                                                        cancelled, step, policy)
+                    calls += n
                     if joined is not None:
-                        return replace(joined, usage=joined.usage + spent)
+                        return replace(joined, usage=joined.usage + spent, calls=calls)
                     spent += paid
                 else:
                     spent += part.usage
@@ -156,35 +160,36 @@ def query(
             content = [b for b in part.content if b.get("type") != "tool_use"]
             part = replace(part, text=part.text + REFUSAL_NOTICE, tool_calls=(),
                            content=content or [{"type": "text", "text": "[refused]"}])
-        return replace(part, usage=part.usage + spent) if spent != Usage() else part
+        return replace(part, usage=part.usage + spent, calls=calls)
 
 
 def _rejoin_call(model: Model, request: ModelRequest, cut: ModelReply, notify: Notify,
                  cancelled: threading.Event, step: int, policy: RetryPolicy
-                 ) -> tuple[ModelReply | None, str, Usage]:
-    """Ask for the rest of the cut call and join it (``_rejoin``): (the whole reply, "", usage)
-    or (None, why not, the usage spent trying)."""
+                 ) -> tuple[ModelReply | None, str, Usage, int]:
+    """Ask for the rest of the cut call and join it (``_rejoin``): (the whole reply, "", usage,
+    calls made) or (None, why not, the usage spent trying, calls made)."""
     notify("the reply was cut at max_tokens inside a code call; asking the model for the rest "
            "of the call (nothing has run)")
     partial, paid = cut.partial_tool_input or "", cut.usage
-    why = "no continuation"
+    why, n = "no continuation", 0
     for _ in range(max(1, policy.max_continuations)):
         ask = _rejoin.continuation_request(request, cut, partial)
         try:
             rest = _call(model, ask, lambda text: None, notify, cancelled, step, policy,
                          _no_compaction, compacted=1)
         except ModelResponseError as exc:
-            return None, f"the continuation request failed: {exc.detail}", paid
+            return None, f"the continuation request failed: {exc.detail}", paid, n
         assert isinstance(rest, ModelReply)
+        n += 1
         joined, why = _rejoin.join(cut, partial, rest, paid)
         if joined is not None:
             notify("the cut code call was rejoined with its continuation")
-            return joined, "", joined.usage
+            return joined, "", joined.usage, n
         paid += rest.usage
         if rest.stop_reason != "max_tokens" or rest.tool_calls:
             break
         partial += _rejoin.continuation_text(rest)  # cut again: ask for what follows that
-    return None, why, paid
+    return None, why, paid, n
 
 
 def _call(model: Model, request: ModelRequest, on_text: TextSink, notify: Notify,

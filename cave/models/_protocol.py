@@ -89,6 +89,9 @@ class ModelReply:
     content: list[dict[str, Any]] = field(default_factory=list)
     """The assistant content blocks to append to the history verbatim."""
     model: str = ""
+    calls: int = 1
+    """Model calls whose usage this reply adds up (more than one when it was continued or
+    rejoined, or a cut reply was asked again): its input tokens are not one request's size."""
     partial_tool_input: str | None = None
     """The raw input JSON streamed for the last tool call when ``max_tokens`` cut the reply in
     the middle of it (the content's block holds only what parsed); ``agent._rejoin`` joins it
