@@ -15,7 +15,8 @@ the call is whole, so the code runs once.
 
 Not done: continuing a cut call when the provider does not report the raw partial input (the
 fall-back then applies), and a cut call followed by a model that writes its continuation as a new
-tool call instead of text (the joint fails to parse: the fall-back).
+tool call instead of text (the joint fails to parse: the fall-back). With extended thinking on,
+the cut reply's thinking blocks are not sent back with its text (Cave does not turn thinking on).
 """
 
 from __future__ import annotations
