@@ -151,6 +151,8 @@ def test_copy_switch_from_a_notebook_round_trips_into_a_fresh_kernel(tmp_path: P
         ok(a, f"import cave, duckdb\ndb = duckdb.connect({str(data)!r})\n"
               "db.execute('CREATE TABLE t AS SELECT range AS i FROM range(5000)')\n"
               "cave.inject('db', db)")  # fmt: skip
+        # As documented, after a plain `import cave` (before any magic imported the package).
+        ok(a, "cave.checkpoint.copy_database(db, False)")
         assert "not copied" in ok(a, "%checkpoint copy db")
         assert "hold a copy" in ok(a, "%checkpoint copy db on")
         assert "Saved checkpoint 'withdb'" in ok(a, "%checkpoint save withdb")
