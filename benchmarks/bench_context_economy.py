@@ -450,10 +450,11 @@ the tokens above are counted from those recorded requests, the same way for all.
   these: Cave sends 0.29-0.94 of the describe-first JSON agent's tokens and 0.33-1.23 of the
   schema-in-prompt one's. Where a generic tool does the whole computation server-side (filter
   and aggregate, report table, counting spellings) the JSON agent's results are a handful of rows,
-  and Cave's own fixed part (rules, the primitives line, the manifest and the tool schema: about 440 tokens a request)
-  is already most of what it sends; 10% of the JSON agent's total would be less than one of
-  Cave's requests. Where intermediate data must travel (top-k with a custom score) Cave sends
-  0.29-0.33 of the JSON agent's tokens with the agent's cheapest correct trajectory (100 rows), and
+  and Cave's own fixed part (rules, the primitives line, the manifest and the tool schema: about
+  440 tokens a request) is already most of what it sends; 10% of the JSON agent's total would
+  be less than one of Cave's requests. Where intermediate data must travel (top-k with a custom
+  score) Cave sends 0.29-0.33 of the JSON agent's tokens with the agent's cheapest correct
+  trajectory (100 rows), and
   0.0005 of what a JSON agent that pulls every row would send. On the follow-up the schema-in-
   prompt JSON agent sends less than Cave (Cave / it 1.23): it works the shares out from the totals
   in its context without a call, while Cave runs one more step so the result is a variable.
