@@ -20,6 +20,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -143,7 +144,43 @@ def gateway_lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         gateway.stop()
 
 
-@pytest.mark.timeout(480)  # two notebooks and a kernel each, through two servers
+def _wait_idle(page: Any, attempts: int = 6) -> int:
+    """Wait until the notebook's kernel reports Idle; returns how many reconnects that took.
+
+    Behind ``--gateway-url``, JupyterLab 4.6 opens a kernel's WebSocket, drops it at once and
+    opens it again with the same session id; now and then (about 1 run in 3 here, at any load)
+    the gateway then keeps the dropped connection ("Replacing stale connection") and the page's
+    kernel stays "Unknown" for good, with the kernel itself up. That is upstream
+    (jupyter_server's gateway client with Kernel Gateway 3), not Cave. A person clicks Kernel >
+    Reconnect to Kernel; so does this test, after each 40 s without Idle. Waiting longer than
+    needed costs time, never the result: the test passes only once the kernel says Idle.
+    """
+    for reconnects in range(attempts):
+        try:
+            page.wait_for_selector(IDLE, timeout=40_000)
+            return reconnects
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError: not Idle yet
+            if reconnects == attempts - 1:
+                raise
+        page.locator(".lm-MenuBar-itemLabel", has_text="Kernel").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Reconnect to Kernel").first.click()
+    raise AssertionError("unreachable")
+
+
+def _diagnosis(page: Any, root: Path) -> str:
+    """What the page showed and what both servers logged last: enough to tell why a wait failed."""
+    try:
+        status = page.locator(".jp-StatusBar-Widget").all_inner_texts()
+        dialogs = page.locator(".jp-Dialog").all_inner_texts()
+    except Exception as exc:  # noqa: BLE001 - a diagnosis must not hide the failure
+        status, dialogs = [f"(page unreadable: {exc})"], []
+    tails = {name: "\n".join((root / name).read_text(errors="replace").splitlines()[-25:])
+             for name in ("gateway.log", "jupyterlab.log") if (root / name).exists()}
+    return (f"status bar: {status}\ndialogs: {dialogs}\n"
+            + "\n".join(f"--- last lines of {k}:\n{v}" for k, v in tails.items()))
+
+
+@pytest.mark.timeout(900)  # two notebooks and a kernel each, through two servers (and reconnects)
 def test_quickstart_approval_and_stop_through_the_gateway(gateway_lab) -> None:  # type: ignore
     from playwright.sync_api import sync_playwright
 
@@ -157,7 +194,7 @@ def test_quickstart_approval_and_stop_through_the_gateway(gateway_lab) -> None: 
             page = browser.new_page(viewport={"width": 1300, "height": 1100})
             # 1. The quickstart, end to end, on a kernel the gateway runs.
             page.goto(f"{url}/lab/tree/01-quickstart.ipynb?token={token}")
-            page.wait_for_selector(IDLE, timeout=120_000)
+            reconnects = _wait_idle(page)
             page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
             page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
             outputs = page.locator(".jp-NotebookPanel:visible .jp-OutputArea-output")
@@ -170,7 +207,8 @@ def test_quickstart_approval_and_stop_through_the_gateway(gateway_lab) -> None: 
             page.close()  # a fresh page and workspace: only this notebook open, and focused
             page = browser.new_page(viewport={"width": 1300, "height": 1100})
             page.goto(f"{url}/lab/workspaces/second/tree/gateway.ipynb?token={token}")
-            page.wait_for_selector(IDLE, timeout=120_000)
+            reconnects += _wait_idle(page)
+            print(f"kernel WebSocket reconnects needed (upstream gateway race): {reconnects}")
             page.locator(".jp-NotebookPanel:visible .jp-Cell").first.click()
             page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
             page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
@@ -186,9 +224,9 @@ def test_quickstart_approval_and_stop_through_the_gateway(gateway_lab) -> None: 
             page.wait_for_selector(IDLE, timeout=60_000)
             text = "\n".join(outputs.all_inner_texts())
             page.screenshot(path=str(root / "gateway-approval-stop.png"), full_page=True)
-        except BaseException:
+        except BaseException as exc:
             page.screenshot(path=str(root / "gateway-failure.png"), full_page=True)
-            raise
+            raise AssertionError(_diagnosis(page, root)) from exc
         finally:
             browser.close()
 
