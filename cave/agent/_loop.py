@@ -190,10 +190,12 @@ class Agent:
         for call in reply.tool_calls:
             try:
                 results.append(self.execute(step, call))
-            except TurnInterrupted:
+            except BaseException as exc:  # every tool_use gets its tool_result, or the API 400s
+                why = ("Interrupted by the user." if isinstance(exc, TurnInterrupted)
+                       else f"Not run to the end: {type(exc).__name__}: {exc}"[:500])
                 done = {r["tool_use_id"] for r in results}
                 results += [
-                    _tool_result(c.id, "Interrupted by the user.", error=True)
+                    _tool_result(c.id, why, error=True)
                     for c in reply.tool_calls
                     if c.id not in done
                 ]

@@ -86,6 +86,40 @@ def test_max_steps_stops_the_turn_and_leaves_a_valid_history() -> None:
     _valid_history(history)
 
 
+def test_a_step_that_fails_inside_cave_still_answers_every_tool_call() -> None:
+    """A refusal around the code (the guard's fail-closed check, say) ends the turn with an error;
+    the history must still answer each tool_use, or every later request is a 400 and the
+    session is stuck (found when the loopback server began to enforce the API's rule)."""
+
+    class Refused(RuntimeError):
+        pass
+
+    refuse = [True]
+
+    def code_context() -> Any:
+        import contextlib
+
+        @contextlib.contextmanager
+        def ctx() -> Any:
+            if refuse[0]:
+                raise Refused("the guard refused the step")
+            yield
+
+        return ctx()
+
+    model = ScriptedModel([reply("", "a = 1", "b = 2"), reply("", "c = 3"), reply("Done.")])
+    history: list[dict[str, Any]] = []
+    runtime = AgentRuntime()
+    with pytest.raises(Refused):
+        Agent(runtime, model, history=history, code_context=code_context, echo=False).run("go")
+    _valid_history(history)
+    assert "Refused: the guard refused the step" in str(history[-1])
+    refuse[0] = False
+    Agent(runtime, model, history=history, code_context=code_context, echo=False).run("again")
+    _valid_history(history)
+    assert runtime.retrieve("c") == 3
+
+
 def test_a_failed_first_call_forgets_the_prompt() -> None:
     model = ScriptedModel([Failure(400, "invalid_request_error", "bad")])
     history: list[dict[str, Any]] = []

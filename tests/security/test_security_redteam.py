@@ -341,4 +341,4 @@ def test_monkeypatched_activation_fails_closed(red: RedTeam) -> None:
     assert any(r["event"] == "exec" for r in refused), second
     red.user("import cave.security._facade as f\nf._ask = f._real_ask\ndel f._real_ask\n")
     third = red.run(Technique("repaired", "read", "data = open({SECRET!r}).read()", "asked"))
-    assert any(r.startswith(f"fs.read:{red.secret}") for r in third["requests"]), third
+    assert any(r.startswith(f"fs.read:{red.secret}") for r in third["requests"]), third["cell"]
