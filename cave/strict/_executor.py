@@ -20,6 +20,7 @@ starts a new worker from that namespace (shared memory re-sent by descriptor, no
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import re
 import select
@@ -27,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -42,6 +44,8 @@ from ._unpickle import safe_loads
 __all__ = ["StrictExecutor"]
 
 _MERGEABLE = (list, dict, set)
+_CANCEL_REPEAT_S = 0.1
+"""After a step's deadline, how often a request still in flight is cancelled again."""
 _OPAQUE = b"opaque"
 """Fingerprint of an object whose in-place changes cannot be seen (it does not pickle plainly):
 it is sent again only when its name is rebound."""
@@ -88,8 +92,11 @@ class StrictExecutor:
         return not got
 
     def interrupt(self) -> bool:
-        """The stop button: SIGINT to the worker now, SIGKILL after the grace period."""
-        return self._stop("interrupted")
+        """The stop button: SIGINT to the worker now, SIGKILL after the grace period (and a
+        brokered process the step is waiting for is killed)."""
+        stopped = self._stop("interrupted")
+        self.broker.cancel_running()
+        return stopped
 
     def _stop(self, why: str) -> bool:
         worker = self.worker
@@ -209,7 +216,8 @@ class StrictExecutor:
             if op == "req":
                 for fd in fds:
                     os.close(fd)
-                reply, reply_fds = self.broker.handle(message)
+                with self._request_watch(deadline):
+                    reply, reply_fds = self.broker.handle(message)
                 try:
                     worker.channel.send(reply, reply_fds)
                 except (ChannelClosed, OSError):
@@ -228,6 +236,52 @@ class StrictExecutor:
             else:
                 for fd in fds:
                     os.close(fd)
+
+    @contextlib.contextmanager
+    def _request_watch(self, deadline: float | None) -> Iterator[None]:
+        """End a brokered request when the step's time runs out, as the stop button does.
+
+        The request is served on this thread (it may wait for a person's approval, a brokered
+        process or a connect), so the deadline check in ``_serve`` cannot run meanwhile. A
+        watcher thread does it: at the deadline it stops the worker (``_stop``: SIGINT, then
+        SIGKILL after the grace period) and cancels what the request waits for: the pending
+        approval (``cancel_pending``, which the stop button calls too), a brokered process,
+        and the broker bounds a connect by the same deadline. It repeats the cancel until the
+        request returns, so an approval that registers just after the first cancel is still
+        cancelled (guard mode re-fires its ``StepTimeout`` for the same reason).
+        """
+        self.broker.deadline = deadline
+        if deadline is None:
+            try:
+                yield
+            finally:
+                self.broker.deadline = None
+            return
+        finished = threading.Event()
+
+        def watch() -> None:
+            if finished.wait(max(0.0, deadline - time.monotonic())):
+                return
+            self._stop("timeout")
+            while True:
+                security = self._security()
+                if security is not None:
+                    try:
+                        security.cancel_pending()
+                    except Exception:
+                        pass
+                self.broker.cancel_running()
+                if finished.wait(_CANCEL_REPEAT_S):
+                    return
+
+        watcher = threading.Thread(target=watch, name="cave-strict-timeout", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            finished.set()
+            self.broker.deadline = None
+            watcher.join()
 
     def _wait_time(self, deadline: float | None) -> float | None:
         now = time.monotonic()
