@@ -38,7 +38,7 @@ from ..runtime._executor import _FILENAME_PREFIX, ExecutionResult, _step_ids
 from ._broker import Broker
 from ._channel import ChannelClosed
 from ._process import StrictSettings, WorkerProcess, _StartFailed, describe_exit
-from ._sharing import Packed, Regions, WorkerOnly
+from ._sharing import Packed, Regions, WorkerOnly, WorkerValue
 from ._unpickle import safe_loads
 
 __all__ = ["StrictExecutor"]
@@ -426,6 +426,16 @@ class StrictExecutor:
             if prev is not None and prev[0] == id(obj):
                 if prev[1] == _OPAQUE or self._fingerprint(obj) == prev[1]:
                     continue
+            if isinstance(obj, WorkerValue):  # sent as the worker made it, never loaded here
+                refs, new = self.regions.place(obj.buffers)
+                if new:  # restored from a checkpoint: the one copy, into shared memory
+                    obj = WorkerValue(obj.name, obj.type_name, obj.data,
+                                      tuple(self.regions.view(*r) for r in refs))
+                    self.namespace[name] = obj
+                sets.append((name, obj.data, refs))
+                self._synced[name] = (id(obj), self._fingerprint(obj) or _OPAQUE,
+                                      frozenset(r[0] for r in refs))
+                continue
             try:
                 packed = self.regions.dumps(obj, pickler=cloudpickle.dumps)
             except Exception as exc:
@@ -497,13 +507,14 @@ class StrictExecutor:
 
     def _bind_changed(self, item: Any) -> None:
         try:
-            name, data, refs = item
+            name, data, refs = item[:3]
+            type_name = str(item[3])[:200] if len(item) > 3 else "object"
             refs = tuple((str(r), int(o), int(n)) for r, o, n in refs)
             if not (isinstance(name, str) and name.isidentifier()) or name in \
                     self.runtime.primitives or name in ("exit", "quit"):
                 return
             packed = Packed(bytes(data), refs)
-            obj = safe_loads(packed.data, buffers=self.regions.buffers(packed))
+            views = self.regions.buffers(packed)
         except Exception as exc:
             name = item[0] if isinstance(item, (tuple, list)) and item else "?"
             if isinstance(name, str) and name.isidentifier():
@@ -514,6 +525,16 @@ class StrictExecutor:
                                f"does not load it ({reason}).")
                 self.namespace[name] = WorkerOnly(name, "object", reason)
                 self._synced.pop(name, None)
+            return
+        try:
+            obj = safe_loads(packed.data, buffers=views)
+        except Exception:
+            # Not plain data (a function, class or instance the agent defined, pickled by value):
+            # kept as bytes the kernel never loads, for the next worker and checkpoints.
+            held = WorkerValue(name, type_name, packed.data, tuple(views))
+            self.namespace[name] = held
+            self._synced[name] = (id(held), self._fingerprint(held) or _OPAQUE,
+                                  frozenset(r[0] for r in refs))
             return
         old = self.namespace.get(name)
         if type(old) is type(obj) and isinstance(obj, _MERGEABLE):
