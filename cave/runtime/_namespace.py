@@ -127,6 +127,9 @@ class AgentRuntime:
                 )
             self.namespace[name] = obj
             self._injected[name] = InjectedInfo(description, time.time())
+        prepare = getattr(self.executor, "prepare", None)
+        if prepare is not None:  # strict mode: start copying large buffers into shared memory
+            prepare(name, obj)
 
     def retrieve(self, name: str) -> Any:
         """The object the namespace holds under ``name`` (injected or made by the agent)."""

@@ -37,6 +37,7 @@ from ..runtime._capture import Capture
 from ..runtime._executor import _FILENAME_PREFIX, ExecutionResult, _step_ids
 from ._broker import Broker
 from ._channel import ChannelClosed
+from ._precopy import Precopy
 from ._process import StrictSettings, WorkerProcess, _StartFailed, describe_exit
 from ._sharing import Packed, Regions, WorkerOnly, WorkerValue
 from ._unpickle import safe_loads
@@ -68,6 +69,7 @@ class StrictExecutor:
         self.head_chars, self.tail_chars = head_chars, tail_chars
         self.echo_chars, self.value_chars = echo_chars, value_chars
         self.regions = Regions("k", keep_fds=True)
+        self.regions.precopy = Precopy("k")
         self.worker: WorkerProcess | None = None
         self._synced: dict[str, tuple[int, bytes | None, frozenset[str]]] = {}
         self._worker_regions: set[str] = set()
@@ -79,6 +81,7 @@ class StrictExecutor:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.spawned = 0
         self._fresh = False
+        self._closed = False
 
     # -- the executor interface ---------------------------------------------------------------
     @property
@@ -111,8 +114,16 @@ class StrictExecutor:
             pass
         return True
 
+    def prepare(self, name: str, obj: Any) -> None:
+        """``cave.inject`` was called: start copying ``obj``'s large buffers into shared memory
+        now, so the first step waits only for what is left (``_precopy``)."""
+        if not self._closed:
+            self.regions.precopy.start(obj)
+
     def close(self) -> None:
         """End the worker and release shared memory (switching back to guard mode)."""
+        self._closed = True
+        self.regions.precopy.discard()
         with self._lock:
             if self.worker is not None:
                 self.worker.kill()
@@ -455,6 +466,7 @@ class StrictExecutor:
         regions = [rid for rid in dict.fromkeys(needed) if rid not in self._worker_regions]
         fds = [self.regions.fd(rid) for rid in regions]
         self._worker_regions.update(regions)
+        self.regions.precopy.discard()  # early copies no object needed (removed, replaced)
         imports, self._fresh = (dict(self._modules) if self._fresh else {}), False
         message = {"set": sets, "delete": deletes, "regions": regions, "imports": imports}
         return message, fds

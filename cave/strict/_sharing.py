@@ -128,6 +128,8 @@ class Regions:
         self._by_id: dict[str, _Region] = {}
         self._spans: list[tuple[int, int, str]] = []
         self.created_bytes = 0
+        self.precopy: Any = None
+        """The kernel's early copies of injected buffers (``_precopy.Precopy``), or None."""
 
     # -- making and adopting regions -------------------------------------------------------
     def create(self, view: memoryview) -> _Region:
@@ -138,6 +140,15 @@ class Regions:
         """
         data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
         size = data.nbytes
+        early = self.precopy.take(view) if self.precopy is not None and size else None
+        if early is not None:  # copied since inject, and proved unchanged since: no copy now
+            try:
+                mm = mmap.mmap(early, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            except BaseException:
+                os.close(early)
+                raise
+            self.created_bytes += size
+            return self._add(f"{self.prefix}{next(self._ids)}", early, size, mm, own=True)
         fd = os.memfd_create(f"cave-{self.prefix}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             done = 0
