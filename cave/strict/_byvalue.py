@@ -26,7 +26,7 @@ import pickle
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["dumper", "loads"]
+__all__ = ["dumper", "identity_dumper", "loads"]
 
 _NS = ("ns",)
 
@@ -48,6 +48,30 @@ def dumper(namespace: Mapping[str, Any]) -> Callable[..., bytes]:
             slotstate = dict(slotstate, __globals__={})
             return make, (newargs[0], namespace, *newargs[2:]), (state, slotstate), \
                 listitems, dictitems, setter
+
+    def dumps(obj: Any, protocol: int = 5, buffer_callback: Any = None) -> bytes:
+        out = io.BytesIO()
+        _Pickler(out, protocol=protocol, buffer_callback=buffer_callback).dump(obj)
+        return out.getvalue()
+
+    return dumps
+
+
+def identity_dumper(namespace: Mapping[str, Any]) -> Callable[..., bytes]:
+    """A ``dumps`` for fingerprints: functions and classes agent code defined are named by
+    identity (a persistent id), not pickled; everything else as plain pickle does."""
+    import types
+
+    from ..runtime._namespace import AGENT_MODULE_NAME
+
+    class _Pickler(pickle.Pickler):
+        def persistent_id(self, obj: Any) -> Any:
+            if obj is namespace:
+                return _NS
+            if isinstance(obj, (types.FunctionType, type)) and \
+                    getattr(obj, "__module__", None) == AGENT_MODULE_NAME:
+                return ("def", id(obj))
+            return None
 
     def dumps(obj: Any, protocol: int = 5, buffer_callback: Any = None) -> bytes:
         out = io.BytesIO()

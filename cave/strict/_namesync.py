@@ -78,8 +78,7 @@ class NamespaceSync:
                                       tuple(self.regions.view(*r) for r in refs))
                     self.namespace[name] = obj
                 sets.append((name, obj.data, refs))
-                self._synced[name] = (id(obj), self._fingerprint(obj) or _OPAQUE,
-                                      frozenset(r[0] for r in refs))
+                self._synced[name] = (id(obj), _OPAQUE, frozenset(r[0] for r in refs))
                 continue
             try:
                 packed = self.regions.dumps(obj, pickler=cloudpickle.dumps)
@@ -178,9 +177,8 @@ class NamespaceSync:
             # Not plain data (a function, class or instance the agent defined, pickled by value):
             # kept as bytes the kernel never loads, for the next worker and checkpoints.
             held = WorkerValue(name, type_name, packed.data, tuple(views))
-            self.namespace[name] = held
-            self._synced[name] = (id(held), self._fingerprint(held) or _OPAQUE,
-                                  frozenset(r[0] for r in refs))
+            self.namespace[name] = held  # immutable: sent again only when rebound (_OPAQUE)
+            self._synced[name] = (id(held), _OPAQUE, frozenset(r[0] for r in refs))
             return
         old = self.namespace.get(name)
         if type(old) is type(obj) and isinstance(obj, _MERGEABLE):
