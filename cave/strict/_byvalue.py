@@ -14,9 +14,9 @@ Who loads these bytes, and where (the security of it):
   confined worker chose. It keeps them as a :class:`~cave.strict._sharing.WorkerValue` it
   hands, unread, to the next worker (after a crash, a memory limit or a restart), where loading
   them runs only what agent code could run there anyway;
-* in guard mode agent code runs in the kernel under the guard, so switching to guard mode loads
-  them inside the guard's agent-code block (``Security.agent_code``), with exactly the authority
-  agent code has there.
+* in guard mode agent code runs in the kernel under the guard, so there the next agent step
+  loads them, inside the guard's agent-code block (``runtime._held``): only when agent code runs
+  anyway, with exactly the authority it has there (never at the switch itself).
 """
 
 from __future__ import annotations

@@ -69,38 +69,8 @@ def leave_strict(session: Any) -> None:
 
     executor = getattr(session.runtime, "executor", None)
     if isinstance(executor, StrictExecutor):
-        session.runtime.use_executor(None)
-        try:
-            _load_worker_values(session)
-        finally:
-            executor.close()
-
-
-def _load_worker_values(session: Any) -> None:
-    """What agent code defined in the worker becomes live objects again, loaded as agent code.
-
-    The bytes were written by confined code and can run any code when loaded, so they are
-    loaded inside the guard's agent-code block: with the authority agent code has in guard mode,
-    which is where it runs from now on. One that fails to load stays a placeholder, named here.
-    """
-    import sys
-
-    from ._sharing import WorkerValue
-
-    namespace = session.runtime.namespace
-    held = [(n, v) for n, v in namespace.items() if isinstance(v, WorkerValue)]
-    if not held or session.security is None:
-        return
-    failed = []
-    with session.security.agent_code():
-        for name, value in held:
-            try:
-                namespace[name] = value.load(namespace)
-            except Exception as exc:
-                failed.append(f"{name} ({type(exc).__name__}: {str(exc)[:200]})")
-    if failed:
-        print("[cave] these values agent code defined in strict mode could not be loaded in "
-              "guard mode and stay placeholders: " + ", ".join(failed), file=sys.stderr)
+        session.runtime.use_executor(None)  # what the worker defined loads at the next step
+        executor.close()
 
 
 def mode_text(session: Any) -> str:

@@ -26,6 +26,8 @@ import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..runtime._held import LoadsAsAgentCode
+
 __all__ = ["Regions", "Packed", "WorkerOnly", "WorkerValue", "SHARE_MIN_BYTES"]
 
 SHARE_MIN_BYTES = 64 * 1024
@@ -53,15 +55,15 @@ class WorkerOnly:
         return f"<{self.type_name} {self.name!r}: only in the strict-mode worker ({self.reason})>"
 
 
-class WorkerValue:
+class WorkerValue(LoadsAsAgentCode):
     """What agent code defined in the strict-mode worker, held by the kernel as unloaded bytes.
 
     A function, a class, an instance of one, or a container holding them: the worker pickles it
     by value (``_byvalue``); the kernel's loader refuses it (it could name any callable), so the
     kernel keeps the pickle, and the shared buffers it refers to, and sends them unread to the
-    next worker after a crash, a memory limit or a restart, and into checkpoints. Switching to
-    guard mode loads it there, inside the guard (see ``_byvalue``). ``cave.retrieve`` returns
-    this object in strict mode.
+    next worker after a crash, a memory limit or a restart, and into checkpoints. In guard mode
+    the next agent step loads it, inside the guard (``runtime._held``). ``cave.retrieve``
+    returns this object until then.
     """
 
     __slots__ = ("name", "type_name", "data", "buffers")
@@ -86,8 +88,8 @@ class WorkerValue:
         size = len(self.data) + sum(b.nbytes for b in self.buffers)
         return (f"<{self.type_name} {self.name!r} defined by agent code in the strict-mode worker:"
                 f" the kernel holds it as {size:,} pickled bytes it never loads (they could run "
-                "code the confined worker chose); it survives worker restarts and checkpoints, "
-                "and `%cave mode guard` loads it here under the guard>")
+                "code the confined worker chose); it survives worker restarts and checkpoints; "
+                "in guard mode the next agent step loads it, under the guard>")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 The worker pickles such values by value; the kernel keeps the bytes without ever loading them
 (they could run code the confined worker chose) and hands them to the next worker: after a
-crash, through a checkpoint, and into guard mode (loaded there under the guard).
+crash, through a checkpoint, and into guard mode (loaded by the next agent step, under the guard).
 """
 
 from __future__ import annotations
@@ -96,8 +96,10 @@ def test_definitions_follow_a_switch_to_guard_mode_and_back(k: StrictKernel) -> 
     _turn(k, DEFINE)
     assert "mode: guard" in k.execute("%cave mode guard").stdout
     try:
-        assert k.value("cave.retrieve('double')(5)") == "10"  # a live function again
+        # Not loaded by the switch: only an agent step loads it, as agent code, under the guard.
+        assert k.value("type(cave.retrieve('double')).__name__") == "WorkerValue"
         assert "uses 144 100 Box True" in _turn(k, USE)
+        assert k.value("cave.retrieve('double')(5)") == "110"  # a live function now
     finally:
         assert "mode: strict" in k.execute("%cave mode strict", timeout=90).stdout
     assert "uses 146 100 Box True" in _turn(k, USE)
