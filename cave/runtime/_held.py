@@ -2,16 +2,16 @@
 
 A type the strict-mode layer and the runtime share, so it lives in the lower one. The bytes were
 written by confined agent code and can run any code when loaded, so nothing loads them outside
-agent code: ``AgentRuntime.run`` loads them at the start of an in-process (guard-mode) step,
-inside the caller's agent-code block, where the agent's own code is about to run with the same
-authority.
+agent code: the in-process (guard-mode) executor loads them at the start of a step, under the
+step's timeout, stop button and output capture, inside the caller's agent-code block, where the
+agent's own code is about to run with the same authority.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["LoadsAsAgentCode"]
+__all__ = ["LoadsAsAgentCode", "load_held"]
 
 
 class LoadsAsAgentCode:
@@ -21,3 +21,14 @@ class LoadsAsAgentCode:
 
     def load(self, namespace: dict[str, Any]) -> Any:
         raise NotImplementedError
+
+
+def load_held(namespace: dict[str, Any]) -> None:
+    """Replace held values in ``namespace`` by what they load to; one that fails stays held (its
+    repr says what it is). Call only where agent code runs."""
+    for name, value in list(namespace.items()):
+        if isinstance(value, LoadsAsAgentCode):
+            try:
+                namespace[name] = value.load(namespace)
+            except Exception:
+                pass

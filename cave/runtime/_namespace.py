@@ -262,21 +262,7 @@ class AgentRuntime:
         """Run model-written ``code`` in this namespace; see :meth:`Executor.run`."""
         with self._lock:
             self._bind_fixed()
-        if self.executor is self._in_process:
-            self._load_held()
         return self.executor.run(code, timeout=timeout, echo=echo, label=label)
-
-    def _load_held(self) -> None:
-        """Load what a strict-mode worker defined (``_held``), as agent code: at a step, inside
-        the caller's agent-code block. One that fails stays held (its repr says what it is)."""
-        from ._held import LoadsAsAgentCode
-
-        for name, value in list(self.namespace.items()):
-            if isinstance(value, LoadsAsAgentCode):
-                try:
-                    self.namespace[name] = value.load(self.namespace)
-                except Exception:
-                    pass
 
     def interrupt(self) -> None:
         """Stop the current run (the stop button); does nothing if nothing is running."""
