@@ -14,7 +14,7 @@ While the step runs, this thread pumps the worker's stdout/stderr pipes into the
 ``Capture`` and services broker requests inline (``_broker``), so approvals look and behave as in
 guard mode. A stop or timeout sends SIGINT to the worker's group, then SIGKILL after
 ``grace_s``; a timeout that falls while a request is served (an approval nobody answers, a
-brokered process) also cancels that request, as the stop button does (``_request_watch``).
+brokered process) also cancels that request, as the stop button does (``_DeadlineWatch``).
 A worker that dies (segfault, ``os._exit``, out of memory, seccomp kill) is reaped;
 the kernel's namespace keeps what it had before the step, the model is told, and the next step
 starts a new worker from that namespace (shared memory re-sent by descriptor, not copied).
@@ -23,7 +23,6 @@ starts a new worker from that namespace (shared memory re-sent by descriptor, no
 from __future__ import annotations
 
 import codecs
-import contextlib
 import os
 import re
 import select
@@ -31,7 +30,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +79,7 @@ class StrictExecutor(NamespaceSync):
         self.spawned = 0
         self._fresh = False
         self._closed = False
+        self._watch = _DeadlineWatch(self, None)
 
     # -- the executor interface ---------------------------------------------------------------
     @property
@@ -180,10 +179,14 @@ class StrictExecutor(NamespaceSync):
         except (ChannelClosed, OSError):
             return self._crashed(worker, capture)
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._watch = _DeadlineWatch(self, deadline)
+        self.broker.deadline = deadline
         try:
             return self._serve(worker, capture, deadline, echo)
         finally:
             self.broker.release()
+            self.broker.deadline = None
+            self._watch.close()
 
     def _serve(self, worker: WorkerProcess, capture: Capture, deadline: float | None,
                echo: bool) -> dict[str, Any]:
@@ -226,8 +229,8 @@ class StrictExecutor(NamespaceSync):
             if op == "req":
                 for fd in fds:
                     os.close(fd)
-                with self._request_watch(deadline):
-                    reply, reply_fds = self.broker.handle(message)
+                self._watch.arm()  # served on this thread: the deadline check needs another
+                reply, reply_fds = self.broker.handle(message)
                 try:
                     worker.channel.send(reply, reply_fds)
                 except (ChannelClosed, OSError):
@@ -246,52 +249,6 @@ class StrictExecutor(NamespaceSync):
             else:
                 for fd in fds:
                     os.close(fd)
-
-    @contextlib.contextmanager
-    def _request_watch(self, deadline: float | None) -> Iterator[None]:
-        """End a brokered request when the step's time runs out, as the stop button does.
-
-        The request is served on this thread (it may wait for a person's approval, a brokered
-        process or a connect), so the deadline check in ``_serve`` cannot run meanwhile. A
-        watcher thread does it: at the deadline it stops the worker (``_stop``: SIGINT, then
-        SIGKILL after the grace period) and cancels what the request waits for: the pending
-        approval (``cancel_pending``, which the stop button calls too), a brokered process,
-        and the broker bounds a connect by the same deadline. It repeats the cancel until the
-        request returns, so an approval that registers just after the first cancel is still
-        cancelled (guard mode re-fires its ``StepTimeout`` for the same reason).
-        """
-        self.broker.deadline = deadline
-        if deadline is None:
-            try:
-                yield
-            finally:
-                self.broker.deadline = None
-            return
-        finished = threading.Event()
-
-        def watch() -> None:
-            if finished.wait(max(0.0, deadline - time.monotonic())):
-                return
-            self._stop("timeout")
-            while True:
-                security = self._security()
-                if security is not None:
-                    try:
-                        security.cancel_pending()
-                    except Exception:
-                        pass
-                self.broker.cancel_running()
-                if finished.wait(_CANCEL_REPEAT_S):
-                    return
-
-        watcher = threading.Thread(target=watch, name="cave-strict-timeout", daemon=True)
-        watcher.start()
-        try:
-            yield
-        finally:
-            finished.set()
-            self.broker.deadline = None
-            watcher.join()
 
     def _wait_time(self, deadline: float | None) -> float | None:
         now = time.monotonic()
@@ -413,3 +370,52 @@ class StrictExecutor(NamespaceSync):
     def _take_notes(self) -> list[str]:
         notes, self._notes = self._notes, []
         return notes
+
+
+class _DeadlineWatch:
+    """Ends a brokered request when the step's time runs out, as the stop button does.
+
+    Requests are served on the thread that waits for the step (one may wait for a person's
+    approval, a brokered process or a connect), so the deadline check in ``_serve`` cannot run
+    meanwhile. At a step's first request (``arm``) this starts one thread for the step: at the
+    deadline it stops the worker (``_stop``: SIGINT, then SIGKILL after the grace period) and
+    cancels what a request waits for: a pending approval (``cancel_pending``, which the stop
+    button calls too) and a brokered process (the broker bounds a connect by the deadline
+    itself). It repeats the cancel until the step ends, so an approval that registers just after
+    the first cancel is cancelled too (guard mode re-fires its ``StepTimeout`` for the same
+    reason). Steps without requests, or without a deadline, start no thread.
+    """
+
+    def __init__(self, executor: StrictExecutor, deadline: float | None) -> None:
+        self._executor = executor
+        self._deadline = deadline
+        self._finished = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def arm(self) -> None:
+        if self._thread is None and self._deadline is not None:
+            self._thread = threading.Thread(target=self._watch, name="cave-strict-timeout",
+                                            daemon=True)
+            self._thread.start()
+
+    def _watch(self) -> None:
+        assert self._deadline is not None
+        if self._finished.wait(max(0.0, self._deadline - time.monotonic())):
+            return
+        executor = self._executor
+        executor._stop("timeout")
+        while True:
+            security = executor._security()
+            if security is not None:
+                try:
+                    security.cancel_pending()
+                except Exception:
+                    pass
+            executor.broker.cancel_running()
+            if self._finished.wait(_CANCEL_REPEAT_S):
+                return
+
+    def close(self) -> None:
+        self._finished.set()
+        if self._thread is not None:
+            self._thread.join()
