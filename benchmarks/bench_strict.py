@@ -58,13 +58,19 @@ def _allow(session: Any, *rules: str) -> None:
     session.security.with_policy(policy.with_rules(*[(r, "allow") for r in rules]))
 
 
+STEP_TIMEOUT_S = 600.0
+"""The agent loop's default step timeout (``code_timeout``): steps are timed as they really run
+(guard mode starts a watchdog thread per step for it; strict mode a watcher at a step's first
+broker request)."""
+
+
 def _run(session: Any, code: str) -> Any:
     ctx = session.code_context if session.mode == "guard" else None
     if ctx is None:
-        result = session.runtime.run(code, echo=False)
+        result = session.runtime.run(code, echo=False, timeout=STEP_TIMEOUT_S)
     else:
         with ctx():
-            result = session.runtime.run(code, echo=False)
+            result = session.runtime.run(code, echo=False, timeout=STEP_TIMEOUT_S)
     assert result.error is None, result.error
     return result
 
