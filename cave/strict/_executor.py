@@ -116,7 +116,7 @@ class StrictExecutor(NamespaceSync):
         """``cave.inject`` was called: start copying ``obj``'s large buffers into shared memory
         now, so the first step waits only for what is left (``_precopy``)."""
         if not self._closed:
-            self.regions.precopy.start(obj)
+            self.regions.precopy.start(obj, name)
 
     def close(self) -> None:
         """End the worker and release shared memory (switching back to guard mode)."""

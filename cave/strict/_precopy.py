@@ -62,11 +62,17 @@ class Precopy:
         self._prefix = prefix
         self._lock = threading.Lock()
         self._copies: dict[tuple[int, int], _Copy] = {}
+        self._names: dict[str, list[tuple[int, int]]] = {}
         self.used = 0
         self.discarded = 0
 
-    def start(self, obj: Any) -> int:
-        """Begin copying ``obj``'s large out-of-band buffers in the background; returns how many."""
+    def start(self, obj: Any, name: str | None = None) -> int:
+        """Begin copying ``obj``'s large out-of-band buffers in the background; returns how many.
+
+        Early copies made for an earlier object injected under the same ``name`` are dropped
+        first (injecting into one name again and again must not pile up copies)."""
+        if name is not None:
+            self._drop_name(name)
         from ..checkpoint._write_tracking import tracker
 
         views: list[memoryview] = []
@@ -101,9 +107,26 @@ class Precopy:
                 self._copies[key] = job
             jobs.append(job)
         if jobs:
+            if name is not None:
+                with self._lock:
+                    self._names[name] = [(_address(j.view), j.view.nbytes) for j in jobs]
             threading.Thread(target=self._run, args=(jobs,), name="cave-strict-precopy",
                              daemon=True).start()
         return len(jobs)
+
+    def _drop_name(self, name: str) -> None:
+        with self._lock:
+            keys = self._names.pop(name, [])
+            jobs = [j for j in (self._copies.pop(k, None) for k in keys) if j is not None]
+        self._close(jobs)
+
+    def _close(self, jobs: list[_Copy]) -> None:
+        for job in jobs:
+            job.done.wait()
+            _unwatch(job)
+            if job.fd >= 0:
+                os.close(job.fd)
+            self.discarded += 1
 
     def _run(self, jobs: list[_Copy]) -> None:
         for job in jobs:
@@ -156,13 +179,8 @@ class Precopy:
     def discard(self) -> None:
         """Drop copies no step used (the object was removed or replaced before a step ran)."""
         with self._lock:
-            jobs, self._copies = list(self._copies.values()), {}
-        for job in jobs:
-            job.done.wait()
-            _unwatch(job)
-            if job.fd >= 0:
-                os.close(job.fd)
-            self.discarded += 1
+            jobs, self._copies, self._names = list(self._copies.values()), {}, {}
+        self._close(jobs)
 
     def pending(self) -> int:
         with self._lock:

@@ -71,6 +71,16 @@ def test_an_unused_early_copy_is_discarded_at_the_next_step() -> None:
     regions.close()
 
 
+def test_injecting_into_one_name_again_drops_the_earlier_copy() -> None:
+    regions = _regions()
+    first, second = np.ones(2 * PRECOPY_MIN_BYTES // 8), np.zeros(2 * PRECOPY_MIN_BYTES // 8)
+    regions.precopy.start(first, "df")
+    regions.precopy.start(second, "df")
+    assert regions.precopy.pending() == 1 and regions.precopy.discarded == 1
+    assert np.array_equal(_shared(regions, second), second) and regions.precopy.used == 1
+    regions.close()
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_the_shared_bytes_are_the_sources_at_the_step_whichever_path(seed: int) -> None:
     rng = random.Random(seed)
