@@ -67,6 +67,7 @@ class StrictExecutor(NamespaceSync):
         self.echo_chars, self.value_chars = echo_chars, value_chars
         self.regions = Regions("k", keep_fds=True)
         self.regions.precopy = Precopy("k")
+        Precopy.prepare()  # at the switch to strict mode, not at the first inject
         self.worker: WorkerProcess | None = None
         self._synced: dict[str, tuple[int, bytes | None, frozenset[str]]] = {}
         self._worker_regions: set[str] = set()

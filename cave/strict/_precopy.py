@@ -66,6 +66,13 @@ class Precopy:
         self.used = 0
         self.discarded = 0
 
+    @staticmethod
+    def prepare() -> None:
+        """Import the page-write tracker (the checkpoint package: ~0.1-1 s) and open it."""
+        from ..checkpoint._write_tracking import tracker
+
+        tracker()
+
     def start(self, obj: Any, name: str | None = None) -> int:
         """Begin copying ``obj``'s large out-of-band buffers in the background; returns how many.
 
@@ -73,8 +80,6 @@ class Precopy:
         first (injecting into one name again and again must not pile up copies)."""
         if name is not None:
             self._drop_name(name)
-        from ..checkpoint._write_tracking import tracker
-
         views: list[memoryview] = []
 
         def collect(buf: pickle.PickleBuffer) -> bool:
@@ -87,10 +92,16 @@ class Precopy:
             return False
 
         try:
-            pickle.dumps(obj, protocol=5, buffer_callback=collect)
+            pickle.Pickler(_Capped(), protocol=5, buffer_callback=collect).dump(obj)
+        except _Stop:
+            pass  # large in-band data (a long list): inject stays cheap; keep what was found
         except Exception:
             return 0  # not plain data: the step pickles it its own way
-        track = tracker() if views else None
+        if not views:
+            return 0
+        from ..checkpoint._write_tracking import tracker
+
+        track = tracker()
         if track is None:
             return 0
         jobs = []
@@ -192,6 +203,28 @@ class Precopy:
             jobs = list(self._copies.values())
         for job in jobs:
             job.done.wait()
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Capped:
+    """A file that takes ``INBAND_CAP`` bytes of pickle and then stops the pickler: finding the
+    buffers of a DataFrame needs a few KiB; pickling a long list in-band would cost the inject
+    what the step pays anyway."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        self.size += len(data)
+        if self.size > INBAND_CAP:
+            raise _Stop
+        return len(data)
+
+
+INBAND_CAP = 1 << 20
 
 
 def _unwatch(job: _Copy) -> None:
