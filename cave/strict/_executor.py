@@ -117,7 +117,10 @@ class StrictExecutor(NamespaceSync):
         """``cave.inject`` was called: start copying ``obj``'s large buffers into shared memory
         now, so the first step waits only for what is left (``_precopy``)."""
         if not self._closed:
-            self.regions.precopy.start(obj, name)
+            try:
+                self.regions.precopy.start(obj, name)
+            except Exception:  # an optimisation: the step copies as before (fails safe)
+                pass
 
     def close(self) -> None:
         """End the worker and release shared memory (switching back to guard mode)."""
