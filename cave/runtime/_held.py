@@ -18,6 +18,8 @@ class LoadsAsAgentCode:
     """Base of a held value; ``load`` returns the live object (running what the bytes name)."""
 
     __slots__ = ()
+    type_name: str
+    """The held value's type, as the agent's variable list shows it (``function``, ``Box``)."""
 
     def load(self, namespace: dict[str, Any]) -> Any:
         raise NotImplementedError

@@ -28,6 +28,7 @@ from typing import Any
 
 from .._errors import NameNotFound, RuntimeStateError, TypeChangeRefused
 from ._executor import ExecutionResult, Executor
+from ._held import LoadsAsAgentCode
 from ._manifest import build_manifest, type_name
 
 __all__ = ["AgentRuntime", "InjectedInfo"]
@@ -212,7 +213,10 @@ class AgentRuntime:
             value = self.namespace.get(name)
             if name in skip or _is_dunder(name) or isinstance(value, ModuleType):
                 continue
-            out.append((name, type_name(value)))
+            if isinstance(value, LoadsAsAgentCode):  # the held value's type, not the holder's
+                out.append((name, value.type_name))
+            else:
+                out.append((name, type_name(value)))
         return out[::-1] if last is not None else out
 
     # ----------------------------------------------------------------- primitives

@@ -66,6 +66,9 @@ def test_the_kernel_holds_them_as_bytes_it_does_not_load(k: StrictKernel) -> Non
     assert "defined by agent code in the strict-mode worker" in shown, shown
     assert "never loads" in shown
     assert k.value("type(cave.retrieve('box')).__name__") == "WorkerValue"
+    # The model's list of its variables names the held type, not the holder.
+    listed = k.value("dict(cave.session().runtime.agent_variables())")
+    assert "'double': 'function'" in listed and "'box': 'Box'" in listed, listed
     # Plain data still comes back as live objects.
     assert k.value("cave.retrieve('bonus')") == "0"
 
