@@ -69,7 +69,7 @@ def main() -> None:
 
     # Not module globals: dill.dump_session pickles this script's globals, and the tracker holds
     # ctypes function pointers, which cannot be pickled.
-    from cave.checkpoint import _fingerprint, _write_tracking
+    from cave.checkpoint import _blobio, _fingerprint, _write_tracking
 
     work = Path(tempfile.mkdtemp(prefix="cave-bench-", dir=args.dir))
     secret = os.urandom(32)
@@ -207,9 +207,11 @@ def main() -> None:
         f"Namespace: one {size_gib:.2f} GiB float64 DataFrame (16 columns) + 100 small objects. "
         f"Median of {args.repeat} runs. Page cache dropped before every read: "
         f"{'yes' if cold else 'no (not permitted), reads are warm'}. Kernel write tracking: "
-        f"{'on' if _write_tracking.tracker() else 'unavailable'}. Cave's save includes SHA-256 "
-        "of every byte, HMAC signing and fsync of blobs and manifest; its restore verifies all of "
-        "that before unpickling. 2 cores shared with other work: load average "
+        f"{'on' if _write_tracking.tracker() else 'unavailable'}. Cave's save includes a digest "
+        f"of every byte (blob format {_blobio.write_version()}: "
+        f"{_blobio.HASHES[_blobio.write_version()]}), HMAC signing and fsync of blobs and "
+        "manifest; its restore verifies all of that before unpickling. 2 cores shared with "
+        "other work: load average "
         f"{load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end."
     )
     write_table("checkpoint", ["case", "seconds", "GiB/s", "ratio", "target"], rows, notes)

@@ -79,11 +79,13 @@ def session() -> Session:
 
 
 def __getattr__(name: str) -> Any:
-    """``cave.tools`` and ``cave.Agent`` load on first use: kernel start-up imports neither."""
-    if name == "tools":
+    """``cave.tools``, ``cave.checkpoint`` and ``cave.Agent`` load on first use: kernel start-up
+    imports none of them (``cave.checkpoint.register`` and ``.copy_database`` work after a plain
+    ``import cave``)."""
+    if name in ("tools", "checkpoint"):
         import importlib
 
-        return importlib.import_module(".tools", __name__)  # binds cave.tools as it loads
+        return importlib.import_module(f".{name}", __name__)  # binds cave.<name> as it loads
     if name == "Agent":
         from ._subagent import Agent
 

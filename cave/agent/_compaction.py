@@ -212,12 +212,16 @@ class Compactor:
         """Estimated tokens of ``messages`` (unscaled), from the per-message cache."""
         return self._size(messages)
 
-    def _forget_before(self, index: int, history: Sequence[dict[str, Any]]) -> None:
-        """Drop cache entries of messages now covered by the summary."""
-        for message in history[:index]:
+    def _forget(self, messages: Sequence[dict[str, Any]]) -> None:
+        """Drop the cache entries of ``messages`` (now covered by the summary), and of the copies
+        made of them (elided, or carrying the summary), so the caches hold only what the next
+        request can use."""
+        for message in messages:
             self._sizes.pop(id(message), None)
-            self._short.pop(id(message), None)
-            self._short.pop(-id(message), None)
+            for key in (id(message), -id(message)):
+                hit = self._short.pop(key, None)
+                if hit is not None and hit[1] is not message:
+                    self._sizes.pop(id(hit[1]), None)
 
     # -- calibration ----------------------------------------------------------------------------
     def estimate(self, messages: Sequence[dict[str, Any]], extra_tokens: int = 0) -> int:
@@ -333,7 +337,7 @@ class Compactor:
             return f"the summariser failed ({exc}); outputs elided only"
         self.failures = 0
         folded = sum(1 for s in starts if self.covered <= s < cut)
-        self._forget_before(cut, history)
+        self._forget(history[self.covered : cut])  # only the newly covered: O(turns folded)
         self.summary, self.covered = summary.strip(), cut
         return folded
 
@@ -345,6 +349,8 @@ class Compactor:
         first = rest[0]
         hit = self._short.get(-id(first))  # the same object while summary and message stay
         if hit is None or hit[0] is not first or hit[1]["content"][0]["text"] != self._header():
+            if hit is not None:  # the summary changed: the old copy's size is stale
+                self._sizes.pop(id(hit[1]), None)
             block = {"type": "text", "text": self._header()}
             self._short[-id(first)] = (first, {"role": first["role"],
                                                "content": [block, *first["content"]]})

@@ -33,27 +33,28 @@ TOOLS = (PYTHON_TOOL,)
 _SIGNATURE = re.compile(r"^  (\w+\.\w+)\((.*?)\)(?: ->.*)?$")
 
 
-def brief_primitives(doc: str) -> str:
-    """The primitives as one short line: each name with its required arguments.
+PRIMITIVE_USES = {"fs": "files", "shell": "programs", "net": "network", "env": "environment "
+                  "variables", "human": "asking the user", "skills": "skills", "agents":
+                  "sub-agents", "tools": "TypeScript tools"}
+"""What each primitive object is for, in the one line every request carries."""
 
-    The full documentation (about 1,900 characters) would ride on every request; the model can
-    read it with ``help()`` when it needs a primitive, which is rare in data work."""
-    calls = []
+
+def brief_primitives(doc: str) -> str:
+    """The primitives as one short line: each object's name and what it is for.
+
+    The full documentation (about 1,900 characters) would ride on every request, and so would a
+    list of every call's signature (about 480); the model needs to know that effects go through
+    these objects and which one to use, and reads a call's signature with ``help()`` when it needs
+    one, which is rare in data work."""
+    names: list[str] = []
     for line in doc.splitlines():
         match = _SIGNATURE.match(line)
-        if match is None:
-            continue
-        params = [p.strip() for p in match.group(2).split(",") if p.strip()]
-        required = []
-        for p in params:
-            if p.startswith("*") or "=" in p:
-                break
-            required.append(p)
-        shown = required + (["..."] if len(required) < len(params) else [])
-        calls.append(f"{match.group(1)}({', '.join(shown)})")
-    if not calls:
+        if match is not None and (name := match.group(1).split(".")[0]) not in names:
+            names.append(name)
+    if not names:
         return doc.rstrip()
-    return ", ".join(calls)
+    return ", ".join(f"`{n}` ({PRIMITIVE_USES[n]})" if n in PRIMITIVE_USES else f"`{n}`"
+                     for n in names)
 
 
 def system_blocks(
@@ -66,10 +67,9 @@ def system_blocks(
     primitives = ""
     if primitives_doc.strip():
         primitives = (
-            "\nEffects on files, programs, network, environment or the user go through these "
-            f"primitives (in your namespace; `help(fs)` etc. for details): "
-            f"{brief_primitives(primitives_doc)}. A refusal raises PermissionError: report it, "
-            "do not retry or work around it."
+            f"\nEffects go through these objects in your namespace: "
+            f"{brief_primitives(primitives_doc)}; `help(fs)` etc. show their calls. A refusal "
+            "raises PermissionError: report it, do not retry or work around it."
         )
     fixed = RULES.format(primitives=primitives)
     if skills.strip():

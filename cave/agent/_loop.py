@@ -216,8 +216,9 @@ class Agent:
             raise TurnInterrupted(step) from None
         self._count(reply, step, "model_call")
         u = reply.usage
-        self.compactor.observe(self._estimate,
-                               u.input_tokens + u.cache_read_tokens + u.cache_write_tokens)
+        if reply.calls == 1:  # a continued reply's input tokens add up several requests
+            self.compactor.observe(self._estimate,
+                                   u.input_tokens + u.cache_read_tokens + u.cache_write_tokens)
         self._sink(
             ModelCalled(step, reply.model or self.model.name, reply.usage, time.perf_counter() - t0)
         )

@@ -17,9 +17,12 @@ returned), so repeating a *call* can never repeat code. What this module does wi
   turn ends with ``EmptyModelReply``.
 * ``max_tokens`` in the middle of text: the reply is continued (the partial reply is sent back as
   the start of the assistant's message and the continuation joined to it), up to
-  ``max_continuations`` times. ``max_tokens`` in the middle of a tool call: the call is asked
-  again once with twice the output budget, and the cut call never runs. Not done: joining the
-  halves of a split tool call (the Messages API cannot prefill a partial ``tool_use`` block).
+  ``max_continuations`` times. A model that refuses the prefill with a 400 (Claude 4.6 and
+  later) is asked instead, in a user message after its partial reply, to continue it.
+* ``max_tokens`` in the middle of a tool call: the model is asked for the rest of the call's
+  input, and the halves are joined, parsed and checked before anything runs (``_rejoin``). When
+  the provider did not report the partial input, or the joint is not a valid call, the request is
+  asked again once with twice the output budget (said in a notice); the cut call never runs.
 * ``refusal``: the reply is kept, and a notice saying that the model declined is added to the
   answer (and shown), so a partial text is never mistaken for an answer.
 """
@@ -35,7 +38,8 @@ from typing import Any
 
 from .._errors import EmptyModelReply, ModelResponseError, TurnInterrupted
 from ..models._anthropic import text_from_content, tool_calls_from_content
-from ..models._protocol import Model, ModelReply, ModelRequest, TextSink
+from ..models._protocol import Model, ModelReply, ModelRequest, TextSink, Usage
+from . import _rejoin
 
 
 @dataclass(frozen=True)
@@ -95,43 +99,97 @@ def query(
     makes the request; ``notify`` gets one line per recovery action."""
     request = build(False)
     compacted = empty = continued = grown = 0
+    spent = Usage()  # calls whose reply was dropped (a cut call asked again): still paid for
+    calls = 0  # model calls answered, for ModelReply.calls
     reply: ModelReply | None = None
     base: ModelRequest | None = None  # the request before any continuation
+    prefill = True
     while True:
-        reply_part = _call(model, request, on_text, notify, cancelled, step, policy,
-                           lambda: build(True), compacted)
+        try:
+            reply_part = _call(model, request, on_text, notify, cancelled, step, policy,
+                               lambda: build(True), compacted)
+        except ModelResponseError as exc:
+            if reply is None or base is None or not prefill or not _refuses_prefill(exc):
+                raise
+            prefill = False
+            notify("the model does not take the start of its reply back (no prefill); asking "
+                   "it to continue in a new message")
+            request = _continuation(base, reply, prefill=False)
+            continue
         if isinstance(reply_part, ModelRequest):  # context overflow: compacted request to send
             request, compacted = reply_part, compacted + 1
             continue
         part = reply_part
+        calls += 1
         if reply is not None:  # a continuation of a reply cut at max_tokens
             part = _join(reply, part)
         if not part.text.strip() and not part.tool_calls and reply is None:
             empty += 1
             if empty > 1:
                 raise EmptyModelReply(step)
+            spent += part.usage
             notify("the model sent an empty reply (no text, no code); asking again")
             continue
         if part.stop_reason == "max_tokens":
             cut_call = any(b.get("type") == "tool_use" for b in part.content[-1:])
             if cut_call and grown == 0 and reply is None:
+                why = "the provider did not report the cut input"
+                if part.partial_tool_input is not None:
+                    joined, why, paid, n = _rejoin_call(model, request, part, notify,
+                                                        cancelled, step, policy)
+                    calls += n
+                    if joined is not None:
+                        return replace(joined, usage=joined.usage + spent, calls=calls)
+                    spent += paid
+                else:
+                    spent += part.usage
                 grown += 1
-                notify("the reply was cut at max_tokens inside a code call; asking again with "
-                       f"{request.max_tokens * 2:,} output tokens (the cut call was not run)")
+                notify(f"the reply was cut at max_tokens inside a code call and could not be "
+                       f"rejoined ({why}); asking again with {request.max_tokens * 2:,} output "
+                       "tokens (the cut call was not run)")
                 request = replace(request, max_tokens=request.max_tokens * 2)
                 continue
             if not cut_call and continued < policy.max_continuations and part.text.strip():
                 continued += 1
                 notify("the reply was cut at max_tokens; continuing it")
                 reply, base = part, base or request
-                request = _continuation(base, part)
+                request = _continuation(base, part, prefill=prefill)
                 continue
         if part.stop_reason == "refusal":  # shown and answered; no code from it runs
             on_text(REFUSAL_NOTICE)
             content = [b for b in part.content if b.get("type") != "tool_use"]
             part = replace(part, text=part.text + REFUSAL_NOTICE, tool_calls=(),
                            content=content or [{"type": "text", "text": "[refused]"}])
-        return part
+        return replace(part, usage=part.usage + spent, calls=calls)
+
+
+def _rejoin_call(model: Model, request: ModelRequest, cut: ModelReply, notify: Notify,
+                 cancelled: threading.Event, step: int, policy: RetryPolicy
+                 ) -> tuple[ModelReply | None, str, Usage, int]:
+    """Ask for the rest of the cut call and join it (``_rejoin``): (the whole reply, "", usage,
+    calls made) or (None, why not, the usage spent trying, calls made)."""
+    notify("the reply was cut at max_tokens inside a code call; asking the model for the rest "
+           "of the call (nothing has run)")
+    partial, paid = cut.partial_tool_input or "", cut.usage
+    why, n = "no continuation", 0
+    for _ in range(max(1, policy.max_continuations)):
+        ask = _rejoin.continuation_request(request, cut, partial)
+        try:
+            rest = _call(model, ask, lambda text: None, notify, cancelled, step, policy,
+                         _no_compaction, compacted=1)
+        except ModelResponseError as exc:
+            return None, f"the continuation request failed: {exc.detail}", paid, n
+        assert isinstance(rest, ModelReply)
+        n += 1
+        joined, why = _rejoin.join(cut, partial, rest, paid)
+        if joined is not None:
+            notify("the cut code call was rejoined with its continuation")
+            return joined, "", joined.usage, n
+        paid += rest.usage
+        if rest.stop_reason != "max_tokens" or rest.tool_calls:
+            break
+        partial += _rejoin.continuation_text(rest)  # cut again: ask for what follows that
+    return None, why, paid, n
 
 
 def _call(model: Model, request: ModelRequest, on_text: TextSink, notify: Notify,
@@ -157,14 +215,31 @@ def _call(model: Model, request: ModelRequest, on_text: TextSink, notify: Notify
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _continuation(request: ModelRequest, partial: ModelReply) -> ModelRequest:
-    """The request again, with the partial reply as the start of the assistant's message."""
+def _no_compaction() -> ModelRequest:
+    raise AssertionError("unreachable: compacted=1 makes an overflow raise")  # pragma: no cover
+
+
+CONTINUE = ("[cave] Your reply was cut off by the output limit (max_tokens). Continue it exactly "
+            "where it stops, without repeating anything.")
+
+
+def _continuation(request: ModelRequest, partial: ModelReply, *, prefill: bool = True
+                  ) -> ModelRequest:
+    """The request again, with the partial reply as the start of the assistant's message; or,
+    for models that refuse a prefill (Claude 4.6 and later), as a whole assistant message
+    followed by a user message asking to continue it."""
     content = [dict(b) for b in partial.content if b.get("type") == "text"]
     if content:  # the API refuses a final assistant message that ends in whitespace
         content[-1]["text"] = content[-1]["text"].rstrip()
     content = [b for b in content if b["text"]]
-    return replace(request, messages=[*request.messages, {"role": "assistant",
-                                                          "content": content}])
+    messages = [*request.messages, {"role": "assistant", "content": content}]
+    if not prefill:
+        messages.append({"role": "user", "content": [{"type": "text", "text": CONTINUE}]})
+    return replace(request, messages=messages)
+
+
+def _refuses_prefill(exc: ModelResponseError) -> bool:
+    return exc.status == 400 and "prefill" in f"{exc.error_type} {exc.detail}".lower()
 
 
 def _join(first: ModelReply, rest: ModelReply) -> ModelReply:

@@ -5,6 +5,7 @@ users extend it with `register()` for objects that pickling cannot carry.
 """
 
 from . import _data_reducers  # noqa: F401  (registers the data stack's reducers, by name)
+from ._duckdb import copy_database
 from ._errors import CheckpointIncomplete, InvalidCheckpointName
 from ._protocol import (
     Changes,
@@ -41,6 +42,7 @@ __all__ = [
     "WriteTrackingOff",
     "capture",
     "config_dir",
+    "copy_database",
     "load_or_create_secret",
     "register",
     "restore",

@@ -4,10 +4,12 @@ Local blob files of `DIRECT_MIN` bytes or more move with O_DIRECT (`write_file`,
 through the page cache, the kernel's copy cost about as much CPU as SHA-256 itself (~0.7 core-s
 per GiB each way on the 2-core test VM) and bounded saves and restores. A save copies the file's
 bytes into page-aligned bounce buffers (memcpy: ~0.05 s per GiB) and writes `CHUNK`-sized pieces,
-`DEPTH` in flight, while the hashing pool hashes the payload in the objects' own memory; the first
-page, holding the header and so the digest, is written last. A restore reads the whole file into
-one page-aligned private mapping, `DEPTH` reads in flight, hashes each 8 MiB block once the reads
-under it have landed, and returns the payload as a view at offset 64. Each byte is read once, into
+`DEPTH` in flight, while one more thread hashes the payload in the objects' own memory (version 2:
+one BLAKE3 pass in order; version 1: the pool's two threads, a block each); the first page,
+holding the header and so the digest, is written last. A restore reads the whole file into one
+page-aligned private mapping, `DEPTH` reads in flight, hashes the bytes once the reads under them
+have landed (version 2: in order on the caller's thread; version 1: each 8 MiB block on the
+pool), and returns the payload as a view at offset 64. Each byte is read once, into
 the memory that is hashed and then unpickled. Where the filesystem refuses O_DIRECT (EINVAL on
 setting the flag or on a transfer), or with ``direct_io = False``, the same files move through the
 page cache: each block hashed and written (or read and hashed) by one task of the two-thread
@@ -37,6 +39,7 @@ from typing import Any
 from ._blobio import (
     BLOCK,
     HEADER,
+    _b3,
     _combine,
     _finish,
     _hash_pool,
@@ -44,6 +47,7 @@ from ._blobio import (
     _private,
     _sha,
     allocate,
+    blake3,
     pread_hashed,
     pwrite_hashed,
 )
@@ -158,7 +162,11 @@ class _Tally:
 
 
 def _write_direct(
-    fd: int, payload: _Payload, on_bytes: Callable[[int], None], head: Callable[[bytes], bytes]
+    fd: int,
+    payload: _Payload,
+    on_bytes: Callable[[int], None],
+    head: Callable[[bytes], bytes],
+    version: int,
 ) -> bytes:
     size = HEADER + payload.length
     _preallocate(fd, _round_up(size))
@@ -183,12 +191,15 @@ def _write_direct(
             free.put(buf)
         return end - start
 
-    hashes = [_hash_pool().submit(payload.block_digest, i) for i in payload.blocks]
+    if version == 2:
+        hashes = [_hash_pool().submit(_b3, payload.views)]
+    else:
+        hashes = [_hash_pool().submit(payload.block_digest, i) for i in payload.blocks]
     writes = [_io_pool().submit(put, at) for at in chunks]
     try:
         for future in writes:
             on_bytes(future.result())
-        digest = _combine(f.result() for f in hashes)
+        digest = hashes[0].result() if version == 2 else _combine(f.result() for f in hashes)
     finally:
         _finish(writes + hashes)
     page = arena[:ALIGN]
@@ -206,26 +217,28 @@ def write_file(
     parts: list[bytes | memoryview],
     on_bytes: Callable[[int], None],
     head: Callable[[bytes], bytes],
+    *,
+    version: int,
 ) -> tuple[bytes, bool]:
-    """Write a whole blob file to the new, empty file ``fd``: ``head(digest)`` (`HEADER` bytes),
-    then ``parts``. Return the payload's digest and whether O_DIRECT carried it. Durability is the
-    caller's: fsync after."""
+    """Write a whole blob file to the new, empty file ``fd``: ``head(digest)`` (`HEADER` bytes,
+    saying ``version``), then ``parts``. Return the payload's digest under blob format
+    ``version`` and whether O_DIRECT carried it. Durability is the caller's: fsync after."""
     payload = _Payload(parts)
     tally = _Tally(on_bytes)
     if payload.length >= DIRECT_MIN and direct_io and _set_direct(fd, True):
         try:
-            return _write_direct(fd, payload, tally, head), True
+            return _write_direct(fd, payload, tally, head, version), True
         except _Refused:
             _set_direct(fd, False)
             os.ftruncate(fd, 0)
             tally.restart()
-    digest = pwrite_hashed(fd, HEADER, parts, tally, lambda: os.fdatasync(fd))
+    digest = pwrite_hashed(fd, HEADER, parts, tally, lambda: os.fdatasync(fd), version=version)
     os.pwrite(fd, head(digest), 0)
     return digest, False
 
 
 def _read_direct(
-    fd: int, length: int, on_bytes: Callable[[int], None]
+    fd: int, length: int, on_bytes: Callable[[int], None], version: int
 ) -> tuple[memoryview, bytes]:
     size = HEADER + length
     whole = memoryview(_private(_round_up(size)))
@@ -247,31 +260,37 @@ def _read_direct(
     hashes: list[Future[bytes]] = []
     starts = iter(range(HEADER, size, BLOCK))
     block = next(starts, None)
+    b3 = blake3() if version == 2 else None
+    hashed = HEADER
     try:
         for i, future in enumerate(reads):
             on_bytes(future.result())
             landed = min((i + 1) * CHUNK, size)  # every byte below this is in memory
+            if b3 is not None:
+                b3.update(whole[hashed:landed])  # in order, while later reads land
+                hashed = landed
+                continue
             while block is not None and min(block + BLOCK, size) <= landed:
                 hashes.append(_hash_pool().submit(_sha, whole[block : min(block + BLOCK, size)]))
                 block = next(starts, None)
-        digest = _combine(f.result() for f in hashes)
+        digest = bytes(b3.digest()) if b3 is not None else _combine(f.result() for f in hashes)
     finally:
         _finish(reads + hashes)
     return whole[HEADER:size], digest
 
 
 def read_file(
-    fd: int, length: int, on_bytes: Callable[[int], None]
+    fd: int, length: int, on_bytes: Callable[[int], None], *, version: int
 ) -> tuple[memoryview, bytes, bool]:
     """Read the ``length``-byte payload of the blob file ``fd`` (header checked by the caller)
-    into fresh private memory. Return it, its digest (computed over exactly those bytes, read
-    once) and whether O_DIRECT carried it."""
+    into fresh private memory. Return it, its digest under blob format ``version`` (computed over
+    exactly those bytes, read once) and whether O_DIRECT carried it."""
     tally = _Tally(on_bytes)
     if length >= DIRECT_MIN and direct_io and _set_direct(fd, True):
         try:
-            return (*_read_direct(fd, length, tally), True)
+            return (*_read_direct(fd, length, tally, version), True)
         except _Refused:
             _set_direct(fd, False)
             tally.restart()
     buf = allocate(length)
-    return buf, pread_hashed(fd, HEADER, buf, tally), False
+    return buf, pread_hashed(fd, HEADER, buf, tally, version=version), False

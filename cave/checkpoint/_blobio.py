@@ -1,11 +1,19 @@
-"""Blob files, and the blob digest computed on two cores while the data moves.
+"""Blob files, and the blob digest computed while the data moves.
 
     b"CAVEBLOB" | u32 version | u32 0 | tag (32) | u64 payload length | 8 x 0 | payload
 
-The file's name is the payload's digest: SHA-256 over the SHA-256s of its consecutive 8 MiB
-blocks (the construction Dropbox uses for its content hash). It is as collision resistant as
-SHA-256, and unlike a plain SHA-256 of one stream its blocks can be hashed in parallel: one SHA-256
-stream runs at about disk speed, which would make saving and restoring CPU-bound.
+The file's name is the payload's digest, and the header's version says which one:
+
+* **version 2** (written wherever the ``blake3`` package is installed, which Cave requires):
+  BLAKE3-256 of the payload, exactly what ``b3sum`` prints for it. One thread hashes in order
+  while other threads move the bytes; on the 2-core test VM it ran at 0.30 s per GiB against
+  1.27 s for SHA-256 (with SHA-NI), so a save is no longer bound by its hash.
+* **version 1** (every blob written before, and still read): SHA-256 over the SHA-256s of the
+  payload's consecutive 8 MiB blocks (the construction Dropbox uses), hashed two blocks at a time.
+
+Both are 256-bit cryptographic hashes (collision and preimage resistant), and the blob's HMAC tag
+binds the version with the digest (`_signing`), so a file cannot be re-labelled as the other
+version. Payloads stored inline in SQLite have no header: they stay version 1 (at most 256 KiB).
 
 Whole local blob files (O_DIRECT where the filesystem takes it) are ``_blobfile``'s; this module
 holds the format, the digest and the page-cache transfers both paths use.
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import importlib.util
 import mmap
 import os
 import queue
@@ -25,7 +34,10 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 MAGIC = b"CAVEBLOB"
-VERSION = 1
+VERSIONS = (1, 2)
+"""Blob format versions this Cave reads (see the module docstring)."""
+HASHES = {1: "SHA-256", 2: "BLAKE3"}
+"""The hash each version's digest is built on, for messages."""
 HEADER = 64
 BLOCK = 8 << 20
 SYNC_EVERY = 256 << 20
@@ -34,18 +46,30 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
-def header(tag: bytes, length: int) -> bytes:
-    return _LAYOUT.pack(MAGIC, VERSION, 0, tag, length)
+def write_version() -> int:
+    """The version new blob files get: 2 (BLAKE3) if ``blake3`` is installed, else 1 (slower,
+    still correct). Looked up without importing it."""
+    global _write_version
+    if _write_version is None:
+        _write_version = 2 if importlib.util.find_spec("blake3") is not None else 1
+    return _write_version
 
 
-def parse_header(raw: bytes) -> tuple[bytes, int]:
-    """(tag, payload length); raises ValueError on anything that is not our header."""
+_write_version: int | None = None
+
+
+def header(tag: bytes, length: int, version: int) -> bytes:
+    return _LAYOUT.pack(MAGIC, version, 0, tag, length)
+
+
+def parse_header(raw: bytes) -> tuple[bytes, int, int]:
+    """(tag, payload length, version); raises ValueError on anything that is not our header."""
     if len(raw) != HEADER:
         raise ValueError("file shorter than a blob header")
     magic, version, _zero, tag, length = _LAYOUT.unpack(raw)
-    if magic != MAGIC or version != VERSION:
+    if magic != MAGIC or version not in VERSIONS:
         raise ValueError("not a Cave blob (bad magic or version)")
-    return tag, length
+    return tag, length, version
 
 
 def size_of(parts: Iterable[bytes | memoryview]) -> int:
@@ -66,6 +90,25 @@ def _sha(view: Any) -> bytes:
 
 def _combine(block_digests: Iterable[bytes]) -> bytes:
     return hashlib.sha256(b"".join(block_digests)).digest()
+
+
+def blake3() -> Any:
+    """A fresh BLAKE3 hasher (single-threaded; its ``update`` releases the GIL)."""
+    try:
+        from blake3 import blake3 as new
+    except ImportError as exc:
+        raise ImportError(
+            "this checkpoint's blobs are BLAKE3-addressed (blob format 2): install the blake3 "
+            "package (pip install blake3) to read them"
+        ) from exc
+    return new()
+
+
+def _b3(views: Iterable[memoryview]) -> bytes:
+    h = blake3()
+    for view in views:
+        h.update(view)
+    return bytes(h.digest())
 
 
 class _Payload:
@@ -111,9 +154,11 @@ class _Payload:
         return h.digest()
 
 
-def digest_of(parts: Iterable[bytes | memoryview]) -> bytes:
+def digest_of(parts: Iterable[bytes | memoryview], *, version: int) -> bytes:
     """The blob digest of a payload given as parts (see the module docstring)."""
     payload = _Payload(parts)
+    if version == 2:
+        return _b3(payload.views)
     if len(payload.blocks) <= 1:
         return _combine(payload.block_digest(i) for i in payload.blocks)
     return _combine(_hash_pool().map(payload.block_digest, payload.blocks))
@@ -145,14 +190,18 @@ def pwrite_hashed(
     parts: list[bytes | memoryview],
     on_bytes: Callable[[int], None],
     sync: Callable[[], Any] | None = None,
+    *,
+    version: int,
 ) -> bytes:
     """Write ``parts`` to file ``fd`` from ``offset``; return their digest.
 
-    Each block is hashed and written (``os.pwrite``) by one pool task, two at a time; the caller's
-    thread calls ``sync`` (an fdatasync) every `SYNC_EVERY` bytes written, so writeback overlaps
-    the rest of the work instead of all happening in the final fsync.
+    Each block is written (``os.pwrite``) by one pool task, two at a time; version 1 hashes it in
+    the same task, version 2 on the caller's thread as the blocks complete, in order. The
+    caller's thread calls ``sync`` (an fdatasync) every `SYNC_EVERY` bytes written, so writeback
+    overlaps the rest of the work instead of all happening in the final fsync.
     """
     payload = _Payload(parts)
+    b3 = blake3() if version == 2 else None
 
     def block(index: int) -> bytes:
         pos = offset + index * BLOCK
@@ -161,18 +210,22 @@ def pwrite_hashed(
             while done < piece.nbytes:
                 done += os.pwrite(fd, piece[done:], pos + done)
             pos += piece.nbytes
-        return payload.block_digest(index)
+        return payload.block_digest(index) if b3 is None else b""
 
     if len(payload.blocks) <= 1:
         digests = [block(i) for i in payload.blocks]
         on_bytes(payload.length)
-        return _combine(digests)
+        return _combine(digests) if b3 is None else _b3(payload.views)
     digests = []
     unsynced = 0
     results = _each(block, payload.blocks)
     try:
         for index, digest in zip(payload.blocks, results, strict=True):
-            digests.append(digest)
+            if b3 is None:
+                digests.append(digest)
+            else:
+                for piece in payload.block(index):
+                    b3.update(piece)
             n = min(BLOCK, payload.length - index * BLOCK)
             on_bytes(n)
             unsynced += n
@@ -181,7 +234,7 @@ def pwrite_hashed(
                 unsynced = 0
     finally:
         results.close()
-    return _combine(digests)
+    return _combine(digests) if b3 is None else bytes(b3.digest())
 
 
 def allocate(length: int) -> memoryview:
@@ -208,14 +261,18 @@ def _private(size: int) -> mmap.mmap:
     return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
-def pread_hashed(fd: int, offset: int, buf: memoryview, on_bytes: Callable[[int], None]) -> bytes:
+def pread_hashed(
+    fd: int, offset: int, buf: memoryview, on_bytes: Callable[[int], None], *, version: int
+) -> bytes:
     """Fill ``buf`` from file ``fd`` at ``offset`` and return its digest.
 
-    Each block is read (``os.preadv``) and hashed by the same pool task, two at a time, so that
-    both cores share the work of faulting in fresh memory, copying and hashing; a single reader
-    thread feeding hashers was measured to be the bottleneck of restores.
+    Each block is read (``os.preadv``) by a pool task, two at a time, so that both cores share
+    the work of faulting in fresh memory and copying; version 1 hashes the block in the same task
+    (a single reader thread feeding hashers was measured to be the bottleneck of restores),
+    version 2 on the caller's thread as the blocks land, in order.
     """
     total = buf.nbytes
+    b3 = blake3() if version == 2 else None
 
     def block(start: int) -> bytes:
         view = buf[start : min(start + BLOCK, total)]
@@ -225,20 +282,34 @@ def pread_hashed(fd: int, offset: int, buf: memoryview, on_bytes: Callable[[int]
             if not n:
                 raise EOFError(f"blob ends after {start + got} of {total} bytes")
             got += n
+        if b3 is not None:
+            return b""
         digest = _sha(view)
         on_bytes(view.nbytes)
         return digest
 
     starts = range(0, total, BLOCK)
-    if total <= BLOCK:
-        return _combine(block(s) for s in starts)
-    return _combine(list(_each(block, starts)))
+    if b3 is None:
+        if total <= BLOCK:
+            return _combine(block(s) for s in starts)
+        return _combine(list(_each(block, starts)))
+    results = _each(block, starts) if total > BLOCK else (block(s) for s in starts)
+    try:
+        for start, _done in zip(starts, results, strict=True):
+            view = buf[start : min(start + BLOCK, total)]
+            b3.update(view)
+            on_bytes(view.nbytes)
+    finally:
+        results.close()
+    return bytes(b3.digest())
 
 
 def read_hashed(
     readinto: Callable[[memoryview], int],
     buf: memoryview,
     on_bytes: Callable[[int], None],
+    *,
+    version: int,
 ) -> bytes:
     """Fill ``buf`` from ``readinto``; return its digest, hashing blocks as they arrive.
 
@@ -257,7 +328,8 @@ def read_hashed(
     if total <= BLOCK:
         fill(buf)
         on_bytes(total)
-        return digest_of([buf])
+        return digest_of([buf], version=version)
+    b3 = blake3() if version == 2 else None
     pool = _hash_pool()
     ready: queue.Queue[tuple[int, int] | BaseException | None] = queue.Queue()
 
@@ -279,8 +351,11 @@ def read_hashed(
             if isinstance(item, BaseException):
                 raise item
             start, end = item
-            futures.append(pool.submit(_sha, buf[start:end]))
+            if b3 is None:
+                futures.append(pool.submit(_sha, buf[start:end]))
+            else:
+                b3.update(buf[start:end])  # in order, while the reader fills the next block
             on_bytes(end - start)
     finally:
         thread.join()
-    return _combine(f.result() for f in futures)
+    return _combine(f.result() for f in futures) if b3 is None else bytes(b3.digest())

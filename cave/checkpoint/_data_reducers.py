@@ -5,10 +5,7 @@
   ``PickleBuffer``s, so they are hashed and written from the frame's own memory: saving copies
   nothing. On restore the pieces are joined once into one stream (one copy) and read with
   ``open_stream``; Polars wraps the Arrow columns without another copy where its types allow.
-* DuckDB connection: a database file is reopened by path (its content is not copied into the
-  checkpoint); an in-memory database is exported (``EXPORT DATABASE``, Parquet) and imported
-  into a new in-memory database on restore. Only the main database travels: other ``ATTACH``-ed
-  databases, temporary objects, settings and open transactions do not.
+* DuckDB connection: `_duckdb` (by path, or exported with its data when asked).
 * ``distributed.Client``: its scheduler address. On restore a new client connects to it (and
   becomes the default client); if the scheduler is gone, restore reports the name and why.
 
@@ -19,9 +16,7 @@ so none of these libraries is imported until an object of theirs is checkpointed
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from typing import Any
 
 from .._errors import CheckpointError
@@ -119,51 +114,6 @@ def _load_polars(data: Any) -> Any:
     return pl.from_arrow(_read_ipc(data), rechunk=False)
 
 
-# --- DuckDB ------------------------------------------------------------------------------------
-
-
-def _save_duckdb(con: Any) -> dict[str, Any]:
-    cur = con.cursor()  # a second connection to the same database: the user's result stays
-    try:
-        path, readonly = cur.execute(
-            "SELECT path, readonly FROM duckdb_databases() WHERE database_name = current_database()"
-        ).fetchone()
-        if path:
-            return {"path": os.path.abspath(path), "read_only": bool(readonly)}
-        with tempfile.TemporaryDirectory(prefix="cave-duckdb-") as tmp:
-            quoted = tmp.replace("'", "''")
-            cur.execute(f"EXPORT DATABASE '{quoted}' (FORMAT PARQUET)")
-            files = {}
-            for name in sorted(os.listdir(tmp)):
-                with open(os.path.join(tmp, name), "rb") as f:
-                    files[name] = f.read()
-        return {"export": files}
-    finally:
-        cur.close()
-
-
-def _load_duckdb(state: dict[str, Any]) -> Any:
-    import duckdb
-
-    if "path" in state:
-        if not os.path.exists(state["path"]):
-            raise CheckpointError(
-                f"DuckDB database file {state['path']} is gone; the checkpoint holds its path, "
-                "not its content. Restore the file there and restore again."
-            )
-        return duckdb.connect(state["path"], read_only=state["read_only"])
-    con = duckdb.connect()
-    with tempfile.TemporaryDirectory(prefix="cave-duckdb-") as tmp:
-        for name, content in state["export"].items():
-            if os.sep in name or name.startswith("."):
-                raise CheckpointError(f"unexpected file name {name!r} in a DuckDB export")
-            with open(os.path.join(tmp, name), "wb") as f:
-                f.write(content)
-        quoted = tmp.replace("'", "''")
-        con.execute(f"IMPORT DATABASE '{quoted}'")
-    return con
-
-
 # --- distributed.Client ------------------------------------------------------------------------
 
 
@@ -191,9 +141,6 @@ _BUILTIN = {
     "polars.dataframe.frame:DataFrame": (_save_polars, _load_polars),
     "pyarrow.lib:Table": (_save_arrow, _load_arrow_table),
     "pyarrow.lib:RecordBatch": (_save_arrow, _load_arrow_batch),
-    "duckdb.duckdb:DuckDBPyConnection": (_save_duckdb, _load_duckdb),
-    "_duckdb:DuckDBPyConnection": (_save_duckdb, _load_duckdb),
-    "duckdb:DuckDBPyConnection": (_save_duckdb, _load_duckdb),
     "distributed.client:Client": (_save_client, _load_client),
 }
 for _name, (_save, _load) in _BUILTIN.items():

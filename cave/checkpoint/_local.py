@@ -3,7 +3,7 @@
     <dir>/                       mode 0700
       checkpoints.sqlite         tables `meta` (session id), `checkpoints` (signed manifests) and
                                  `blobs` (payloads up to 256 KiB, with their HMAC tags)
-      blobs/<2 hex>/<sha256>     larger payloads: header with HMAC tag, then the payload; 0600
+      blobs/<2 hex>/<digest>     larger payloads: header with HMAC tag, then the payload; 0600
       blobs/tmp/                 files being written; a crash leaves them for gc
       lock                       flock: saves share it, gc takes it alone
 
@@ -149,7 +149,7 @@ class LocalBackend:
     def write_blob(
         self, parts: list[bytes | memoryview], signer: Signer, on_bytes: Callable[[int], None]
     ) -> tuple[str, bool]:
-        """Store a payload; return (sha256 hex, whether it is new).
+        """Store a payload; return (its digest in hex, whether it is new).
 
         A large payload is durable on return; a small one is held until `commit` stores it in
         the same transaction as the manifest that needs it.
@@ -157,7 +157,7 @@ class LocalBackend:
         length = _blobio.size_of(parts)
         if length <= INLINE_MAX:
             data = b"".join(parts)
-            digest = _blobio.digest_of([data])
+            digest = _blobio.digest_of([data], version=1)  # no header: always format 1
             hexdigest = digest.hex()
             if self._inline is not None:
                 new = hexdigest not in self._inline and hexdigest not in self._pending
@@ -169,9 +169,14 @@ class LocalBackend:
             return hexdigest, new
         tmp = self.tmp_dir / f"{os.getpid()}-{os.urandom(8).hex()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        version = _blobio.write_version()
         try:
             digest, _direct = _blobfile.write_file(
-                fd, parts, on_bytes, lambda d: _blobio.header(signer.blob_tag(d, length), length)
+                fd,
+                parts,
+                on_bytes,
+                lambda d: _blobio.header(signer.blob_tag(d, length, version), length, version),
+                version=version,
             )
             os.fsync(fd)
         except BaseException:
@@ -193,10 +198,10 @@ class LocalBackend:
 
     def read_blobs(
         self, digests: Collection[str], on_bytes: Callable[[int], None]
-    ) -> dict[str, tuple[bytes, memoryview, bytes] | Exception]:
+    ) -> dict[str, tuple[bytes, memoryview, bytes, int] | Exception]:
         """`read_blob` for many digests (small ones in one query); returns errors, never raises."""
         wanted = list(digests)
-        out: dict[str, tuple[bytes, memoryview, bytes] | Exception] = {}
+        out: dict[str, tuple[bytes, memoryview, bytes, int] | Exception] = {}
         with self._db() as db:
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start : start + 500]
@@ -208,7 +213,7 @@ class LocalBackend:
                 for digest, tag, raw in db.execute(query, chunk):
                     payload = memoryview(bytearray(raw))
                     on_bytes(payload.nbytes)
-                    out[digest] = (bytes(tag), payload, _blobio.digest_of([payload]))
+                    out[digest] = (bytes(tag), payload, _blobio.digest_of([payload], version=1), 1)
         files = [d for d in wanted if d not in out]
         if len(files) <= 1:
             out.update((d, self._read_file_or_error(d, on_bytes)) for d in files)
@@ -222,7 +227,7 @@ class LocalBackend:
 
     def _read_file_or_error(
         self, digest: str, on_bytes: Callable[[int], None]
-    ) -> tuple[bytes, memoryview, bytes] | Exception:
+    ) -> tuple[bytes, memoryview, bytes, int] | Exception:
         try:
             return self._read_file(digest, on_bytes)
         except (OSError, ValueError, EOFError) as exc:
@@ -230,8 +235,9 @@ class LocalBackend:
 
     def read_blob(
         self, digest: str, on_bytes: Callable[[int], None]
-    ) -> tuple[bytes, memoryview, bytes]:
-        """(tag, payload, sha256 of the payload as read). FileNotFoundError if absent."""
+    ) -> tuple[bytes, memoryview, bytes, int]:
+        """(tag, payload, digest of the payload as read, blob format version).
+        FileNotFoundError if absent."""
         with self._db() as db:
             row = db.execute(
                 "SELECT CAST(tag AS BLOB), CAST(payload AS BLOB) FROM blobs WHERE digest = ?",
@@ -240,19 +246,19 @@ class LocalBackend:
         if row is not None:
             payload = memoryview(bytearray(row[1]))
             on_bytes(payload.nbytes)
-            return bytes(row[0]), payload, _blobio.digest_of([payload])
+            return bytes(row[0]), payload, _blobio.digest_of([payload], version=1), 1
         return self._read_file(digest, on_bytes)
 
     def _read_file(
         self, digest: str, on_bytes: Callable[[int], None]
-    ) -> tuple[bytes, memoryview, bytes]:
+    ) -> tuple[bytes, memoryview, bytes, int]:
         with open(self._path(digest), "rb", buffering=0) as f:
-            tag, length = _blobio.parse_header(f.read(_blobio.HEADER))
+            tag, length, version = _blobio.parse_header(f.read(_blobio.HEADER))
             actual = os.fstat(f.fileno()).st_size - _blobio.HEADER
             if actual != length:
                 raise ValueError(f"blob holds {actual} payload bytes, its header says {length}")
-            buf, sha, _direct = _blobfile.read_file(f.fileno(), length, on_bytes)
-        return tag, buf, sha
+            buf, sha, _direct = _blobfile.read_file(f.fileno(), length, on_bytes, version=version)
+        return tag, buf, sha, version
 
     def blobs(self) -> Iterator[tuple[str, int, float]]:
         """(digest, size, mtime) of every stored blob (mtime 0 for those in SQLite)."""

@@ -121,14 +121,15 @@ class FsspecBackend:
     ) -> tuple[str, bool]:
         # The object's name is its hash and an upload cannot be renamed cheaply: hash first.
         length = _blobio.size_of(parts)
-        digest = _blobio.digest_of(parts)
+        version = _blobio.write_version()
+        digest = _blobio.digest_of(parts, version=version)
         hexdigest = digest.hex()
         path = self._path(hexdigest)
         if self.fs.exists(path):
             on_bytes(length)
             return hexdigest, False
         with self.fs.open(path, "wb") as f:
-            f.write(_blobio.header(signer.blob_tag(digest, length), length))
+            f.write(_blobio.header(signer.blob_tag(digest, length, version), length, version))
             for part in parts:
                 view = memoryview(part).cast("B")
                 for start in range(0, view.nbytes, _blobio.BLOCK):
@@ -139,8 +140,8 @@ class FsspecBackend:
 
     def read_blobs(
         self, digests: Collection[str], on_bytes: Callable[[int], None]
-    ) -> dict[str, tuple[bytes, memoryview, bytes] | Exception]:
-        out: dict[str, tuple[bytes, memoryview, bytes] | Exception] = {}
+    ) -> dict[str, tuple[bytes, memoryview, bytes, int] | Exception]:
+        out: dict[str, tuple[bytes, memoryview, bytes, int] | Exception] = {}
         for digest in digests:
             try:
                 out[digest] = self.read_blob(digest, on_bytes)
@@ -150,15 +151,15 @@ class FsspecBackend:
 
     def read_blob(
         self, digest: str, on_bytes: Callable[[int], None]
-    ) -> tuple[bytes, memoryview, bytes]:
+    ) -> tuple[bytes, memoryview, bytes, int]:
         with self.fs.open(self._path(digest), "rb") as f:
-            tag, length = _blobio.parse_header(f.read(_blobio.HEADER))
+            tag, length, version = _blobio.parse_header(f.read(_blobio.HEADER))
             size = f.size - _blobio.HEADER
             if size != length:
                 raise ValueError(f"blob holds {size} payload bytes, its header says {length}")
             buf = _blobio.allocate(length)
-            sha = _blobio.read_hashed(f.readinto, buf, on_bytes)
-        return tag, buf, sha
+            sha = _blobio.read_hashed(f.readinto, buf, on_bytes, version=version)
+        return tag, buf, sha, version
 
     def blobs(self) -> Iterator[tuple[str, int, float]]:
         try:

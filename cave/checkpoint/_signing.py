@@ -6,9 +6,11 @@ a manifest signature) and bound to the session id (a manifest or blob from anoth
 same user is refused).
 
 A blob is tagged as HMAC(secret, domain | session | digest(payload) | length), not as an HMAC over
-its bytes: the loader recomputes the digest of the bytes anyway (it is the blob's address, a
-SHA-256 construction, see `_blobio`), so one pass over the data suffices. This is as strong as an
-HMAC over the bytes while SHA-256 stays collision resistant.
+its bytes: the loader recomputes the digest of the bytes anyway (it is the blob's address: BLAKE3,
+or for blob format 1 a SHA-256 construction, see `_blobio`), so one pass over the data suffices.
+This is as strong as an HMAC over the bytes while the digest stays collision resistant. The domain
+names the blob format, so a tag vouches for a digest under one hash function only: relabelling a
+file's format version fails the tag check.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .._errors import ConfigError
 SECRET_FILE = "checkpoint_secret"
 _SECRET_BYTES = 32
 _MANIFEST_DOMAIN = b"cave-checkpoint-manifest-v1\x00"
-_BLOB_DOMAIN = b"cave-checkpoint-blob-v1\x00"
+_BLOB_DOMAINS = {1: b"cave-checkpoint-blob-v1\x00", 2: b"cave-checkpoint-blob-v2\x00"}
 
 
 def config_dir() -> Path:
@@ -92,12 +94,13 @@ class Signer:
     def manifest_tag(self, manifest: bytes) -> bytes:
         return hmac.new(self._secret, _MANIFEST_DOMAIN + manifest, hashlib.sha256).digest()
 
-    def blob_tag(self, digest: bytes, length: int) -> bytes:
-        msg = _BLOB_DOMAIN + self.session + digest + length.to_bytes(8, "little")
+    def blob_tag(self, digest: bytes, length: int, version: int = 1) -> bytes:
+        """The tag of a blob whose ``version`` digest (`_blobio`) is ``digest``."""
+        msg = _BLOB_DOMAINS[version] + self.session + digest + length.to_bytes(8, "little")
         return hmac.new(self._secret, msg, hashlib.sha256).digest()
 
     def check_manifest(self, manifest: bytes, tag: bytes | None) -> bool:
         return bool(tag) and hmac.compare_digest(self.manifest_tag(manifest), tag or b"")
 
-    def check_blob(self, digest: bytes, length: int, tag: bytes) -> bool:
-        return hmac.compare_digest(self.blob_tag(digest, length), tag)
+    def check_blob(self, digest: bytes, length: int, tag: bytes, version: int = 1) -> bool:
+        return hmac.compare_digest(self.blob_tag(digest, length, version), tag)

@@ -3,10 +3,10 @@
 Guarantees, exactly:
 
 * Restore verifies the manifest's HMAC, its session id and name, then every blob it names
-  (size, HMAC tag, SHA-256-based digest of the bytes read) before a single byte is
-  unpickled; any mismatch refuses the whole restore with `CheckpointTampered` (or
-  `CheckpointIncomplete` for missing blobs). The bytes unpickled are the bytes verified
-  (read once into memory; no re-read).
+  (size, HMAC tag, and the digest of the bytes read: BLAKE3, or SHA-256-based for blob format 1)
+  before a single byte is unpickled; any mismatch refuses the whole restore with
+  `CheckpointTampered` (or `CheckpointIncomplete` for missing blobs). The bytes unpickled are
+  the bytes verified (read once into memory; no re-read).
 * A crash at any instant of `save` leaves every earlier checkpoint intact and restorable (local
   store: blobs fsynced and renamed before the manifest's SQLite transaction commits).
 * An object whose pickled form is unchanged since the newest checkpoint is not written again:
@@ -32,7 +32,7 @@ from collections.abc import Collection, Mapping, MutableMapping
 from typing import Any
 
 from .._errors import CheckpointError, CheckpointNotFound, CheckpointTampered
-from . import _fingerprint, _manifest, _pickling, _snapshot
+from . import _blobio, _fingerprint, _manifest, _pickling, _snapshot
 from ._errors import CheckpointIncomplete, InvalidCheckpointName
 from ._local import LocalBackend
 from ._progress import Progress
@@ -251,13 +251,15 @@ class SessionStore:
                 continue
             if isinstance(result, Exception):
                 raise CheckpointTampered(what, str(result)) from None
-            tag, payload, sha = result
+            tag, payload, sha, version = result
             if payload.nbytes != size:
                 raise CheckpointTampered(what, f"it holds {payload.nbytes} bytes, not {size}")
-            if not self._signer.check_blob(bytes.fromhex(digest), size, tag):
+            if not self._signer.check_blob(bytes.fromhex(digest), size, tag, version):
                 raise CheckpointTampered(what, "its HMAC tag does not match (foreign or edited)")
             if sha.hex() != digest:
-                raise CheckpointTampered(what, "its content does not match its SHA-256 digest")
+                raise CheckpointTampered(
+                    what, f"its content does not match its {_blobio.HASHES[version]} digest"
+                )
             payloads[digest] = payload
         if missing:
             raise CheckpointIncomplete(name, missing, self.url)
@@ -378,19 +380,19 @@ class SessionStore:
         return VerifyReport(tuple(checked), tuple(failed), len(good), orphans)
 
     def _check_blob(
-        self, digest: str, size: int, result: tuple[bytes, memoryview, bytes] | Exception
+        self, digest: str, size: int, result: tuple[bytes, memoryview, bytes, int] | Exception
     ) -> str:
         if isinstance(result, FileNotFoundError):
             return "missing"
         if isinstance(result, Exception):
             return str(result)
-        tag, payload, sha = result
+        tag, payload, sha, version = result
         if payload.nbytes != size:
             return f"holds {payload.nbytes} bytes, not {size}"
-        if not self._signer.check_blob(bytes.fromhex(digest), size, tag):
+        if not self._signer.check_blob(bytes.fromhex(digest), size, tag, version):
             return "HMAC tag does not match"
         if sha.hex() != digest:
-            return "content does not match its SHA-256"
+            return f"content does not match its {_blobio.HASHES[version]}"
         return ""
 
     def _referenced(self) -> set[str]:

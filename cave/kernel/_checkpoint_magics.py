@@ -21,6 +21,8 @@ USAGE = """\
 %checkpoint restore NAME    put the session back as it was at NAME (refused while a turn runs)
 %checkpoint diff A B        names added, changed and removed from A to B
 %checkpoint auto [on|off]   auto-checkpoint after each agent turn (shows the current setting)
+%checkpoint copy NAME [on|off]  copy the data of DuckDB connection NAME into checkpoints (on), or
+                            save it by path, the default (off); no argument shows the setting
 From a terminal: cave checkpoints list|show|diff|rm|verify|gc, cave resume NAME"""
 
 
@@ -75,6 +77,8 @@ def checkpoint_magic(line: str) -> None:
         _print(_diff_text(open_store(session).diff(rest[0], rest[1])))
     elif command == "auto" and len(rest) <= 1:
         _auto(session, rest[0] if rest else None)
+    elif command == "copy" and 1 <= len(rest) <= 2:
+        _copy(session, rest[0], rest[1] if len(rest) > 1 else None)
     else:
         raise ConfigError(f"Cannot understand `%checkpoint {line.strip()}`.\n{USAGE}")
 
@@ -112,6 +116,24 @@ def _auto(session: Any, setting: str | None) -> None:
     last = f"; last: {auto.last.name}" if auto.last else ""
     error = f"; last attempt failed: {auto.last_error}" if auto.last_error else ""
     _print(f"auto-checkpoint: on, keeping the newest {auto.keep}{last}{error}")
+
+
+def _copy(session: Any, name: str, setting: str | None) -> None:
+    from ..checkpoint._duckdb import copy_database, copy_setting
+
+    if setting not in (None, "on", "off"):
+        raise ConfigError(f"%checkpoint copy NAME takes on or off, not {setting!r}.")
+    if name not in session.runtime.namespace:
+        raise ConfigError(
+            f"No {name!r} in the agent's namespace; inject it first (cave.inject({name!r}, con))."
+        )
+    con = session.runtime.namespace[name]
+    try:
+        if setting is not None:
+            copy_database(con, setting == "on")
+        _print(f"{name}: {copy_setting(con)}")
+    except TypeError as exc:
+        raise ConfigError(f"%checkpoint copy {name}: {exc}") from None
 
 
 def _diff_text(d: Any) -> str:

@@ -192,6 +192,8 @@ class AnthropicModel:
             kwargs["system"] = list(request.system)
         if request.tools:
             kwargs["tools"] = list(request.tools)
+            if request.tool_choice:
+                kwargs["tool_choice"] = {"type": request.tool_choice}
         return kwargs
 
     def _stream_into(self, kwargs: dict[str, Any], call: StreamingCall) -> None:
@@ -245,6 +247,7 @@ class AnthropicModel:
             stop_reason=stop_reason,
             content=content,
             model=model,
+            partial_tool_input=_cut_input(content, raw, stop_reason),
         )
 
     def _translate(self, exc: BaseException) -> BaseException:
@@ -299,6 +302,21 @@ def _check_raw_inputs(content: list[dict[str, Any]], raw: dict[int, str],
         return calls
     return tuple(ToolCall(c.id, None, error=bad[c.id]) if c.id in bad and c.code is not None
                  else c for c in calls)
+
+
+def _cut_input(content: list[dict[str, Any]], raw: dict[int, str], stop_reason: str
+               ) -> str | None:
+    """The raw input JSON of the last block when max_tokens cut a tool call in the middle."""
+    import json
+
+    if stop_reason != "max_tokens" or not content or content[-1].get("type") != "tool_use":
+        return None
+    text = raw.get(len(content) - 1, "")
+    try:
+        json.loads(text, strict=False)
+    except ValueError:
+        return text
+    return None  # the input was whole: only what came after it was cut
 
 
 def _is_transport(exc: BaseException) -> bool:

@@ -237,16 +237,20 @@ def chat_reply(acc: ChunkAccumulator, messages: Sequence[dict[str, Any]], body: 
             calls.append(ToolCall(block_id, code))
         if blocks and stop_reason == "end_turn":
             stop_reason = "tool_use"
-    else:
+    partial = None
+    if not fenced:
         answer = text
         for slot in acc.calls.values():
             block, tool_call = _tool_use(slot, stop_reason)
             content.append(block)
             calls.append(tool_call)
+        if stop_reason == "max_tokens" and calls and calls[-1].code is None:
+            partial = _unparsed("".join(list(acc.calls.values())[-1]["args"]))  # cut mid-call
     out_chars = len(text) + sum(len(a) for s in acc.calls.values() for a in s["args"])
     usage, estimated = _usage(acc.usage, body, out_chars)
     return ModelReply(text=answer, tool_calls=tuple(calls), usage=usage, stop_reason=stop_reason,
-                      content=content, model=acc.model or model), estimated
+                      content=content, model=acc.model or model,
+                      partial_tool_input=partial), estimated
 
 
 def _tool_use(slot: dict[str, Any], stop_reason: str) -> tuple[dict[str, Any], ToolCall]:
@@ -269,6 +273,15 @@ def _tool_use(slot: dict[str, Any], stop_reason: str) -> tuple[dict[str, Any], T
     if isinstance(data, dict):
         block["input"] = data
     return block, tool_call
+
+
+def _unparsed(raw: str) -> str | None:
+    """``raw`` if it is not (yet) JSON: the start of a call that max_tokens cut."""
+    try:
+        json.loads(raw, strict=False)
+    except ValueError:
+        return raw
+    return None
 
 
 def _next_fenced_number(messages: Sequence[dict[str, Any]]) -> int:

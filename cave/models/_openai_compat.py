@@ -170,6 +170,8 @@ class OpenAICompatModel:
         }
         if self.tools and request.tools:
             body["tools"] = chat_tools(request.tools)
+            if request.tool_choice:
+                body["tool_choice"] = request.tool_choice
         return body
 
     # -- worker thread ---------------------------------------------------------------------------

@@ -73,6 +73,9 @@ class ModelRequest:
     messages: Sequence[dict[str, Any]]
     tools: Sequence[dict[str, Any]] = (PYTHON_TOOL,)
     max_tokens: int = 8192
+    tool_choice: str | None = None
+    """``"none"``: the model must answer in text although tools are defined (both APIs accept
+    it; a conversation that holds tool calls must still define the tools). None: the default."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,13 @@ class ModelReply:
     content: list[dict[str, Any]] = field(default_factory=list)
     """The assistant content blocks to append to the history verbatim."""
     model: str = ""
+    calls: int = 1
+    """Model calls whose usage this reply adds up (more than one when it was continued or
+    rejoined, or a cut reply was asked again): its input tokens are not one request's size."""
+    partial_tool_input: str | None = None
+    """The raw input JSON streamed for the last tool call when ``max_tokens`` cut the reply in
+    the middle of it (the content's block holds only what parsed); ``agent._rejoin`` joins it
+    with the model's continuation. None when no call was cut or the provider cannot say."""
 
 
 TextSink = Callable[[str], None]

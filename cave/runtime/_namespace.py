@@ -21,7 +21,7 @@ import builtins
 import keyword
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Set
 from dataclasses import dataclass
 from types import MappingProxyType, ModuleType
 from typing import Any
@@ -205,9 +205,17 @@ class AgentRuntime:
         ``last``: only the newest N, found from the end of the namespace, so a turn's cost does
         not grow with a namespace of thousands of names (the prompt shows the newest 50)."""
         skip = self._injected.keys() | self._primitives.keys() | _RESERVED.keys()
-        names = list(self.namespace)
+        if last is not None:
+            try:  # newest first without copying every name: the dict's own reverse iterator
+                return self._variables(reversed(self.namespace), skip, last)
+            except RuntimeError:  # a thread bound a name meanwhile: copy, always right
+                return self._variables(reversed(list(self.namespace)), skip, last)
+        return self._variables(iter(list(self.namespace)), skip, last)
+
+    def _variables(self, names: Iterator[str], skip: Set[str],
+                   last: int | None) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
-        for name in reversed(names) if last is not None else names:
+        for name in names:
             if last is not None and len(out) >= last:
                 break
             value = self.namespace.get(name)

@@ -10,7 +10,7 @@ from ._approval_widgets import CLICK, ApprovalWidgets, approval_clicker, request
 from ._kernel_harness import CellResult, KernelHarness
 from ._loopback import RecordedRequest
 from ._openai_server import OpenAIServer
-from ._script import Failure, Reply, Script, load_script, reply
+from ._script import Failure, Reply, Script, load_script, reply, split_tool_call
 from ._scripted_kernel import ScriptedKernel
 from ._scripted_model import ScriptedModel
 from ._scripted_server import ScriptedServer
@@ -33,4 +33,5 @@ __all__ = [
     "load_script",
     "reply",
     "request_ids",
+    "split_tool_call",
 ]

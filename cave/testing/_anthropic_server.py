@@ -145,6 +145,9 @@ class _MessagesHandler(LoopbackHandler):
                 404, "not_found_error", f"{method} {path} is not served here (only POST "
                 "/v1/messages).")
         problem = _validate(body, needs_max_tokens=path == "/v1/messages")
+        if problem is None and not app.prefill and body["messages"][-1].get("role") == "assistant":
+            problem = ("This model does not support assistant message prefill. The conversation "
+                       "must end with a user message.")
         if problem is not None:
             return self.send_api_error(400, "invalid_request_error", problem)
         if path.endswith("count_tokens"):
@@ -177,7 +180,8 @@ class AnthropicServer(LoopbackServer):
     ``chunk_size``: characters per text/input delta. ``latency``: seconds slept before each delta
     (for interrupt tests). ``api_key``: if set, requests with another key get 401. ``port``: 0 picks
     a free one. ``context_window``: if set, a request estimated above it gets the API's 400
-    "prompt is too long" (before a script item is used).
+    "prompt is too long" (before a script item is used). ``prefill=False`` refuses a request that
+    ends with an assistant message, as Claude 4.6 and later do.
     """
 
     handler_class = _MessagesHandler
@@ -192,9 +196,11 @@ class AnthropicServer(LoopbackServer):
         api_key: str | None = None,
         port: int = 0,
         context_window: int | None = None,
+        prefill: bool = True,
     ) -> None:
         super().__init__(script, chunk_size=chunk_size, latency=latency, api_key=api_key,
                          port=port)
+        self.prefill = prefill
         self._cache = PromptCache()
         self.context_window = context_window
         self.count_calls = 0
@@ -310,6 +316,34 @@ def _validate(body: Any, needs_max_tokens: bool = True) -> str | None:
         if not content and not (i == last and message.get("role") == "assistant"):
             return (f"messages.{i}: all messages must have non-empty content except for the "
                     "optional final assistant message")
+    return _validate_tools(body)
+
+
+def _validate_tools(body: dict[str, Any]) -> str | None:
+    """The API's rules for tool blocks: each ``tool_use`` is answered by a ``tool_result`` in
+    the next message (so a partial call can never be sent back to be continued), and
+    ``tool_choice`` is one of its known types."""
+    choice = body.get("tool_choice")
+    if choice is not None and (not isinstance(choice, dict) or choice.get("type") not in
+                               ("auto", "any", "tool", "none")):
+        return "tool_choice: Input tag does not match any of the expected tags: 'auto', 'any', " \
+               "'tool', 'none'"
+    messages = body["messages"]
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if message.get("role") != "assistant" or not isinstance(content, list):
+            continue
+        ids = [b.get("id") for b in content if isinstance(b, dict) and b.get("type") == "tool_use"]
+        if not ids:
+            continue
+        following = messages[i + 1].get("content") if i + 1 < len(messages) else None
+        answered = {b.get("tool_use_id") for b in following or [] if isinstance(b, dict)
+                    and b.get("type") == "tool_result"} if isinstance(following, list) else set()
+        missing = [x for x in ids if x not in answered]
+        if missing:
+            return (f"messages.{i + 1}: `tool_use` ids were found without `tool_result` blocks "
+                    f"immediately after: {', '.join(map(str, missing))}. Each `tool_use` block "
+                    "must have a corresponding `tool_result` block in the next message.")
     return None
 
 

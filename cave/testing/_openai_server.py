@@ -198,6 +198,10 @@ def _validate(body: Any, fenced: bool) -> str | None:
                 isinstance(t, dict) and t.get("type") == "function"
                 and isinstance((t.get("function") or {}).get("name"), str) for t in tools):
             return "Invalid 'tools': each tool must be {'type': 'function', 'function': {...}}."
+    choice = body.get("tool_choice")
+    if choice is not None and choice not in ("none", "auto", "required") and not (
+            isinstance(choice, dict) and choice.get("type") == "function"):
+        return "Invalid value for 'tool_choice': expected 'none', 'auto', 'required' or a function."
     pending: list[str] = []
     for i, m in enumerate(messages):
         role = m.get("role") if isinstance(m, dict) else None

@@ -239,3 +239,57 @@ def scripted_signature(thinking: str) -> str:
 def output_chars(item: Reply) -> int:
     return (len(item.text) + len(item.thinking) + sum(len(c) + 12 for c in item.code)
             + len(item.raw_tool_input or ""))
+
+
+CUT_MARKERS = ("<<<CUT_INPUT\n", "\nCUT_INPUT>>>")
+"""How Cave's continuation request quotes a cut call's input (``agent._rejoin.ASK``)."""
+
+
+def split_tool_call(code: str, cut_at: int, *, text: str = "",
+                    then: Sequence[Reply | Failure] = ()) -> Callable[[dict[str, Any]],
+                                                                      Reply | Failure]:
+    """A script that plays a ``python`` call cut by ``max_tokens`` and its continuation.
+
+    The first request gets ``text`` and the call's input JSON cut after ``cut_at`` characters
+    (stop reason ``max_tokens``), as the API streams a reply that hit its output limit. A
+    request that quotes a prefix of that JSON between Cave's markers gets, as text, exactly the
+    characters that follow the quoted prefix (what a model continuing its own output writes). A
+    request that quotes nothing (asked again with more room) gets the whole call. Then ``then``
+    plays in order. A fixture, not a model.
+    """
+    whole = json.dumps({"code": code})
+    if not 0 < cut_at < len(whole):
+        raise ConfigError(f"cut_at must be inside the call's {len(whole)}-character input JSON.")
+    rest = list(then)
+    first: list[int] = []  # the first request's message count
+
+    def play(body: dict[str, Any]) -> Reply | Failure:
+        messages = body["messages"]
+        if not first:
+            first.append(len(messages))
+            return Reply(text=text, raw_tool_input=whole[:cut_at], stop_reason="max_tokens")
+        quoted = _quoted_cut_input(messages[-1])
+        if quoted is not None:  # continue from wherever the quote ends
+            if whole.startswith(quoted):
+                return Reply(text=whole[len(quoted):])
+            return Reply(text="I cannot find that input.")  # a quote that is not what was cut
+        if len(messages) == first[0]:  # the same request again (asked with more room)
+            return Reply(text=text, code=(code,))
+        if not rest:
+            raise ConfigError("split_tool_call: no scripted reply left (add them with then=...).")
+        return rest.pop(0)
+
+    return play
+
+
+def _quoted_cut_input(message: dict[str, Any]) -> str | None:
+    """The cut input a continuation request quotes in its last (user) message, or None."""
+    content = message.get("content")
+    if message.get("role") != "user":
+        return None
+    text = "".join(b.get("text", "") for b in content if isinstance(b, dict)) \
+        if isinstance(content, list) else str(content or "")
+    _, sep, tail = text.partition(CUT_MARKERS[0])
+    if not sep or CUT_MARKERS[1] not in tail:
+        return None
+    return tail[: tail.rindex(CUT_MARKERS[1])]

@@ -10,6 +10,7 @@ as the API does).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from cave._errors import BudgetReached, EmptyModelReply, ModelResponseError
-from cave.agent._events import Notice
+from cave.agent._events import CodeStarted, Notice
 from cave.agent._loop import Agent, AgentSettings
 from cave.agent._recovery import RetryPolicy
 from cave.models._anthropic import AnthropicModel
@@ -26,7 +27,14 @@ from cave.models._openai_compat import OpenAICompatModel
 from cave.runtime._namespace import AgentRuntime
 from cave.testing._anthropic_server import AnthropicServer
 from cave.testing._openai_server import OpenAIServer
-from cave.testing._script import Failure, Reply, reply
+from cave.testing._script import (
+    CUT_MARKERS,
+    Failure,
+    Reply,
+    _quoted_cut_input,
+    reply,
+    split_tool_call,
+)
 
 PROVIDERS = ["anthropic", "openai"]
 FAST = RetryPolicy(base_delay_s=0.01, max_delay_s=0.05)
@@ -173,18 +181,128 @@ def test_malformed_tool_input_json_never_runs_and_the_turn_recovers(provider: st
         then_still_valid(model, history, runtime)
 
 
+SPLIT_CODE = ("hits.append(len(hits) + 1)\ntotal = sum(range(10))\n"
+              "print('joined', total, 'run', len(hits))")
+
+
+@contextmanager
+def served_fn(provider: str, script: Any, **options: Any) -> Iterator[tuple[Any, Any]]:
+    """A server playing a script function (``split_tool_call``): Anthropic without prefill,
+    as Claude 4.6 and later are, so the rejoin cannot lean on it."""
+    if provider == "anthropic":
+        server: Any = AnthropicServer(script, prefill=False, **options).start()
+        model: Any = AnthropicModel("claude-test", base_url=server.base_url, max_retries=2)
+    else:
+        server = OpenAIServer(script, **options).start()
+        model = OpenAICompatModel("m", base_url=server.base_url, max_retries=2)
+    try:
+        yield server, model
+    finally:
+        model.close()
+        server.stop()
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_max_tokens_inside_a_tool_call_asks_again_with_more_room(provider: str) -> None:
+def test_a_tool_call_split_by_max_tokens_is_rejoined_before_it_runs(provider: str) -> None:
+    cut_at = len('{"code": "hits.append(len(hits) + 1)\\ntotal = su')
+    script = split_tool_call(SPLIT_CODE, cut_at, text="Computing.",
+                             then=[reply("done"), reply("still here")])
+    with served_fn(provider, script) as (server, model):
+        outcome, history, runtime, notices, events = run_turn(model, max_tokens=1000)
+        assert outcome.answer == "done", outcome
+        ran = [e.code for e in events if isinstance(e, CodeStarted)]
+        assert ran == [SPLIT_CODE]  # the joined code, run exactly once
+        assert runtime.retrieve("hits") == [1] and runtime.retrieve("total") == 45
+        ask = server.requests[1].body
+        assert ask["max_tokens"] == 1000  # continued, not asked again with more room
+        assert ask["messages"][-1]["role"] == "user"  # no prefill: a user message quotes the cut
+        assert CUT_MARKERS[0].strip() in json.dumps(ask["messages"][-1])
+        assert ask["tool_choice"] in ({"type": "none"}, "none")
+        assert any("rejoined" in n for n in notices)
+        call = next(b for b in history[1]["content"] if b["type"] == "tool_use")
+        assert call["input"] == {"code": SPLIT_CODE}  # the history holds the whole call
+        then_still_valid(model, history, runtime)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_continuation_cut_again_is_continued_again(provider: str) -> None:
+    whole = json.dumps({"code": SPLIT_CODE})
+    played: list[str] = []
+
+    def script(body: dict[str, Any]) -> Reply:
+        quoted = _quoted_cut_input(body["messages"][-1])
+        if not played:
+            played.append("cut")
+            return Reply(raw_tool_input=whole[:20], stop_reason="max_tokens")
+        if quoted == whole[:20]:  # the first continuation is cut too
+            played.append("cut again")
+            return Reply(text=whole[20:45], stop_reason="max_tokens")
+        if quoted is not None and whole.startswith(quoted):
+            played.append("rest")
+            return Reply(text=whole[len(quoted):])
+        played.append("after")
+        return reply("done") if played.count("after") == 1 else reply("still here")
+
+    with served_fn(provider, script) as (server, model):
+        outcome, history, runtime, notices, events = run_turn(model, max_tokens=1000)
+        assert outcome.answer == "done", outcome
+        assert played[:3] == ["cut", "cut again", "rest"]
+        assert [e.code for e in events if isinstance(e, CodeStarted)] == [SPLIT_CODE]
+        assert runtime.retrieve("hits") == [1]
+        then_still_valid(model, history, runtime)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_cut_call_that_does_not_rejoin_is_asked_again_with_more_room(provider: str) -> None:
     cut = Reply(text="Here goes.", raw_tool_input='{"code": "hits.append(99)\\nx = [1, 2',
                 stop_reason="max_tokens")
-    with served(provider, [cut, reply("Here goes.", HIT), reply("done")]) as (server, model):
-        outcome, history, runtime, notices, _ = run_turn(model, max_tokens=1000)
+    garbled = Reply(text="Sorry, here is the code again: print(1)")  # does not continue the JSON
+    script = [cut, garbled, reply("Here goes.", HIT), reply("done")]
+    with served(provider, script) as (server, model):
+        outcome, history, runtime, notices, events = run_turn(model, max_tokens=1000)
         assert outcome.answer == "done", outcome
-        assert runtime.retrieve("hits") == [1]  # the cut call never ran
-        sent = [r.body["max_tokens"] for r in server.requests]
-        assert sent[:2] == [1000, 2000]
-        assert any("cut at max_tokens inside a code call" in n for n in notices)
+        assert runtime.retrieve("hits") == [1]  # the cut call never ran; the re-asked one once
+        assert [r.body["max_tokens"] for r in server.requests][:3] == [1000, 1000, 2000]
+        assert any("could not be rejoined (the joined input is not JSON" in n for n in notices)
         then_still_valid(model, history, runtime)
+
+
+def test_the_openai_sdk_reads_the_split_and_sends_the_continuation_cave_builds() -> None:
+    """The loopback split, streamed to the official ``openai`` SDK, is a call cut at "length";
+    Cave's continuation body goes through the SDK's own parameters and gets the rest."""
+    import openai
+
+    from cave.agent._rejoin import continuation_request
+    from cave.models._protocol import ModelRequest
+
+    cut_at = 30
+    script = split_tool_call(SPLIT_CODE, cut_at, then=[reply("done")])
+    with served_fn("openai", script) as (server, model):
+        client = openai.OpenAI(base_url=server.base_url, api_key="k", max_retries=0)
+        request = ModelRequest(system=[{"type": "text", "text": "sys"}],
+                               messages=[{"role": "user", "content": [{"type": "text",
+                                                                       "text": "go"}]}])
+        body = model.request_body(request)
+        with pytest.raises(openai.LengthFinishReasonError) as cut_off:  # how the SDK says it
+            with client.chat.completions.stream(**{k: v for k, v in body.items()
+                                                   if k != "stream"}) as stream:
+                stream.get_final_completion()
+        choice = cut_off.value.completion.choices[0]
+        assert choice.finish_reason == "length"
+        [sdk_call] = choice.message.tool_calls or []
+        partial = sdk_call.function.arguments
+        assert partial == json.dumps({"code": SPLIT_CODE})[:cut_at]
+        ask = continuation_request(request, _cut_reply(partial), partial)
+        rest = client.chat.completions.create(**{**model.request_body(ask), "stream": False})
+        assert json.loads(partial + (rest.choices[0].message.content or "")) == {
+            "code": SPLIT_CODE}
+
+
+def _cut_reply(partial: str) -> Any:
+    from cave.models._protocol import ModelReply, Usage
+
+    return ModelReply("", (), Usage(), "max_tokens", [
+        {"type": "tool_use", "id": "call_1", "name": "python", "input": {}}], "m", partial)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -197,6 +315,20 @@ def test_max_tokens_in_text_is_continued(provider: str) -> None:
         assert last["role"] == "assistant"  # the partial reply, sent back to be continued
         assert history[-1] == {"role": "assistant",
                                "content": [{"type": "text", "text": "The answer is 42."}]}
+        then_still_valid(model, history, runtime)
+
+
+def test_max_tokens_in_text_is_continued_without_prefill_where_the_model_refuses_it() -> None:
+    script = [Reply(text="The answer is ", stop_reason="max_tokens"), reply(" 42."),
+              reply("still here")]
+    with served_fn("anthropic", script) as (server, model):  # prefill=False, as Claude 4.6+
+        outcome, history, runtime, notices, _ = run_turn(model)
+        assert outcome.answer == "The answer is 42.", outcome
+        refused, asked = server.requests[1].body, server.requests[2].body
+        assert refused["messages"][-1]["role"] == "assistant"  # the prefill, refused with a 400
+        last = asked["messages"]
+        assert [m["role"] for m in last[-2:]] == ["assistant", "user"]  # then asked to continue
+        assert any("no prefill" in n for n in notices)
         then_still_valid(model, history, runtime)
 
 

@@ -147,3 +147,27 @@ def test_a_provider_count_that_fits_saves_the_summary_call() -> None:
     assert made is not None and made.summarised_turns == 0 and "elided" in str(sent)
     over, _ = Compactor().history_for_request(history, 4300, summarise, count=lambda m: 99_999)
     assert summarise.calls  # the provider says it does not fit: summarised
+
+
+def test_cached_compaction_matches_an_uncached_one_and_its_caches_stay_bounded() -> None:
+    """The per-message caches are an optimisation: each request equals what a compactor with
+    empty caches (same summary) builds, and the caches hold only messages after the summary, so
+    a step's cost and the memory do not grow with the stored history."""
+    import random
+
+    rng = random.Random(11)
+    compactor, summarise = Compactor(), Summariser()
+    history: list[dict[str, Any]] = []
+
+    def no_summary(previous: str | None, messages: Any) -> str:
+        raise AssertionError("the uncached twin needed a summary the cached one did not make")
+
+    for n in range(150):
+        history += turn(n, rng.choice([10, 500, 4000, 9000]))
+        sent, _ = compactor.history_for_request(history, 6000, summarise)
+        twin = Compactor()
+        twin.summary, twin.covered = compactor.summary, compactor.covered
+        assert twin.history_for_request(history, 6000, no_summary)[0] == sent
+        live = len(history) - compactor.covered
+        assert len(compactor._sizes) <= 3 * live + 2 and len(compactor._short) <= 2 * live + 2
+    assert len(summarise.calls) >= 5

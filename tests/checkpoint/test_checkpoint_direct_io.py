@@ -1,5 +1,6 @@
 """Large blob files move with O_DIRECT where the filesystem takes it, through the page cache where
-it does not, and both ways write and read the same version-1 files with the same digests."""
+it does not, and both ways write and read the same files (version 2, BLAKE3, as saves write them
+now; version 1, SHA-256 blocks, as earlier releases did) with the same digests."""
 
 from __future__ import annotations
 
@@ -29,14 +30,18 @@ LENGTHS = [
 ]
 
 
-def spec_digest(data: bytes) -> bytes:
+def spec_digest(data: bytes, version: int = 1) -> bytes:
+    if version == 2:
+        import blake3
+
+        return blake3.blake3(data).digest()
     blocks = (data[i : i + BLOCK] for i in range(0, len(data), BLOCK))
     return hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in blocks)).digest()
 
 
-def old_header(tag: bytes, length: int) -> bytes:
-    """The version-1 header, spelled out here so that a format change cannot go unnoticed."""
-    return b"CAVEBLOB" + struct.pack("<II", 1, 0) + tag + struct.pack("<Q", length) + bytes(8)
+def old_header(tag: bytes, length: int, version: int = 1) -> bytes:
+    """The header, spelled out here so that a format change cannot go unnoticed."""
+    return b"CAVEBLOB" + struct.pack("<II", version, 0) + tag + struct.pack("<Q", length) + bytes(8)
 
 
 def takes_direct(directory: Path) -> bool:
@@ -73,12 +78,16 @@ def split(data: bytes) -> list[bytes | memoryview]:
     return [data[:100]] + [view[a:b] for a, b in itertools.pairwise(cuts)]
 
 
-def write(path: Path, data: bytes) -> tuple[bytes, bool, list[int]]:
+def write(path: Path, data: bytes, version: int = 1) -> tuple[bytes, bool, list[int]]:
     counts: list[int] = []
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         digest, direct = _blobfile.write_file(
-            fd, split(data), counts.append, lambda d: old_header(TAG, len(data))
+            fd,
+            split(data),
+            counts.append,
+            lambda d: old_header(TAG, len(data), version),
+            version=version,
         )
         os.fsync(fd)
     finally:
@@ -86,30 +95,31 @@ def write(path: Path, data: bytes) -> tuple[bytes, bool, list[int]]:
     return digest, direct, counts
 
 
-def read(path: Path, length: int) -> tuple[memoryview, bytes, bool, list[int]]:
+def read(path: Path, length: int, version: int = 1) -> tuple[memoryview, bytes, bool, list[int]]:
     counts: list[int] = []
     fd = os.open(path, os.O_RDONLY)
     try:
-        buf, sha, direct = _blobfile.read_file(fd, length, counts.append)
+        buf, sha, direct = _blobfile.read_file(fd, length, counts.append, version=version)
     finally:
         os.close(fd)
     return buf, sha, direct, counts
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("direct_io", [True, False], ids=["direct", "page-cache"])
-def test_round_trip_of_odd_lengths_writes_exact_version_1_files(tmp_path, monkeypatch, direct_io):
+def test_round_trip_of_odd_lengths_writes_exact_files(tmp_path, monkeypatch, direct_io, version):
     monkeypatch.setattr(_blobfile, "direct_io", direct_io)
     expect_direct = direct_io and takes_direct(tmp_path)
     for length in LENGTHS:
         data = os.urandom(length)
         path = tmp_path / f"blob-{length}"
-        digest, direct, counts = write(path, data)
-        assert (digest, direct) == (spec_digest(data), expect_direct), length
+        digest, direct, counts = write(path, data, version)
+        assert (digest, direct) == (spec_digest(data, version), expect_direct), length
         assert sum(counts) == length  # progress counts each payload byte once
         raw = path.read_bytes()  # exact: header, payload, no padding left behind
-        assert raw == old_header(TAG, length) + data
+        assert raw == old_header(TAG, length, version) + data
 
-        buf, sha, direct, counts = read(path, length)
+        buf, sha, direct, counts = read(path, length, version)
         assert (sha, direct, sum(counts)) == (digest, expect_direct, length), length
         assert buf.nbytes == length and bytes(buf) == data
         if direct:  # page + 64: arrays over it keep the payload's 64-byte alignment
@@ -174,8 +184,8 @@ def test_version_1_blob_from_an_earlier_save_restores_and_tampering_is_seen(tmp_
     with open(path, "wb") as f:
         f.write(old_header(signer.blob_tag(digest, len(data)), len(data)))
         f.write(data)
-    tag, payload, sha = backend.read_blob(digest.hex(), lambda n: None)
-    assert sha == digest and bytes(payload) == data
+    tag, payload, sha, version = backend.read_blob(digest.hex(), lambda n: None)
+    assert sha == digest and bytes(payload) == data and version == 1
     assert signer.check_blob(digest, len(data), tag)
 
     with open(path, "r+b") as f:  # one flipped bit in the middle of the second block
@@ -183,7 +193,7 @@ def test_version_1_blob_from_an_earlier_save_restores_and_tampering_is_seen(tmp_
         byte = f.read(1)
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 1]))
-    _tag, _payload, sha = backend.read_blob(digest.hex(), lambda n: None)
+    _tag, _payload, sha, _version = backend.read_blob(digest.hex(), lambda n: None)
     assert sha != digest
 
 
@@ -220,9 +230,10 @@ def test_many_blob_files_read_at_once_each_get_their_own_bytes_and_errors(tmp_pa
     for digest, data in zip(digests, datas, strict=True):
         if digest in (missing, short):
             continue
-        tag, payload, sha = out[digest]  # type: ignore[misc]
-        assert sha.hex() == digest and bytes(payload) == data
-        assert signer.check_blob(sha, len(data), tag)
+        tag, payload, sha, version = out[digest]  # type: ignore[misc]
+        assert sha.hex() == digest and bytes(payload) == data and version == 2
+        assert signer.check_blob(sha, len(data), tag, version)
+        assert not signer.check_blob(sha, len(data), tag, 1)  # the tag binds the version
     assert sum(counts) == sum(len(d) for d in datas) - sizes[1] - sizes[5]
 
 

@@ -315,3 +315,33 @@ def test_prune_keeps_named_and_the_newest_auto_checkpoints(tmp_path):
     assert store.gc().removed_blobs >= 2
     assert store.verify().ok
     assert store.load("auto-6").namespace["i"][0] == 4
+
+
+@pytest.mark.parametrize("direct_io", [True, False], ids=["direct", "page-cache"])
+def test_checkpoints_of_blob_format_1_still_load_and_are_reused(tmp_path, monkeypatch, direct_io):
+    """Checkpoints written before BLAKE3 (blob format 1, SHA-256 blocks) restore and verify, and
+    a later save of the unchanged object refers to the old blob instead of writing it again."""
+    from cave.checkpoint import _blobfile, _blobio
+
+    monkeypatch.setattr(_blobfile, "direct_io", direct_io)
+    big = np.random.default_rng(5).random(3 * _blobio.BLOCK // 8 + 11)
+    store = SessionStore(tmp_path / "s", secret=SECRET)
+    monkeypatch.setattr(_blobio, "_write_version", 1)
+    store.save("old", {"big": big, "small": [1, 2]}, {"k": 1})
+    (old_file,) = (tmp_path / "s" / "blobs").glob("??/*")
+    assert old_file.read_bytes()[8:12] == (1).to_bytes(4, "little")
+    monkeypatch.setattr(_blobio, "_write_version", None)  # back to the default: format 2
+    assert _blobio.write_version() == 2
+    back = store.load("old")
+    assert np.array_equal(back.namespace["big"], big) and back.state == {"k": 1}
+    assert store.verify("old").ok
+    info = store.save("new", {"big": big, "small": [1, 2, 3]}, {"k": 2})
+    assert info.changes.changed == ("small",) and list((tmp_path / "s" / "blobs").glob("??/*")) == [
+        old_file
+    ]
+    other = big.copy()
+    other[0] = -1.0
+    store.save("newer", {"big": other}, {})
+    files = {p.read_bytes()[8:12] for p in (tmp_path / "s" / "blobs").glob("??/*")}
+    assert files == {(1).to_bytes(4, "little"), (2).to_bytes(4, "little")}
+    assert store.load("newer").namespace["big"][0] == -1.0 and store.verify().ok

@@ -70,7 +70,18 @@ def refused(store: SessionStore, match: str, exc: type = CheckpointTampered) -> 
 def test_flip_a_byte_in_a_blob_payload(saved):
     store, root = saved
     flip(biggest_blob(root), 64 + 500_000 // 2)
-    refused(store, "does not match its SHA-256")
+    refused(store, "does not match its BLAKE3 digest")
+
+
+def test_relabel_a_blob_as_the_other_format_version(saved):
+    """Version 1 and 2 digests are different hash functions; the tag binds which one."""
+    store, root = saved
+    path = biggest_blob(root)
+    data = bytearray(path.read_bytes())
+    assert data[8:12] == (2).to_bytes(4, "little")
+    data[8:12] = (1).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    refused(store, "HMAC tag")
 
 
 def test_flip_a_byte_in_a_blob_tag(saved):
@@ -95,7 +106,7 @@ def test_edit_a_small_blob_kept_in_sqlite(saved):
             edited = bytearray(payload)
             edited[-1] ^= 0x01
             db.execute("UPDATE blobs SET payload = ? WHERE digest = ?", (bytes(edited), digest))
-    refused(store, "does not match its SHA-256")
+    refused(store, "does not match its SHA-256 digest")  # inline blobs stay format 1
 
 
 def test_missing_blob(saved):
