@@ -6,6 +6,7 @@ stopped within a second of the stop button. Kernels alternate so drift on a nois
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -82,6 +83,12 @@ def interrupt_latency() -> list[float]:
     return latencies
 
 
+def _has_key() -> bool:
+    from cave.models._credentials import PROVIDER_ENV_VARS
+
+    return any(os.environ.get(name) for name in PROVIDER_ENV_VARS)
+
+
 def main() -> None:
     cave, stock = KernelHarness().start(), _Stock().start()
     try:
@@ -121,7 +128,9 @@ def main() -> None:
         ["measure", "stock ipykernel", "Cave", "ratio (or max)", "target"],
         rows,
         notes=f"{ROUND_TRIPS} round trips, {STARTS} starts, {INTERRUPTS} interrupts; "
-        "kernels interleaved in one run.",
+        "kernels interleaved in one run. A provider key in the environment (Cave then starts "
+        f"its credential process): {'yes' if _has_key() else 'no'}. Load average at the end: "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}.",
     )
 
 

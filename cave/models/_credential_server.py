@@ -28,43 +28,18 @@ The process makes itself undumpable (``PR_SET_DUMPABLE`` 0: no ``ptrace`` or
 
 from __future__ import annotations
 
-import hmac
-import http.client
 import json
 import os
 import select
 import signal
-import socket
-import socketserver
-import ssl
-import struct
 import sys
 import threading
-import urllib.parse
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "x-api-key",
-        "authorization",
-    }
-)
 _routes: dict[str, tuple[str, str, str]] = {}
 """route id -> (upstream base URL, header name, header value)."""
 _token: list[str] = []
 _lock = threading.Lock()
-_ssl_context: list[ssl.SSLContext] = []
 
 
 def _harden() -> None:
@@ -98,6 +73,52 @@ def _control() -> None:
     os._exit(0)
 
 
+_started: list[bool] = []
+
+
+def _start() -> None:
+    """Harden, take control lines, then wait for the first client before importing the HTTP
+    machinery (``http.client``/``http.server`` pull in ``email``, ``ssl``, ``hmac``: ~3x the
+    interpreter's own start-up). The kernel starts this process at its own start, on the same
+    CPUs, and needs nothing from it until the first model request."""
+    _harden()
+    threading.Thread(target=_control, name="control", daemon=True).start()
+    _started.append(True)
+    listener = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    select.select([listener], [], [])
+
+
+if __name__ == "__main__":
+    _start()
+
+import hmac  # noqa: E402 - after the first client arrives (see _start)
+import http.client  # noqa: E402
+import socket  # noqa: E402
+import socketserver  # noqa: E402
+import ssl  # noqa: E402
+import struct  # noqa: E402
+import urllib.parse  # noqa: E402
+from http.server import BaseHTTPRequestHandler  # noqa: E402
+
+_ssl_context: list[ssl.SSLContext] = []
+
+
+_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "x-api-key",
+        "authorization",
+    }
+)
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "cave-credentials"
@@ -273,8 +294,9 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 
 def main() -> None:
-    _harden()
-    threading.Thread(target=_control, name="control", daemon=True).start()
+    if not _started:
+        _harden()
+        threading.Thread(target=_control, name="control", daemon=True).start()
     server = _Server.__new__(_Server)
     socketserver.BaseServer.__init__(server, "", _Handler)
     server.socket = socket.socket(fileno=int(sys.argv[1]) if len(sys.argv) > 1 else 3)

@@ -37,6 +37,7 @@ from typing import Any
 from .._agent_code import AGENT_FILENAME_PREFIX as _FILENAME_PREFIX
 from ._capture import Capture, TeeStream
 from ._fd_capture import FdCapture, prepare
+from ._held import load_held
 from ._manifest import bounded_repr
 from ._outputs import MAX_KEPT_CHARS, OutputNames, kept_line
 from ._stop import (
@@ -362,6 +363,7 @@ class Executor:
     ) -> str | None:
         """Compile, run, and render the final value: all of it under the timeout."""
         body, expr = _compile(code, filename)
+        load_held(self.namespace)  # agent-made bytes from strict mode: loaded as agent code
         value = _execute(body, expr, self.namespace)
         if value is None:
             return None

@@ -28,6 +28,7 @@ from typing import Any
 
 from .._errors import NameNotFound, RuntimeStateError, TypeChangeRefused
 from ._executor import ExecutionResult, Executor
+from ._held import LoadsAsAgentCode
 from ._manifest import build_manifest, type_name
 
 __all__ = ["AgentRuntime", "InjectedInfo"]
@@ -127,6 +128,9 @@ class AgentRuntime:
                 )
             self.namespace[name] = obj
             self._injected[name] = InjectedInfo(description, time.time())
+        prepare = getattr(self.executor, "prepare", None)
+        if prepare is not None:  # strict mode: start copying large buffers into shared memory
+            prepare(name, obj)
 
     def retrieve(self, name: str) -> Any:
         """The object the namespace holds under ``name`` (injected or made by the agent)."""
@@ -217,7 +221,10 @@ class AgentRuntime:
             value = self.namespace.get(name)
             if name in skip or _is_dunder(name) or isinstance(value, ModuleType):
                 continue
-            out.append((name, type_name(value)))
+            if isinstance(value, LoadsAsAgentCode):  # the held value's type, not the holder's
+                out.append((name, value.type_name))
+            else:
+                out.append((name, type_name(value)))
         return out[::-1] if last is not None else out
 
     # ----------------------------------------------------------------- primitives

@@ -8,9 +8,10 @@ event the guard checks there). What goes back:
 
 * ``open`` (files and directories): the opened descriptor, by ``SCM_RIGHTS``;
 * ``connect``: a connected TCP socket's descriptor (the kernel resolves the name: the worker
-  cannot make an inet socket, and the guard checks ``net:host:port``);
+  cannot make an inet socket, and the guard checks ``net:host:port``), bounded by the step's
+  deadline;
 * ``run``: a finished process's exit status and output (argv only, run with the environment the
-  policy allows, in its own process group, killed at its timeout);
+  policy allows, in its own process group, killed at its timeout or when the step's time is up);
 * ``env``: one environment value, asked and audited as ``env:NAME`` (the ``env`` primitive); a
   name that is not set is answered "not set" at once (its absence is not a secret);
 * ``primitive``: a call of ``fs``/``shell``/``net``/``env``/``human`` with plain-data arguments.
@@ -23,8 +24,11 @@ from __future__ import annotations
 
 import builtins
 import os
+import signal
 import socket
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -49,6 +53,11 @@ class Broker:
         self._child_env = child_env
         self.served = 0
         self._entered: Any = None
+        self.deadline: float | None = None
+        """``time.monotonic()`` by which the current step must end (set by the executor): a
+        connect is bounded by it, and ``cancel_running`` ends a brokered process past it."""
+        self._running: subprocess.Popen[bytes] | None = None
+        self._running_lock = threading.Lock()
 
     def release(self) -> None:
         """Leave the guard block that requests run in (one block spans back-to-back requests).
@@ -114,7 +123,11 @@ class Broker:
         timeout = m.get("timeout")
         if timeout is not None:
             timeout = float(_need(timeout, (int, float), "timeout"))
-        sock = socket.create_connection((host, port), timeout)
+        left = None if self.deadline is None else max(0.001, self.deadline - time.monotonic())
+        bounded = left if timeout is None else min(timeout, left) if left is not None else timeout
+        sock = socket.create_connection((host, port), bounded)
+        if bounded != timeout:
+            sock.settimeout(timeout)  # the descriptor's blocking mode is what the worker asked
         return None, [sock.detach()]
 
     def _do_run(self, security: Any, m: Mapping[str, Any]) -> tuple[Any, list[int]]:
@@ -128,11 +141,35 @@ class Broker:
         timeout = m.get("timeout")
         if timeout is not None:
             timeout = float(_need(timeout, (int, float), "timeout"))
-        done = subprocess.run(argv, input=data, capture_output=True, cwd=cwd, timeout=timeout,
-                              env=dict(self._child_env()), start_new_session=True,
-                              stdin=None if data is not None else subprocess.DEVNULL)
-        return {"returncode": done.returncode, "stdout": done.stdout[:MAX_RUN_OUTPUT],
-                "stderr": done.stderr[:MAX_RUN_OUTPUT]}, []
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if data is not None
+                                else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd=cwd, env=dict(self._child_env()),
+                                start_new_session=True)
+        with self._running_lock:
+            self._running = proc
+        try:
+            with proc:
+                try:
+                    out, err = proc.communicate(data, timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    _kill_group(proc)
+                    proc.communicate()
+                    raise
+                except BaseException:
+                    _kill_group(proc)
+                    raise
+        finally:
+            with self._running_lock:
+                self._running = None
+        return {"returncode": proc.returncode, "stdout": out[:MAX_RUN_OUTPUT],
+                "stderr": err[:MAX_RUN_OUTPUT]}, []
+
+    def cancel_running(self) -> None:
+        """Kill the process group of a brokered process now running (a step's time is up)."""
+        with self._running_lock:
+            proc = self._running
+            if proc is not None and proc.poll() is None:  # not yet reaped: its group id is ours
+                _kill_group(proc)
 
     def _do_env(self, security: Any, m: Mapping[str, Any]) -> tuple[Any, list[int]]:
         name = _need(m.get("name"), str, "name")
@@ -147,6 +184,13 @@ class Broker:
         if primitive is None or method.startswith("_") or not hasattr(primitive, method):
             raise AttributeError(f"no primitive {name}.{method}")
         return getattr(primitive, method)(*args, **kwargs), []
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 _BUILTIN_NAMES = frozenset(

@@ -4,15 +4,18 @@ It has the in-process executor's interface (``run`` -> ``ExecutionResult``, ``in
 agent loop is unchanged. The kernel's ``AgentRuntime.namespace`` stays authoritative: before each
 step, what changed there since the last step (a new ``inject``, a rebinding, a deletion, an in-place
 change found by fingerprint) is sent to the worker; after it, what the step changed comes back and
-is bound there. Large buffers travel once, into shared memory, and both namespaces then hold
-objects built on the same memory: the kernel rebinds an injected object to its shared copy at the
-first step after ``inject`` (the user's own variable stays a separate object; lists, dicts and sets
-the agent changes are also merged back into the object the user injected).
+is bound there (``_namesync``). Large buffers travel once, into shared memory (copied from the
+moment of ``inject``, ``_precopy``), and both namespaces then hold objects built on the same
+memory: the kernel rebinds an injected object to its shared copy at the first step after
+``inject`` (the user's own variable stays a separate object; lists, dicts and sets the agent
+changes are also merged back into the object the user injected).
 
 While the step runs, this thread pumps the worker's stdout/stderr pipes into the step's
 ``Capture`` and services broker requests inline (``_broker``), so approvals look and behave as in
 guard mode. A stop or timeout sends SIGINT to the worker's group, then SIGKILL after
-``grace_s``. A worker that dies (segfault, ``os._exit``, out of memory, seccomp kill) is reaped;
+``grace_s``; a timeout that falls while a request is served (an approval nobody answers, a
+brokered process) also cancels that request, as the stop button does (``_DeadlineWatch``).
+A worker that dies (segfault, ``os._exit``, out of memory, seccomp kill) is reaped;
 the kernel's namespace keeps what it had before the step, the model is told, and the next step
 starts a new worker from that namespace (shared memory re-sent by descriptor, not copied).
 """
@@ -28,26 +31,25 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from ..runtime._capture import Capture
 from ..runtime._executor import _FILENAME_PREFIX, ExecutionResult, _step_ids
 from ._broker import Broker
 from ._channel import ChannelClosed
+from ._namesync import NamespaceSync
+from ._precopy import Precopy
 from ._process import StrictSettings, WorkerProcess, _StartFailed, describe_exit
-from ._sharing import Packed, Regions, WorkerOnly
+from ._sharing import Regions, WorkerOnly
 from ._unpickle import safe_loads
 
 __all__ = ["StrictExecutor"]
 
-_MERGEABLE = (list, dict, set)
-_OPAQUE = b"opaque"
-"""Fingerprint of an object whose in-place changes cannot be seen (it does not pickle plainly):
-it is sent again only when its name is rebound."""
+_CANCEL_REPEAT_S = 0.1
+"""After a step's deadline, how often a request still in flight is cancelled again."""
 
 
-class StrictExecutor:
+class StrictExecutor(NamespaceSync):
     """Runs agent code in a confined worker process; see the module docstring."""
 
     def __init__(self, runtime: Any, *, security: Any, workspace: Path,
@@ -64,6 +66,8 @@ class StrictExecutor:
         self.head_chars, self.tail_chars = head_chars, tail_chars
         self.echo_chars, self.value_chars = echo_chars, value_chars
         self.regions = Regions("k", keep_fds=True)
+        self.regions.precopy = Precopy("k")
+        Precopy.prepare()  # at the switch to strict mode, not at the first inject
         self.worker: WorkerProcess | None = None
         self._synced: dict[str, tuple[int, bytes | None, frozenset[str]]] = {}
         self._worker_regions: set[str] = set()
@@ -75,6 +79,8 @@ class StrictExecutor:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.spawned = 0
         self._fresh = False
+        self._closed = False
+        self._watch = _DeadlineWatch(self, None)
 
     # -- the executor interface ---------------------------------------------------------------
     @property
@@ -88,8 +94,11 @@ class StrictExecutor:
         return not got
 
     def interrupt(self) -> bool:
-        """The stop button: SIGINT to the worker now, SIGKILL after the grace period."""
-        return self._stop("interrupted")
+        """The stop button: SIGINT to the worker now, SIGKILL after the grace period (and a
+        brokered process the step is waiting for is killed)."""
+        stopped = self._stop("interrupted")
+        self.broker.cancel_running()
+        return stopped
 
     def _stop(self, why: str) -> bool:
         worker = self.worker
@@ -104,8 +113,19 @@ class StrictExecutor:
             pass
         return True
 
+    def prepare(self, name: str, obj: Any) -> None:
+        """``cave.inject`` was called: start copying ``obj``'s large buffers into shared memory
+        now, so the first step waits only for what is left (``_precopy``)."""
+        if not self._closed:
+            try:
+                self.regions.precopy.start(obj, name)
+            except Exception:  # an optimisation: the step copies as before (fails safe)
+                pass
+
     def close(self) -> None:
         """End the worker and release shared memory (switching back to guard mode)."""
+        self._closed = True
+        self.regions.precopy.discard()
         with self._lock:
             if self.worker is not None:
                 self.worker.kill()
@@ -163,10 +183,14 @@ class StrictExecutor:
         except (ChannelClosed, OSError):
             return self._crashed(worker, capture)
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._watch = _DeadlineWatch(self, deadline)
+        self.broker.deadline = deadline
         try:
             return self._serve(worker, capture, deadline, echo)
         finally:
             self.broker.release()
+            self.broker.deadline = None
+            self._watch.close()
 
     def _serve(self, worker: WorkerProcess, capture: Capture, deadline: float | None,
                echo: bool) -> dict[str, Any]:
@@ -209,6 +233,7 @@ class StrictExecutor:
             if op == "req":
                 for fd in fds:
                     os.close(fd)
+                self._watch.arm()  # served on this thread: the deadline check needs another
                 reply, reply_fds = self.broker.handle(message)
                 try:
                     worker.channel.send(reply, reply_fds)
@@ -342,144 +367,6 @@ class StrictExecutor:
                          "step are intact (this step's changes are lost, except in-place edits "
                          "of shared arrays); a new worker starts at the next step."}
 
-    # -- namespace sync -------------------------------------------------------------------------
-    def _syncable(self) -> list[tuple[str, Any]]:
-        skip = set(self.runtime.primitives) | {"exit", "quit"}
-        out = []
-        for name, value in list(self.namespace.items()):
-            if name in skip or (name.startswith("__") and name.endswith("__")):
-                continue
-            if isinstance(value, (ModuleType, WorkerOnly)):
-                continue
-            out.append((name, value))
-        return out
-
-    def _fingerprint(self, obj: Any) -> bytes | None:
-        return self.regions.fingerprint(obj)
-
-    def _sync(self) -> tuple[dict[str, Any], list[int]]:
-        """What the worker must learn before this step: sets, deletions, regions, imports."""
-        import cloudpickle
-
-        current = self._syncable()
-        names = {n for n, _ in current}
-        deletes = [n for n in self._synced if n not in names]
-        for name in deletes:
-            del self._synced[name]
-        sets: list[tuple[str, bytes, tuple[Any, ...]]] = []
-        for name, obj in current:
-            prev = self._synced.get(name)
-            if prev is not None and prev[0] == id(obj):
-                if prev[1] == _OPAQUE or self._fingerprint(obj) == prev[1]:
-                    continue
-            try:
-                packed = self.regions.dumps(obj, pickler=cloudpickle.dumps)
-            except Exception as exc:
-                self._note(f"[strict mode] {name!r} ({type(obj).__name__}) cannot be sent to the "
-                           f"worker and is not available to agent code: {exc}")
-                self._synced[name] = (id(obj), _OPAQUE, frozenset())
-                continue
-            if packed.new_regions:  # the one copy: from now on the kernel holds the shared one
-                import pickle
-
-                obj = pickle.loads(packed.data, buffers=self.regions.buffers(packed))
-                self.namespace[name] = obj
-            sets.append((name, packed.data, packed.refs))
-            self._synced[name] = (id(obj), self._fingerprint(obj) or _OPAQUE,
-                                  frozenset(r[0] for r in packed.refs))
-        needed = [rid for _, _, refs in sets for rid, _, _ in refs]
-        regions = [rid for rid in dict.fromkeys(needed) if rid not in self._worker_regions]
-        fds = [self.regions.fd(rid) for rid in regions]
-        self._worker_regions.update(regions)
-        imports, self._fresh = (dict(self._modules) if self._fresh else {}), False
-        message = {"set": sets, "delete": deletes, "regions": regions, "imports": imports}
-        return message, fds
-
-    def _apply(self, message: dict[str, Any], fds: list[int]) -> None:
-        """Bind in the kernel what the step changed (data only: see ``_unpickle``)."""
-        new = message.get("regions") or []
-        if len(new) != len(fds):
-            for fd in fds:
-                os.close(fd)
-            self._note("[strict mode] the worker sent a malformed result; it was ignored.")
-            return
-        for rid, fd in zip(new, fds, strict=True):
-            if not (isinstance(rid, str) and rid.startswith("w")):
-                os.close(fd)
-                continue
-            try:
-                self.regions.adopt(rid, fd)
-                self._worker_regions.add(rid)
-            except (OSError, ValueError) as exc:
-                self._note(f"[strict mode] refused shared memory from the worker: {exc}")
-        for item in message.get("not_received") or []:
-            name, reason = (str(x) for x in item)
-            if self._synced.pop(name, None) is not None:
-                self._note(f"[strict mode] `{name}` could not be loaded in the worker ({reason}); "
-                           "it is sent again at the next step.")
-        for name in message.get("deleted") or []:
-            if isinstance(name, str) and name in self._synced:
-                self.namespace.pop(name, None)
-                del self._synced[name]
-            elif isinstance(name, str) and isinstance(self.namespace.get(name), WorkerOnly):
-                del self.namespace[name]
-        for item in message.get("changed") or []:
-            self._bind_changed(item)
-        for item in message.get("unpicklable") or []:
-            name, type_name, reason = (str(x) for x in item)
-            if not name.isidentifier():
-                continue
-            old = self.namespace.get(name)
-            if not (isinstance(old, WorkerOnly) and old.reason == reason):
-                self._note(f"[strict mode] `{name}` ({type_name}) stays in the worker only and "
-                           f"cannot reach the kernel ({reason}); it is lost if the worker "
-                           "restarts.")
-            self.namespace[name] = WorkerOnly(name, type_name, reason)
-            self._synced.pop(name, None)
-        modules = message.get("modules")
-        if isinstance(modules, dict):
-            self._modules = {str(k): str(v) for k, v in modules.items()}
-        self._collect_regions()
-
-    def _bind_changed(self, item: Any) -> None:
-        try:
-            name, data, refs = item
-            refs = tuple((str(r), int(o), int(n)) for r, o, n in refs)
-            if not (isinstance(name, str) and name.isidentifier()) or name in \
-                    self.runtime.primitives or name in ("exit", "quit"):
-                return
-            packed = Packed(bytes(data), refs)
-            obj = safe_loads(packed.data, buffers=self.regions.buffers(packed))
-        except Exception as exc:
-            name = item[0] if isinstance(item, (tuple, list)) and item else "?"
-            if isinstance(name, str) and name.isidentifier():
-                reason = f"{type(exc).__name__}: {str(exc)[:200]}"
-                old = self.namespace.get(name)
-                if not (isinstance(old, WorkerOnly) and old.reason == reason):
-                    self._note(f"[strict mode] `{name}` stays in the worker only: the kernel "
-                               f"does not load it ({reason}).")
-                self.namespace[name] = WorkerOnly(name, "object", reason)
-                self._synced.pop(name, None)
-            return
-        old = self.namespace.get(name)
-        if type(old) is type(obj) and isinstance(obj, _MERGEABLE):
-            if isinstance(old, list):
-                old[:] = obj
-            elif isinstance(old, (dict, set)):
-                old.clear()
-                old.update(obj)
-            obj = old
-        self.namespace[name] = obj
-        self._synced[name] = (id(obj), self._fingerprint(obj) or _OPAQUE,
-                              frozenset(r[0] for r in refs))
-
-    def _collect_regions(self) -> None:
-        keep: set[str] = set()
-        for _, _, rids in self._synced.values():
-            keep |= rids
-        gone = self.regions.collect(keep)
-        self._worker_regions.difference_update(gone)
-
     # -- notes for the model ---------------------------------------------------------------------
     def _note(self, text: str) -> None:
         self._notes.append(text)
@@ -487,3 +374,52 @@ class StrictExecutor:
     def _take_notes(self) -> list[str]:
         notes, self._notes = self._notes, []
         return notes
+
+
+class _DeadlineWatch:
+    """Ends a brokered request when the step's time runs out, as the stop button does.
+
+    Requests are served on the thread that waits for the step (one may wait for a person's
+    approval, a brokered process or a connect), so the deadline check in ``_serve`` cannot run
+    meanwhile. At a step's first request (``arm``) this starts one thread for the step: at the
+    deadline it stops the worker (``_stop``: SIGINT, then SIGKILL after the grace period) and
+    cancels what a request waits for: a pending approval (``cancel_pending``, which the stop
+    button calls too) and a brokered process (the broker bounds a connect by the deadline
+    itself). It repeats the cancel until the step ends, so an approval that registers just after
+    the first cancel is cancelled too (guard mode re-fires its ``StepTimeout`` for the same
+    reason). Steps without requests, or without a deadline, start no thread.
+    """
+
+    def __init__(self, executor: StrictExecutor, deadline: float | None) -> None:
+        self._executor = executor
+        self._deadline = deadline
+        self._finished = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def arm(self) -> None:
+        if self._thread is None and self._deadline is not None:
+            self._thread = threading.Thread(target=self._watch, name="cave-strict-timeout",
+                                            daemon=True)
+            self._thread.start()
+
+    def _watch(self) -> None:
+        assert self._deadline is not None
+        if self._finished.wait(max(0.0, self._deadline - time.monotonic())):
+            return
+        executor = self._executor
+        executor._stop("timeout")
+        while True:
+            security = executor._security()
+            if security is not None:
+                try:
+                    security.cancel_pending()
+                except Exception:
+                    pass
+            executor.broker.cancel_running()
+            if self._finished.wait(_CANCEL_REPEAT_S):
+                return
+
+    def close(self) -> None:
+        self._finished.set()
+        if self._thread is not None:
+            self._thread.join()

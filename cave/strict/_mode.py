@@ -69,7 +69,7 @@ def leave_strict(session: Any) -> None:
 
     executor = getattr(session.runtime, "executor", None)
     if isinstance(executor, StrictExecutor):
-        session.runtime.use_executor(None)
+        session.runtime.use_executor(None)  # what the worker defined loads at the next step
         executor.close()
 
 

@@ -26,7 +26,9 @@ import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Regions", "Packed", "WorkerOnly", "SHARE_MIN_BYTES"]
+from ..runtime._held import LoadsAsAgentCode
+
+__all__ = ["Regions", "Packed", "WorkerOnly", "WorkerValue", "SHARE_MIN_BYTES"]
 
 SHARE_MIN_BYTES = 64 * 1024
 """Buffers smaller than this travel in the pickle (a region costs a descriptor and a mapping)."""
@@ -39,9 +41,10 @@ _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 class WorkerOnly:
     """Stands in the kernel's namespace for a value that lives only in the strict-mode worker.
 
-    A generator, an open socket the agent made, a function or class the agent defined: the worker
-    keeps using it across steps, but it cannot be copied into the kernel (the kernel does not
-    unpickle code or arbitrary classes sent by confined code), so ``cave.retrieve`` returns this.
+    A generator, an open socket the agent made, a lock: the worker keeps using it across steps,
+    but it cannot be pickled (not even by value), so it cannot reach the kernel and is lost if
+    the worker restarts; ``cave.retrieve`` returns this. (What pickles by value, such as a
+    function or class the agent defined, is a :class:`WorkerValue` instead.)
     """
 
     name: str
@@ -50,6 +53,43 @@ class WorkerOnly:
 
     def __repr__(self) -> str:
         return f"<{self.type_name} {self.name!r}: only in the strict-mode worker ({self.reason})>"
+
+
+class WorkerValue(LoadsAsAgentCode):
+    """What agent code defined in the strict-mode worker, held by the kernel as unloaded bytes.
+
+    A function, a class, an instance of one, or a container holding them: the worker pickles it
+    by value (``_byvalue``); the kernel's loader refuses it (it could name any callable), so the
+    kernel keeps the pickle, and the shared buffers it refers to, and sends them unread to the
+    next worker after a crash, a memory limit or a restart, and into checkpoints. In guard mode
+    the next agent step loads it, inside the guard (``runtime._held``). ``cave.retrieve``
+    returns this object until then.
+    """
+
+    __slots__ = ("name", "type_name", "data", "buffers")
+
+    def __init__(self, name: str, type_name: str, data: bytes,
+                 buffers: tuple[memoryview, ...] = ()) -> None:
+        self.name, self.type_name, self.data = name, type_name, bytes(data)
+        self.buffers = tuple(memoryview(b) for b in buffers)
+
+    def __reduce__(self) -> Any:
+        """For checkpoints: the bytes as they are, large buffers out of band (never loaded)."""
+        return WorkerValue, (self.name, self.type_name, self.data,
+                             tuple(pickle.PickleBuffer(b) for b in self.buffers))
+
+    def load(self, namespace: dict[str, Any]) -> Any:
+        """The value itself. Runs code the agent wrote: only where agent code may run."""
+        from ._byvalue import loads
+
+        return loads(self.data, self.buffers, namespace)
+
+    def __repr__(self) -> str:
+        size = len(self.data) + sum(b.nbytes for b in self.buffers)
+        return (f"<{self.type_name} {self.name!r} defined by agent code in the strict-mode worker:"
+                f" the kernel holds it as {size:,} pickled bytes it never loads (they could run "
+                "code the confined worker chose); it survives worker restarts and checkpoints; "
+                "in guard mode the next agent step loads it, under the guard>")
 
 
 @dataclass(frozen=True)
@@ -90,6 +130,8 @@ class Regions:
         self._by_id: dict[str, _Region] = {}
         self._spans: list[tuple[int, int, str]] = []
         self.created_bytes = 0
+        self.precopy: Any = None
+        """The kernel's early copies of injected buffers (``_precopy.Precopy``), or None."""
 
     # -- making and adopting regions -------------------------------------------------------
     def create(self, view: memoryview) -> _Region:
@@ -100,6 +142,15 @@ class Regions:
         """
         data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
         size = data.nbytes
+        early = self.precopy.take(view) if self.precopy is not None and size else None
+        if early is not None:  # copied since inject, and proved unchanged since: no copy now
+            try:
+                mm = mmap.mmap(early, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            except BaseException:
+                os.close(early)
+                raise
+            self.created_bytes += size
+            return self._add(f"{self.prefix}{next(self._ids)}", early, size, mm, own=True)
         fd = os.memfd_create(f"cave-{self.prefix}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             done = 0
@@ -217,13 +268,38 @@ class Regions:
             return False
 
         dump = pickler or pickle.dumps
-        data = dump(obj, protocol=5, buffer_callback=callback)
+        try:
+            data = dump(obj, protocol=5, buffer_callback=callback)
+        except BaseException:
+            self._drop(new)  # copies made before the pickler failed: nothing refers to them
+            raise
         return Packed(data, tuple(refs), tuple(new))
+
+    def place(self, views: tuple[memoryview, ...]) -> tuple[tuple[tuple[str, int, int], ...],
+                                                              tuple[str, ...]]:
+        """``(refs, new regions)`` for buffers: located in a region, or copied into a new one."""
+        refs: list[tuple[str, int, int]] = []
+        new: list[str] = []
+        for view in views:
+            where = self.locate(view) if view.nbytes else None
+            if where is None:
+                region = self.create(view)
+                new.append(region.rid)
+                where = (region.rid, 0, view.nbytes)
+            refs.append(where)
+        return tuple(refs), tuple(new)
+
+    def _drop(self, rids: list[str]) -> None:
+        for rid in rids:
+            region = self._by_id.pop(rid, None)
+            if region is not None and region.fd >= 0:
+                os.close(region.fd)
+        self._spans = [s for s in self._spans if s[2] not in rids]
 
     def buffers(self, packed: Packed) -> list[memoryview]:
         return [self.view(rid, off, n) for rid, off, n in packed.refs]
 
-    def fingerprint(self, obj: Any) -> bytes | None:
+    def fingerprint(self, obj: Any, pickler: Any = None) -> bytes | None:
         """Hash of ``obj``'s pickle with shared buffers named, not read; None if unpicklable."""
         h = hashlib.blake2b(digest_size=16)
 
@@ -240,7 +316,7 @@ class Regions:
             return False
 
         try:
-            h.update(pickle.dumps(obj, protocol=5, buffer_callback=callback))
+            h.update((pickler or pickle.dumps)(obj, protocol=5, buffer_callback=callback))
         except Exception:
             return None
         return h.digest()

@@ -59,6 +59,8 @@ class Worker:
         self.modules: dict[str, str] = {}
         self.primitive_names: tuple[str, ...] = ()
         self.is_fork = False
+        self._dumper: Any = None
+        self._identity: Any = None
 
     # -- start-up ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -176,10 +178,40 @@ class Worker:
             out.append((name, value))
         return out
 
+    def _by_value(self) -> Any:
+        if self._dumper is None:
+            from ._byvalue import dumper
+
+            self._dumper = dumper(self.namespace)
+        return self._dumper
+
+    def _fingerprint(self, obj: Any) -> bytes:
+        """Plain pickle's; for what agent code defined, a pickle that names its functions and
+        classes by identity (pickling them by value each step cost ~0.2 ms apiece): an
+        instance's state is compared, a function's or class's own attributes are not (a new
+        one is a rebinding). ``_OPAQUE`` if it does not pickle."""
+        fp = None if _defined_here(obj) else self.regions.fingerprint(obj)
+        if fp is None:
+            if self._identity is None:
+                from ._byvalue import identity_dumper
+
+                self._identity = identity_dumper(self.namespace)
+            fp = self.regions.fingerprint(obj, pickler=self._identity)
+        return fp or _OPAQUE
+
+    def _dumps(self, obj: Any) -> Any:
+        """Plain pickle (what the kernel can load), else by value (what it keeps as bytes)."""
+        if not _defined_here(obj):
+            try:
+                return self.regions.dumps(obj)
+            except Exception:
+                pass
+        return self.regions.dumps(obj, pickler=self._by_value())
+
     def _receive(self, message: dict[str, Any], fds: list[int]) -> None:
         import importlib
-        import pickle
 
+        from ._byvalue import loads
         from ._sharing import Packed
 
         for rid, fd in zip(message.get("regions", ()), fds, strict=True):
@@ -193,14 +225,14 @@ class Worker:
         for name, data, refs in message.get("set", ()):
             packed = Packed(data, tuple(refs))
             try:
-                obj = pickle.loads(data, buffers=self.regions.buffers(packed))
+                obj = loads(data, self.regions.buffers(packed), self.namespace)
             except Exception as exc:  # the kernel keeps it and tries again at the next step
                 self.receive_errors.append((name, f"{type(exc).__name__}: {str(exc)[:200]}"))
                 self.namespace.pop(name, None)
                 self.last.pop(name, None)
                 continue
             self.namespace[name] = obj
-            self.last[name] = (id(obj), self.regions.fingerprint(obj) or _OPAQUE)
+            self.last[name] = (id(obj), self._fingerprint(obj))
         for name in message.get("delete", ()):
             self.namespace.pop(name, None)
             self.last.pop(name, None)
@@ -271,11 +303,10 @@ class Worker:
 
     def _changes(self, value_chars: int) -> tuple[dict[str, Any], list[int]]:
         """What this step bound, rebound, changed in place or deleted, ready to send."""
-        import pickle
-
         from ..runtime._manifest import type_name
+        from ._byvalue import loads
 
-        changed: list[tuple[str, bytes, tuple[Any, ...]]] = []
+        changed: list[tuple[str, bytes, tuple[Any, ...], str]] = []
         unpicklable: list[tuple[str, str, str]] = []
         new_regions: list[str] = []
         current = self._syncable()
@@ -286,25 +317,36 @@ class Worker:
         for name, obj in current:
             prev = self.last.get(name)
             if prev is not None and prev[0] == id(obj):
-                if prev[1] == _OPAQUE or self.regions.fingerprint(obj) == prev[1]:
+                if prev[1] == _OPAQUE or self._fingerprint(obj) == prev[1]:
                     continue
             try:
-                packed = self.regions.dumps(obj)
+                packed = self._dumps(obj)
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {str(exc)[:200]}"
                 unpicklable.append((name, type_name(obj), reason))
                 self.last[name] = (id(obj), _OPAQUE)
                 continue
             if packed.new_regions:  # hold the shared copy from now on, as the kernel will
-                obj = pickle.loads(packed.data, buffers=self.regions.buffers(packed))
+                obj = loads(packed.data, self.regions.buffers(packed), self.namespace)
                 self.namespace[name] = obj
                 new_regions += packed.new_regions
-            changed.append((name, packed.data, packed.refs))
-            self.last[name] = (id(obj), self.regions.fingerprint(obj) or _OPAQUE)
+            changed.append((name, packed.data, packed.refs, type_name(obj)))
+            self.last[name] = (id(obj), self._fingerprint(obj))
         fds = [self.regions.take_fd(rid) for rid in new_regions]
         report = {"changed": changed, "unpicklable": unpicklable, "deleted": deleted,
                   "modules": dict(self.modules), "regions": new_regions}
         return report, fds
+
+
+def _defined_here(obj: Any) -> bool:
+    """A function or class agent code defined, or an instance of one (plain pickle fails on
+    those, after a module search: not worth trying)."""
+    from ..runtime._namespace import AGENT_MODULE_NAME
+
+    kind = obj if isinstance(obj, type) else type(obj)
+    if getattr(kind, "__module__", None) == AGENT_MODULE_NAME:
+        return True
+    return callable(obj) and getattr(obj, "__module__", None) == AGENT_MODULE_NAME
 
 
 class _PrimitiveProxy:

@@ -94,7 +94,9 @@ def test_unpicklable_results_are_reported_by_name(k: StrictKernel) -> None:
     told = _turn(k, "gen = (i for i in range(3))\nclass Mine:\n    pass\nm = Mine()\n"
                     "print(next(gen))")
     assert "`gen` (generator) stays in the worker only" in told, told
-    assert "`m` (Mine) stays in the worker only" in told, told
+    # An instance of a class the agent defined pickles by value: the kernel holds its bytes.
+    assert "`m`" not in told, told
+    assert k.value("type(cave.retrieve('m')).__name__") == "WorkerValue"
     # ...and keeps working in the worker across steps.
     assert "1" in _turn(k, "print(next(gen))")
     assert "only in the strict-mode worker" in k.value("repr(cave.retrieve('gen'))")
@@ -122,4 +124,44 @@ def test_stop_button_cancels_a_pending_broker_approval(k: StrictKernel) -> None:
     assert sent, cell.all_text
     assert not target.exists()
     assert "not reached" not in cell.stdout
+    _alive_and_intact(k)
+
+
+def test_timeout_ends_a_step_waiting_for_a_broker_approval(k: StrictKernel) -> None:
+    """Nobody answers the approval: the step's timeout ends it, as it does in guard mode.
+
+    Synchronised on the approval appearing, not on a margin: if the timeout fired before the
+    request reached the kernel (a very loaded machine), the turn is run again with twice the
+    time, until the approval appears first.
+    """
+    target = k.outside / "timed-out.txt"
+    for seconds in (2, 4, 8, 16):
+        k.script(reply("", f"open({str(target)!r}, 'w')\nprint('not reached')"), reply("ok"))
+        asked: list[bool] = []
+
+        def note_ask(msg: dict[str, Any], kernel: KernelHarness, asked: list[bool] = asked
+                     ) -> None:
+            text = msg["content"].get("data", {}).get("text/plain", "")
+            if msg["msg_type"] == "display_data" and "[cave] approval" in text:
+                asked.append(True)
+
+        cell = k.execute(f"%agent --timeout {seconds} write", timeout=120, on_message=note_ask)
+        assert cell.status == "ok", cell.all_text
+        told = k.tool_results()
+        assert "Timed out" in told and "StepTimeout" in told, told
+        if asked:
+            break
+    assert asked, "the approval never appeared before the step's timeout"
+    assert not target.exists()
+    assert "not reached" not in cell.stdout and "not reached" not in told
+    _alive_and_intact(k)
+
+
+def test_timeout_ends_a_brokered_process(k: StrictKernel) -> None:
+    """A brokered process that outlives the step's time is killed with it."""
+    assert k.execute("%cave policy allow shell:sleep").status == "ok"
+    told = _turn(k, "import subprocess\nsubprocess.run(['sleep', '600'])\nprint('not reached')",
+                 timeout="--timeout 2")
+    assert "Timed out" in told and "StepTimeout" in told, told
+    assert "not reached" not in told
     _alive_and_intact(k)

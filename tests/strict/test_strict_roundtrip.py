@@ -59,6 +59,31 @@ def test_dataframe_filter_and_in_place_edits_reach_the_user(k: StrictKernel) -> 
     assert shared == "True"
 
 
+@pytest.mark.parametrize("edit", [False, True], ids=["unchanged", "edited-after-inject"])
+def test_a_large_frame_is_copied_at_inject_and_the_agent_sees_it_as_at_the_step(
+    k: StrictKernel, edit: bool
+) -> None:
+    """The large column is copied into shared memory when it is injected (``_precopy``); an edit
+    the user makes before the first step throws that copy away, and the step sees the edit."""
+    setup = k.execute(
+        "import numpy as np, pandas as pd, cave\n"
+        "wide = pd.DataFrame({'v': np.arange(4_000_000, dtype='f8')})\n"  # 32 MB: copied early
+        "cave.inject('wide', wide)\n"
+        "ex = cave.session().runtime.executor\n"
+        "ex.regions.precopy.wait()\n"
+        "print('early copies', ex.regions.precopy.pending())"
+        + ("\nwide.iloc[123_456, 0] = -7.0" if edit else ""))
+    assert setup.status == "ok", setup.all_text
+    assert "early copies 1" in setup.stdout
+    before = k.value("ex.regions.precopy.used, ex.regions.precopy.discarded")
+    k.script(reply("", "print('sees', float(wide.v[123_456]))"), reply("ok"))
+    assert k.execute("%agent look", timeout=90).status == "ok"
+    assert ("sees -7.0" if edit else "sees 123456.0") in k.tool_results()
+    used, discarded = (int(x) for x in before.split())
+    after = k.value("ex.regions.precopy.used, ex.regions.precopy.discarded")
+    assert after == (f"{used} {discarded + 1}" if edit else f"{used + 1} {discarded}")
+
+
 def test_variables_persist_across_turns(k: StrictKernel) -> None:
     k.script(reply("", "counter = 41"), reply("Set."), reply("", "counter += 1\nprint(counter)"),
              reply("Now 42."))
