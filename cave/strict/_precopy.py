@@ -28,22 +28,18 @@ fault handled in the kernel (as after a checkpoint); the step lifts the protecti
 
 from __future__ import annotations
 
-import fcntl
 import os
 import pickle
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._sharing import SHARE_MIN_BYTES, _address
+from ._sharing import SHARE_MIN_BYTES, _address, sealed_copy
 
 __all__ = ["Precopy", "PRECOPY_MIN_BYTES"]
 
 PRECOPY_MIN_BYTES = 16 * 2**20
 """Buffers smaller than this are copied at the step (their copy costs less than its set-up)."""
-
-_CHUNK = 64 * 2**20
-_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
 @dataclass
@@ -142,7 +138,7 @@ class Precopy:
     def _run(self, jobs: list[_Copy]) -> None:
         for job in jobs:
             try:
-                job.fd = _fill(self._prefix, job.view)
+                job.fd = sealed_copy(self._prefix, job.view)
             except BaseException as exc:  # noqa: B036 - the step copies instead
                 job.error = exc
             finally:
@@ -234,19 +230,3 @@ def _unwatch(job: _Copy) -> None:
     track = tracker()
     if track is not None:
         track.unwatch(job.watch)
-
-
-def _fill(prefix: str, view: memoryview) -> int:
-    """A sealed memfd holding a copy of ``view`` (the same copy ``Regions.create`` makes)."""
-    data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
-    size = data.nbytes
-    fd = os.memfd_create(f"cave-{prefix}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
-        done = 0
-        while done < size:
-            done += os.pwrite(fd, data[done : done + _CHUNK], done)
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd

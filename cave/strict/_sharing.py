@@ -28,7 +28,7 @@ from typing import Any
 
 from ..runtime._held import LoadsAsAgentCode
 
-__all__ = ["Regions", "Packed", "WorkerOnly", "WorkerValue", "SHARE_MIN_BYTES"]
+__all__ = ["Regions", "Packed", "WorkerOnly", "WorkerValue", "SHARE_MIN_BYTES", "sealed_copy"]
 
 SHARE_MIN_BYTES = 64 * 1024
 """Buffers smaller than this travel in the pickle (a region costs a descriptor and a mapping)."""
@@ -140,25 +140,11 @@ class Regions:
         Written with ``pwrite`` before mapping: copying through a fresh mapping faults every
         page in one at a time, which measured ~10x slower for 1 GiB on a busy machine.
         """
-        data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
-        size = data.nbytes
+        size = view.nbytes
         early = self.precopy.take(view) if self.precopy is not None and size else None
-        if early is not None:  # copied since inject, and proved unchanged since: no copy now
-            try:
-                mm = mmap.mmap(early, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            except BaseException:
-                os.close(early)
-                raise
-            self.created_bytes += size
-            return self._add(f"{self.prefix}{next(self._ids)}", early, size, mm, own=True)
-        fd = os.memfd_create(f"cave-{self.prefix}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        # an early copy was made since inject and proved unchanged since: no copy now
+        fd = early if early is not None else sealed_copy(self.prefix, view)
         try:
-            done = 0
-            while done < size:
-                done += os.pwrite(fd, data[done : done + _CHUNK], done)
-            if size == 0:
-                os.ftruncate(fd, 0)
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
             mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
             os.close(fd)
@@ -320,3 +306,19 @@ class Regions:
         except Exception:
             return None
         return h.digest()
+
+
+def sealed_copy(prefix: str, view: memoryview) -> int:
+    """A sealed memfd holding a copy of ``view``: the one copy strict mode makes of a buffer."""
+    data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    size = data.nbytes
+    fd = os.memfd_create(f"cave-{prefix}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        done = 0
+        while done < size:
+            done += os.pwrite(fd, data[done : done + _CHUNK], done)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
