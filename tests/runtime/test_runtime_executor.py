@@ -309,19 +309,28 @@ def test_interrupt_caught_by_agent_code_still_reports_interrupted() -> None:
 
 def test_no_late_async_exception_escapes_after_run_returns() -> None:
     # Other libraries' gc callbacks (hypothesis installs one once another test module used it)
-    # run inside the stepping thread; a stop that lands in one is reported as "unraisable" and
-    # re-fired (the refire is what stops the step). Not this test's subject: run without them.
+    # and weakref callbacks (threading's WeakSet, say) run inside the stepping thread; a stop
+    # that lands in one is reported as "unraisable" and re-fired (the refire is what stops the
+    # step). Not this test's subject: run without gc callbacks, and note unraisable stops
+    # ourselves (pytest's own hook can be hit by the refire while it formats the first one,
+    # which it reports as "Failed to process unraisable exception").
     import gc
 
-    saved = list(gc.callbacks)
+    saved, saved_hook = list(gc.callbacks), sys.unraisablehook
+    unraisable: list[type[BaseException] | None] = []
+    in_run = threading.Event()
     gc.callbacks.clear()  # the interpreter holds this very list: clear it in place
+    sys.unraisablehook = lambda u: unraisable.append(u.exc_type if in_run.is_set() else None)
     try:
-        _late_async_exception_rounds()
+        _late_async_exception_rounds(in_run)
     finally:
+        sys.unraisablehook = saved_hook
         gc.callbacks.extend(saved)
+    # every unraisable was a stop, and landed while a run was going on (never after it)
+    assert all(t is StepTimeout for t in unraisable), unraisable
 
 
-def _late_async_exception_rounds() -> None:
+def _late_async_exception_rounds(in_run: threading.Event) -> None:
     # Timeouts that expire before, around and after the moment the code finishes, re-fired every
     # 2 ms: an exception still scheduled (or re-fired) after run() returns would surface in the
     # busy loop below, outside any run.
@@ -331,7 +340,9 @@ def _late_async_exception_rounds() -> None:
     code = "import time\nt = time.perf_counter()\nwhile time.perf_counter() - t < 0.03:\n    pass"
     outcomes = []
     for i in range(40):
+        in_run.set()
         r = run(code, ex, timeout=0.004 + 0.001 * i)
+        in_run.clear()
         outcomes.append(r.timed_out)
         deadline = time.perf_counter() + 0.02
         while time.perf_counter() < deadline:
