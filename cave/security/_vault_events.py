@@ -99,18 +99,9 @@ class _EventGuard:
             if event in _ENV_WRITES and _read_only_allow(authority, cap):
                 # Reading PATH or PYTHONPATH is harmless; changing them (for every child the
                 # kernel starts later, the user's included) is not: ask, unless a grant covers it.
-                try:
-                    permit = authority.authorize(
-                        cap,
-                        origin=f"guard:{event}",
-                        summary=check.summary,
-                        details=check.details,
-                        at_least_ask=True,
-                    )
-                except PermissionError as exc:
-                    return (PermissionError, (str(exc),))
-                authority.settle(permit, ok=True)
-                self._allowed(b, event, check, permit)
+                refused = self._ask(b, event, check, at_least_ask=True)
+                if refused is not None:
+                    return refused
                 continue
             if authority.allowed_by_policy(cap):
                 b.counts[event] = b.counts.get(event, 0) + 1
@@ -124,18 +115,22 @@ class _EventGuard:
             if cap.kind == "fs.delete" and _under(cap.resource, b.trees):
                 if not authority.is_denied(cap):
                     continue
-            try:
-                permit = authority.authorize(
-                    cap,
-                    origin=f"guard:{event}",
-                    summary=check.summary,
-                    details=check.details,
-                    grant_as=check.grant_as,
-                )
-            except PermissionError as exc:
-                return (PermissionError, (str(exc),))
-            authority.settle(permit, ok=True)
-            self._allowed(b, event, check, permit)
+            refused = self._ask(b, event, check, grant_as=check.grant_as)
+            if refused is not None:
+                return refused
+        return None
+
+    def _ask(self, b: _Binding, event: str, check: Check, **how: Any
+             ) -> tuple[type[PermissionError], tuple[str]] | None:
+        """Authorize one check (asking if the policy says so); the refusal to raise, or None."""
+        authority = b.session.authority
+        try:
+            permit = authority.authorize(check.capability, origin=f"guard:{event}",
+                                         summary=check.summary, details=check.details, **how)
+        except PermissionError as exc:
+            return (PermissionError, (str(exc),))
+        authority.settle(permit, ok=True)
+        self._allowed(b, event, check, permit)
         return None
 
     def _allowed(self, b: _Binding, event: str, check: Check, permit: Permit) -> None:

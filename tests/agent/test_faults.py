@@ -99,10 +99,15 @@ def test_429_with_retry_after_is_honoured(provider: str) -> None:
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("status,kind", [(500, "api_error"), (529, "overloaded_error")])
-def test_server_errors_are_retried(provider: str, status: int, kind: str) -> None:
-    script = [reply("", HIT), Failure(status, kind, "try later"), Failure(status, kind, "again"),
-              reply("done")]
+@pytest.mark.parametrize("before,after", [
+    ([], [Failure(500, "api_error", "try later"), Failure(500, "api_error", "again")]),
+    ([], [Failure(529, "overloaded_error", "try later"),
+          Failure(529, "overloaded_error", "again")]),
+    ([Failure(0, reset=True)], []),  # a connection reset before the turn's first reply
+], ids=["500", "529", "reset"])
+def test_server_errors_and_resets_are_retried(provider: str, before: list[Failure],
+                                              after: list[Failure]) -> None:
+    script = [*before, reply("", HIT), *after, reply("done")]
     with served(provider, script) as (server, model):
         outcome, history, runtime, _, _ = run_turn(model)
         assert outcome.answer == "done", outcome
@@ -130,16 +135,6 @@ def test_billing_and_quota_errors_are_never_retried(provider: str) -> None:
         outcome, _, _, notices, _ = run_turn(model)
         assert isinstance(outcome, ModelResponseError)
         assert len(server.requests) == 1 and not notices
-
-
-@pytest.mark.parametrize("provider", PROVIDERS)
-def test_reset_before_the_reply_is_retried(provider: str) -> None:
-    script = [Failure(0, reset=True), reply("", HIT), reply("done")]
-    with served(provider, script) as (server, model):
-        outcome, history, runtime, _, _ = run_turn(model)
-        assert outcome.answer == "done", outcome
-        assert runtime.retrieve("hits") == [1]
-        then_still_valid(model, history, runtime)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
